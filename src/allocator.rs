@@ -1,0 +1,151 @@
+//! [`SamplingAllocator`]: the `GlobalAlloc` wrapper. Every allocation of the program passes through here, so
+//! this file stays short: the fast path is `sampler::on_alloc` plus the inner call, the rest is `#[cold]`.
+
+use core::alloc::{GlobalAlloc, Layout};
+
+use crate::sampler::{self, DEFAULT_SAMPLE_RATE, Guard};
+use crate::stack::Stack;
+use crate::table::{Weight, buckets, live};
+
+/// A global allocator that samples the allocations of an inner allocator into a heap profile.
+///
+/// Install it with `#[global_allocator]`; read the profile with [`crate::dump_profile`]. Each thread counts
+/// allocated bytes down to an exponentially distributed gap with mean = the sample rate (as Go's
+/// `runtime.MemProfileRate`); the allocation that crosses it is sampled: its stack is captured and it is
+/// recorded with weight 1/p, p = 1 − e^(−size/rate). Frees of sampled allocations are subtracted again, so
+/// `inuse_*` figures are current. Unsampled allocations cost a thread-local subtraction and a comparison.
+///
+/// ```no_run
+/// use heap_sampler::SamplingAllocator;
+/// use std::alloc::System;
+///
+/// #[global_allocator]
+/// static ALLOC: SamplingAllocator<System> = SamplingAllocator::new(System);
+/// ```
+pub struct SamplingAllocator<A> {
+    inner: A,
+    rate: usize,
+}
+
+impl<A: GlobalAlloc> SamplingAllocator<A> {
+    /// Wraps `inner` with the default sample rate, [`crate::DEFAULT_SAMPLE_RATE`] (512 KiB, as Go's).
+    pub const fn new(inner: A) -> Self {
+        Self::with_sample_rate(inner, DEFAULT_SAMPLE_RATE)
+    }
+
+    /// Wraps `inner` with a sample rate of `bytes` (mean bytes between samples; 0 = off, 1 = every
+    /// allocation). It applies from the first allocation until [`crate::set_sample_rate`] changes it.
+    pub const fn with_sample_rate(inner: A, bytes: usize) -> Self {
+        SamplingAllocator { inner, rate: bytes }
+    }
+
+    /// The wrapped allocator.
+    pub const fn inner(&self) -> &A {
+        &self.inner
+    }
+
+    /// Records a sampled allocation of `size` bytes at `ptr` (non-null), before `ptr` reaches the program.
+    #[cold]
+    #[inline(never)]
+    fn track(ptr: *mut u8, size: usize, rate: usize) {
+        let Some(_guard) = Guard::enter() else { return };
+        let stack = Stack::capture(Self::track as fn(*mut u8, usize, usize) as usize);
+        let weight = Weight::of(size, rate);
+        let bucket = buckets::record_alloc(&stack, weight);
+        live::insert(ptr, live::LiveEntry { bucket, weight });
+    }
+
+    /// Forgets `ptr` if it was sampled, returning what it recorded (bucket counts are not yet changed).
+    #[cold]
+    #[inline(never)]
+    fn untrack(ptr: *mut u8) -> Option<live::LiveEntry> {
+        // Inside the guard only the profiler's own memory is freed, and that is never sampled.
+        let _guard = Guard::enter()?;
+        live::remove(ptr)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn record_free(entry: live::LiveEntry) {
+        if let Some(_guard) = Guard::enter() {
+            buckets::record_free(entry.bucket, entry.weight);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn retrack(ptr: *mut u8, entry: live::LiveEntry) {
+        if let Some(_guard) = Guard::enter() {
+            live::insert(ptr, entry);
+        }
+    }
+}
+
+// SAFETY: every method forwards to the inner allocator with the caller's arguments unchanged and returns its
+// result unchanged; the bookkeeping around the calls never touches the memory it returns.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for SamplingAllocator<A> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let sampled = sampler::on_alloc(layout.size(), self.rate);
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract for `layout`.
+        let ptr = unsafe { self.inner.alloc(layout) };
+        if let Some(rate) = sampled
+            && !ptr.is_null()
+        {
+            Self::track(ptr, layout.size(), rate);
+        }
+        ptr
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let sampled = sampler::on_alloc(layout.size(), self.rate);
+        // SAFETY: the caller upholds `GlobalAlloc::alloc_zeroed`'s contract for `layout`.
+        let ptr = unsafe { self.inner.alloc_zeroed(layout) };
+        if let Some(rate) = sampled
+            && !ptr.is_null()
+        {
+            Self::track(ptr, layout.size(), rate);
+        }
+        ptr
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if live::maybe_sampled(ptr)
+            && let Some(entry) = Self::untrack(ptr)
+        {
+            Self::record_free(entry);
+        }
+        // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract; `ptr` came from the inner allocator.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
+    /// A reallocation is the free of the old block (if it was sampled) and a new allocation of `new_size`
+    /// bytes with its own sampling decision. A failed reallocation leaves the accounting as it was.
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // Untrack before the inner call: once it returns, the old address may already be reused by another
+        // thread's sampled allocation.
+        let old = if live::maybe_sampled(ptr) {
+            Self::untrack(ptr)
+        } else {
+            None
+        };
+        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract for `ptr`, `layout` and `new_size`.
+        let new_ptr = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        if new_ptr.is_null() {
+            if let Some(entry) = old {
+                Self::retrack(ptr, entry);
+            }
+            return new_ptr;
+        }
+        if let Some(entry) = old {
+            Self::record_free(entry);
+        }
+        if let Some(rate) = sampler::on_alloc(new_size, self.rate) {
+            Self::track(new_ptr, new_size, rate);
+        }
+        new_ptr
+    }
+}

@@ -1,0 +1,132 @@
+//! A sampling heap profiler for Rust programs that writes pprof heap profiles, as Go's runtime heap profiler
+//! does for Go programs: always on, cheap, statistically honest, and readable with `go tool pprof`.
+//!
+//! # Quick start
+//!
+//! ```
+//! use heap_sampler::SamplingAllocator;
+//! use std::alloc::System;
+//!
+//! #[global_allocator]
+//! static ALLOC: SamplingAllocator<System> = SamplingAllocator::new(System);
+//!
+//! fn main() -> Result<(), heap_sampler::Error> {
+//!     let kept: Vec<Vec<u8>> = (0..1000).map(|_| vec![1u8; 4096]).collect();
+//!
+//!     // gzipped profile.proto: `go tool pprof -top heap.pb.gz`
+//!     let profile: Vec<u8> = heap_sampler::dump_profile()?;
+//!     assert!(!profile.is_empty());
+//!     # let dir = std::env::temp_dir().join(format!("heap-sampler-doc-{}", std::process::id()));
+//!     # std::fs::create_dir_all(&dir).unwrap();
+//!     # let path = dir.join("heap.pb.gz");
+//!     heap_sampler::write_profile(&path)?;
+//!     println!("{}", heap_sampler::report(10)?);
+//!     # std::fs::remove_dir_all(&dir).unwrap();
+//!     drop(kept);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # How it works
+//!
+//! Each thread counts allocated bytes down to an exponentially distributed gap whose mean is the sample
+//! rate (default 512 KiB, as Go's `runtime.MemProfileRate`). The allocation that crosses it is sampled: its
+//! stack is captured and it is added to the bucket of that stack with weight 1/p, where
+//! p = 1 − e^(−size/rate) is the probability that an allocation of its size is sampled. The weighted sums are
+//! unbiased estimates of what each stack allocated (`alloc_objects`, `alloc_space`) and still holds
+//! (`inuse_objects`, `inuse_space`): a free of a sampled allocation subtracts exactly what it added.
+//!
+//! # Reading the numbers
+//!
+//! A site's estimate of `B` allocated bytes has a relative standard error of at most `sqrt(rate / B)`: 7 % at
+//! 100 MiB and the default rate, 2.2 % at 1 GiB. Two lines that allocate identically differ by about
+//! `sqrt(2)` times that, and converge as they allocate more. [`set_sample_rate`]`(1)` records every
+//! allocation exactly, for tests.
+//!
+//! # Safety of the profiled program
+//!
+//! The allocator never panics, never recurses into itself (the profiler's own memory passes straight through
+//! to the inner allocator, unsampled), holds no lock while capturing a stack, and takes no lock on the fast
+//! path or on the free of an unsampled pointer.
+
+mod allocator;
+mod error;
+mod pprof;
+mod report;
+mod sampler;
+mod stack;
+mod table;
+
+use std::path::Path;
+
+pub use allocator::SamplingAllocator;
+pub use error::Error;
+pub use pprof::proto;
+pub use report::{Site, report, top_sites};
+pub use sampler::{DEFAULT_SAMPLE_RATE, sample_rate, set_sample_rate, set_seed};
+pub use stack::{DEFAULT_STACK_DEPTH, MAX_STACK_DEPTH, max_stack_depth, set_max_stack_depth};
+pub use table::buckets::{DEFAULT_MAX_BUCKETS, set_max_buckets};
+
+/// The heap profile of the process's global [`SamplingAllocator`], as gzip-compressed pprof
+/// (`profile.proto`), the format of Go's `/debug/pprof/heap`.
+///
+/// Sample types are `alloc_objects/count`, `alloc_space/bytes`, `inuse_objects/count` and
+/// `inuse_space/bytes`, in that order and always present (`inuse_space` is the default); `period` is the
+/// sample rate in bytes. Values are already unbiased estimates; `alloc_*` count since the program started and
+/// are never reset, `inuse_*` are current. Functions, files, lines and inlined frames are symbolized in
+/// process and mappings carry GNU build IDs, so `go tool pprof` needs neither the binary nor its debug info.
+///
+/// # Errors
+/// [`Error::NotInstalled`] when no [`SamplingAllocator`] is the global allocator; [`Error::Compress`] if gzip
+/// fails.
+pub fn dump_profile() -> Result<Vec<u8>, Error> {
+    pprof::encode(&pprof::profile()?)
+}
+
+/// Writes [`dump_profile`]'s output to `path` (conventionally `*.pb.gz`), replacing the file.
+///
+/// # Errors
+/// As [`dump_profile`], and [`Error::Write`] when the file cannot be written.
+pub fn write_profile(path: impl AsRef<Path>) -> Result<(), Error> {
+    let path = path.as_ref();
+    let bytes = dump_profile()?;
+    std::fs::write(path, bytes).map_err(|source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The profiler's own figures: how much it sampled and how much memory its tables hold. Cheap (a few relaxed
+/// loads), fit to export as metrics every second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// The sample rate in force, in bytes.
+    pub sample_rate: usize,
+    /// Sampled allocations since the program started.
+    pub samples: u64,
+    /// Sampled allocations not yet freed.
+    pub live_samples: usize,
+    /// Buckets (distinct stacks) in the table.
+    pub buckets: usize,
+    /// The cap on buckets (see [`set_max_buckets`]).
+    pub max_buckets: usize,
+    /// Approximate bytes held by the bucket table.
+    pub table_bytes: usize,
+    /// Samples charged to the overflow bucket because the table was full.
+    pub overflow_samples: u64,
+}
+
+/// The profiler's own figures (see [`Stats`]).
+pub fn stats() -> Stats {
+    let table = table::buckets::table_stats();
+    Stats {
+        sample_rate: sample_rate(),
+        samples: table.samples,
+        live_samples: table::live::live_count(),
+        buckets: table.buckets,
+        max_buckets: table.max_buckets,
+        table_bytes: table.bytes,
+        overflow_samples: table.overflow_samples,
+    }
+}

@@ -1,0 +1,63 @@
+//! From the bucket table to a gzipped `profile.proto`: snapshot → symbolize → build → encode → gzip.
+
+pub(crate) mod builder;
+pub(crate) mod mappings;
+pub mod proto;
+pub(crate) mod symbols;
+
+use std::io::Write;
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use parking_lot::Mutex;
+use prost::Message;
+
+use crate::Error;
+use crate::sampler::{self, Guard};
+use crate::table::buckets;
+use symbols::Resolved;
+
+/// Dumps run one at a time: they share the symbol and build-ID caches.
+static DUMP: Mutex<()> = Mutex::new(());
+
+/// Runs `f` on a symbolized snapshot of the bucket table, inside the profiler guard (nothing it allocates is
+/// sampled) and with no table lock held.
+pub(crate) fn with_snapshot<R>(f: impl FnOnce(&Resolved) -> R) -> Result<R, Error> {
+    if !sampler::installed() {
+        return Err(Error::NotInstalled);
+    }
+    let _guard = Guard::enter();
+    let _dump = DUMP.lock();
+    let snapshot = buckets::snapshot();
+    let resolved = symbols::resolve(&snapshot);
+    Ok(f(&resolved))
+}
+
+/// The profile of the bucket table as a [`proto::Profile`] message.
+pub(crate) fn profile() -> Result<proto::Profile, Error> {
+    with_snapshot(|resolved| {
+        let mappings = mappings::read();
+        let time_nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let comments = [format!("heap-sampler {}", env!("CARGO_PKG_VERSION"))];
+        let header = builder::Header {
+            rate: sampler::sample_rate(),
+            time_nanos,
+            comments: &comments,
+        };
+        builder::build(resolved, &mappings, &header)
+    })
+}
+
+/// Encodes and gzips a profile.
+pub(crate) fn encode(profile: &proto::Profile) -> Result<Vec<u8>, Error> {
+    let _guard = Guard::enter();
+    let raw = profile.encode_to_vec();
+    let mut gz = GzEncoder::new(
+        Vec::with_capacity(raw.len() / 4 + 64),
+        Compression::default(),
+    );
+    gz.write_all(&raw).map_err(Error::Compress)?;
+    gz.finish().map_err(Error::Compress)
+}

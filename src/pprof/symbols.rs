@@ -1,0 +1,189 @@
+//! In-process symbolization of a bucket snapshot: return addresses to functions, files, lines and inlined
+//! frames, with the profiler's own frames and Rust's allocation shims trimmed from the top of every stack.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::table::buckets::{BucketSnapshot, Counts};
+
+/// One source-level frame of a location.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Frame {
+    /// Demangled, without the hash suffix, e.g. `channels::foo`.
+    pub(crate) name: Arc<str>,
+    /// As the linker knows it (mangled).
+    pub(crate) system_name: Arc<str>,
+    /// Source path, or "" when unknown.
+    pub(crate) file: Arc<str>,
+    /// 1-based line, or 0 when unknown.
+    pub(crate) line: u32,
+}
+
+impl Frame {
+    fn marker(name: &str) -> Frame {
+        let name: Arc<str> = name.into();
+        Frame {
+            system_name: name.clone(),
+            name,
+            file: "".into(),
+            line: 0,
+        }
+    }
+}
+
+/// A return address with its frames, innermost (inlined) first.
+#[derive(Clone, Debug)]
+pub(crate) struct ResolvedLocation {
+    /// The call instruction's address (return address − 1); 0 for markers such as `[truncated]`.
+    pub(crate) address: u64,
+    pub(crate) frames: Vec<Frame>,
+}
+
+/// One stack of the profile and its counts.
+#[derive(Clone, Debug)]
+pub(crate) struct ResolvedSample {
+    /// Indexes into [`Resolved::locations`], innermost first.
+    pub(crate) locations: Vec<usize>,
+    pub(crate) counts: Counts,
+}
+
+/// A symbolized snapshot: what the pprof builder and the text report read.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Resolved {
+    pub(crate) locations: Vec<ResolvedLocation>,
+    pub(crate) samples: Vec<ResolvedSample>,
+}
+
+/// Marker frame that ends a stack cut at the maximum depth.
+pub(crate) const TRUNCATED: &str = "[truncated]";
+/// Marker frame of the samples charged to the overflow bucket.
+pub(crate) const OVERFLOW: &str = "[bucket table full]";
+
+/// Frames of these functions, at the top of a stack, are the profiler and the allocation path leading to it.
+const INTERNAL_PREFIXES: &[&str] = &[
+    "heap_sampler::",
+    "<heap_sampler::",
+    "backtrace::",
+    "<backtrace::",
+    "_Unwind_",
+    "__rust_alloc",
+    "__rust_realloc",
+    "__rust_dealloc",
+    "__rustc::",
+    "__rdl_",
+    "__rg_",
+    "alloc::alloc::",
+    "<alloc::alloc::",
+    "std::alloc::",
+    "<std::alloc::",
+    "std::sys::alloc::",
+    "std::sys::pal::unix::alloc::",
+];
+
+fn is_internal(frame: &Frame) -> bool {
+    INTERNAL_PREFIXES.iter().any(|p| frame.name.starts_with(p))
+}
+
+/// Symbols of each return address seen, kept across dumps (code does not move).
+static CACHE: Mutex<Option<HashMap<usize, Arc<[Frame]>>>> = Mutex::new(None);
+
+/// The frames of return address `ip`, innermost first, with internal frames removed from the inner end.
+fn frames_of(cache: &mut HashMap<usize, Arc<[Frame]>>, ip: usize) -> Arc<[Frame]> {
+    cache
+        .entry(ip)
+        .or_insert_with(|| {
+            let mut frames = Vec::new();
+            // `resolve` looks up `ip − 1`, the call instruction, as a return address needs.
+            backtrace::resolve(ip as *mut core::ffi::c_void, |symbol| {
+                let Some(name) = symbol.name() else { return };
+                frames.push(Frame {
+                    name: format!("{name:#}").into(),
+                    system_name: String::from_utf8_lossy(name.as_bytes()).into(),
+                    file: symbol
+                        .filename()
+                        .map(|f| f.to_string_lossy().into())
+                        .unwrap_or_else(|| "".into()),
+                    line: symbol.lineno().unwrap_or(0),
+                });
+            });
+            let inner_internal = frames.iter().take_while(|f| is_internal(f)).count();
+            if inner_internal == frames.len() && !frames.is_empty() {
+                // Wholly internal: keep the frames, the location is trimmed as a whole (see `resolve`).
+                return frames.into();
+            }
+            frames.drain(..inner_internal);
+            frames.into()
+        })
+        .clone()
+}
+
+/// Symbolizes `buckets`: one location per distinct return address, one sample per distinct trimmed stack.
+/// Must run inside the profiler guard.
+pub(crate) fn resolve(buckets: &[BucketSnapshot]) -> Resolved {
+    let mut cache = CACHE.lock();
+    let cache = cache.get_or_insert_with(HashMap::new);
+    let mut resolved = Resolved::default();
+    let mut location_of: HashMap<usize, usize> = HashMap::new();
+    let mut marker_of: HashMap<&'static str, usize> = HashMap::new();
+    let mut sample_of: HashMap<Vec<usize>, usize> = HashMap::new();
+
+    for bucket in buckets {
+        let mut stack = Vec::with_capacity(bucket.frames.len() + 1);
+        let mut trimming = true;
+        for &ip in &bucket.frames {
+            let frames = frames_of(cache, ip);
+            if trimming && frames.first().is_some_and(is_internal) {
+                continue;
+            }
+            trimming = false;
+            let index = *location_of.entry(ip).or_insert_with(|| {
+                resolved.locations.push(ResolvedLocation {
+                    address: (ip as u64).saturating_sub(1),
+                    frames: frames.to_vec(),
+                });
+                resolved.locations.len() - 1
+            });
+            stack.push(index);
+        }
+        let marker = if bucket.overflow {
+            Some(OVERFLOW)
+        } else if bucket.truncated {
+            Some(TRUNCATED)
+        } else {
+            None
+        };
+        if let Some(marker) = marker {
+            let index = *marker_of.entry(marker).or_insert_with(|| {
+                resolved.locations.push(ResolvedLocation {
+                    address: 0,
+                    frames: vec![Frame::marker(marker)],
+                });
+                resolved.locations.len() - 1
+            });
+            stack.push(index);
+        }
+        match sample_of.get(&stack) {
+            Some(&i) => {
+                let counts = &mut resolved.samples[i].counts;
+                counts.alloc_objects = counts
+                    .alloc_objects
+                    .saturating_add(bucket.counts.alloc_objects);
+                counts.alloc_space = counts.alloc_space.saturating_add(bucket.counts.alloc_space);
+                counts.inuse_objects = counts
+                    .inuse_objects
+                    .saturating_add(bucket.counts.inuse_objects);
+                counts.inuse_space = counts.inuse_space.saturating_add(bucket.counts.inuse_space);
+            }
+            None => {
+                sample_of.insert(stack.clone(), resolved.samples.len());
+                resolved.samples.push(ResolvedSample {
+                    locations: stack,
+                    counts: bucket.counts,
+                });
+            }
+        }
+    }
+    resolved
+}

@@ -1,0 +1,190 @@
+//! A short text report of the top allocation sites, for logs and for readers without `go tool pprof`.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use crate::Error;
+use crate::pprof::builder::objects;
+use crate::pprof::symbols::{Frame, Resolved};
+
+/// The heap figures of one allocation site: the innermost frame of a stack that is outside the standard
+/// library (`std`, `core`, `alloc`), so that `Vec::push` or `sync_channel` is charged to the line that called
+/// it. All values are unbiased estimates in bytes or counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    /// Demangled function name, without hash suffix.
+    pub function: String,
+    /// Source path, or "" when unknown.
+    pub file: String,
+    /// Source line, or 0 when unknown.
+    pub line: u32,
+    /// Bytes allocated at this site and not yet freed.
+    pub inuse_space: i64,
+    /// Objects allocated at this site and not yet freed.
+    pub inuse_objects: i64,
+    /// Bytes allocated at this site since the program started.
+    pub alloc_space: i64,
+    /// Objects allocated at this site since the program started.
+    pub alloc_objects: i64,
+}
+
+const STD_CRATES: &[&str] = &["std::", "core::", "alloc::", "hashbrown::"];
+
+/// Whether a frame belongs to the standard library: its path, or for a trait method `<X as Trait>::f` the
+/// type `X`, is in a standard crate, or `X` is a slice, reference, pointer, `str` or a generic parameter.
+fn is_std(name: &str) -> bool {
+    let subject = match name.strip_prefix('<') {
+        Some(rest) => rest.split(" as ").next().unwrap_or(rest),
+        None => name,
+    };
+    let primitive_or_generic = subject.starts_with(['[', '&', '*'])
+        || subject == "str"
+        || (subject.len() == 1 && subject.starts_with(|c: char| c.is_ascii_uppercase()));
+    primitive_or_generic || STD_CRATES.iter().any(|p| subject.starts_with(p))
+}
+
+fn site_frame<'a>(resolved: &'a Resolved, locations: &[usize]) -> Option<&'a Frame> {
+    let frames = || {
+        locations
+            .iter()
+            .flat_map(|&i| resolved.locations[i].frames.iter())
+    };
+    frames()
+        .find(|f| !is_std(&f.name))
+        .or_else(|| frames().next())
+}
+
+/// The allocation sites of a symbolized snapshot, largest in-use first (then largest allocated).
+pub(crate) fn sites(resolved: &Resolved) -> Vec<Site> {
+    let mut by_site: HashMap<(&str, &str, u32), Site> = HashMap::new();
+    for sample in &resolved.samples {
+        let Some(frame) = site_frame(resolved, &sample.locations) else {
+            continue;
+        };
+        let site = by_site
+            .entry((&frame.name, &frame.file, frame.line))
+            .or_insert_with(|| Site {
+                function: frame.name.to_string(),
+                file: frame.file.to_string(),
+                line: frame.line,
+                inuse_space: 0,
+                inuse_objects: 0,
+                alloc_space: 0,
+                alloc_objects: 0,
+            });
+        let c = &sample.counts;
+        site.inuse_space = site
+            .inuse_space
+            .saturating_add(i64::try_from(c.inuse_space).unwrap_or(i64::MAX));
+        site.inuse_objects = site.inuse_objects.saturating_add(objects(c.inuse_objects));
+        site.alloc_space = site
+            .alloc_space
+            .saturating_add(i64::try_from(c.alloc_space).unwrap_or(i64::MAX));
+        site.alloc_objects = site.alloc_objects.saturating_add(objects(c.alloc_objects));
+    }
+    let mut sites: Vec<Site> = by_site.into_values().collect();
+    sites.sort_by(|a, b| {
+        (b.inuse_space, b.alloc_space, &a.function, &a.file, a.line).cmp(&(
+            a.inuse_space,
+            a.alloc_space,
+            &b.function,
+            &b.file,
+            b.line,
+        ))
+    });
+    sites
+}
+
+/// Formats a byte count with a binary unit: `512 B`, `1.50 KiB`, `27.45 MiB`.
+pub(crate) fn human_bytes(bytes: i64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes.abs() < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value.abs() >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.2} {}", UNITS[unit])
+}
+
+/// Renders the `top` sites as a table: in-use bytes and objects, allocated bytes and objects, function and
+/// `file:line`, after a header line with the sample rate and the noise bound.
+pub(crate) fn render(sites: &[Site], rate: usize, top: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "heap profile: sample rate {} ({} sites); values are estimates, relative standard error <= sqrt(rate / bytes)",
+        human_bytes(i64::try_from(rate).unwrap_or(i64::MAX)),
+        sites.len()
+    );
+    let _ = writeln!(
+        out,
+        "{:>12} {:>12} {:>12} {:>12}  site",
+        "inuse_space", "inuse_objs", "alloc_space", "alloc_objs"
+    );
+    for site in sites.iter().take(top) {
+        let file = site.file.rsplit('/').next().unwrap_or(&site.file);
+        let _ = writeln!(
+            out,
+            "{:>12} {:>12} {:>12} {:>12}  {} ({}:{})",
+            human_bytes(site.inuse_space),
+            site.inuse_objects,
+            human_bytes(site.alloc_space),
+            site.alloc_objects,
+            site.function,
+            file,
+            site.line
+        );
+    }
+    if sites.len() > top {
+        let _ = writeln!(out, "... {} more sites", sites.len() - top);
+    }
+    out
+}
+
+/// The allocation sites of the current profile, largest in-use first. See [`Site`] for how a stack is charged
+/// to a site.
+///
+/// # Errors
+/// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator.
+pub fn top_sites() -> Result<Vec<Site>, Error> {
+    crate::pprof::with_snapshot(sites)
+}
+
+/// A text report of the `top` allocation sites of the current profile (see [`top_sites`]), with the sample
+/// rate and the noise bound in its first line; for logs, and for readers without `go tool pprof`.
+///
+/// # Errors
+/// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator.
+pub fn report(top: usize) -> Result<String, Error> {
+    let rate = crate::sample_rate();
+    crate::pprof::with_snapshot(|resolved| render(&sites(resolved), rate, top))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_library_frames_are_recognised() {
+        assert!(is_std("std::sync::mpmc::array::Channel<T>::with_capacity"));
+        assert!(is_std("alloc::raw_vec::RawVec<T,A>::grow_one"));
+        assert!(is_std("<alloc::vec::Vec<T> as core::clone::Clone>::clone"));
+        assert!(is_std("<[T] as alloc::slice::hack::ConvertVec>::to_vec"));
+        assert!(is_std("<T as alloc::string::ToString>::to_string"));
+        assert!(!is_std("channels::foo"));
+        assert!(!is_std("<serde_json::Value as core::clone::Clone>::clone"));
+        assert!(!is_std("Tokio::run"));
+        assert!(!is_std("stdx::f"));
+    }
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.50 KiB");
+        assert_eq!(human_bytes(3 << 20), "3.00 MiB");
+    }
+}

@@ -1,0 +1,244 @@
+//! Buckets: cumulative and in-use counts per captured stack, in a lock-striped table.
+
+use core::hash::{BuildHasherDefault, Hasher};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+
+use super::{STRIPES, Weight};
+use crate::stack::Stack;
+
+/// Default cap on the number of buckets (distinct stacks), about 40 MiB of table at the default depth.
+pub const DEFAULT_MAX_BUCKETS: usize = 65_536;
+
+static MAX_BUCKETS: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_BUCKETS);
+static BUCKETS: AtomicUsize = AtomicUsize::new(0);
+static TABLE_BYTES: AtomicUsize = AtomicUsize::new(0);
+static SAMPLES: AtomicU64 = AtomicU64::new(0);
+static OVERFLOW_SAMPLES: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the cap on the number of buckets. Once it is reached, sampled allocations from new stacks are charged
+/// to a single overflow bucket (shown as `[bucket table full]` in profiles) and counted in
+/// [`crate::Stats::overflow_samples`]: totals stay right, attribution of the excess is lost. Existing buckets
+/// keep counting. Lowering the cap below the current count only stops growth.
+pub fn set_max_buckets(buckets: usize) {
+    MAX_BUCKETS.store(buckets, Relaxed);
+}
+
+/// Counts of one bucket. Objects are in [`super::OBJECT_UNITS`], bytes in bytes; all are estimates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) alloc_objects: u128,
+    pub(crate) alloc_space: u64,
+    pub(crate) inuse_objects: u128,
+    pub(crate) inuse_space: u64,
+}
+
+impl Counts {
+    fn add(&mut self, w: Weight) {
+        self.alloc_objects = self.alloc_objects.saturating_add(w.objects);
+        self.alloc_space = self.alloc_space.saturating_add(w.bytes);
+        self.inuse_objects = self.inuse_objects.saturating_add(w.objects);
+        self.inuse_space = self.inuse_space.saturating_add(w.bytes);
+    }
+
+    fn sub(&mut self, w: Weight) {
+        self.inuse_objects = self.inuse_objects.saturating_sub(w.objects);
+        self.inuse_space = self.inuse_space.saturating_sub(w.bytes);
+    }
+}
+
+/// Where a sampled allocation's weight went, so that its free subtracts it from the same place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BucketId(u32);
+
+impl BucketId {
+    const OVERFLOW: BucketId = BucketId(u32::MAX);
+    const STRIPE_BITS: u32 = STRIPES.trailing_zeros();
+
+    fn new(stripe: usize, index: usize) -> BucketId {
+        BucketId(((index as u32) << Self::STRIPE_BITS) | stripe as u32)
+    }
+
+    fn stripe(self) -> usize {
+        (self.0 & (STRIPES as u32 - 1)) as usize
+    }
+
+    fn index(self) -> usize {
+        (self.0 >> Self::STRIPE_BITS) as usize
+    }
+}
+
+struct Bucket {
+    frames: Box<[usize]>,
+    truncated: bool,
+    /// Next bucket of this stripe with the same hash, or `u32::MAX`.
+    next: u32,
+    counts: Counts,
+}
+
+/// The hashes are already mixed (see [`hash_frames`]): use them as they are.
+#[derive(Default)]
+struct PassThroughHasher(u64);
+
+impl Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | b as u64;
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+struct Stripe {
+    /// Stack hash → index of the first bucket with that hash.
+    index: HashMap<u64, u32, BuildHasherDefault<PassThroughHasher>>,
+    buckets: Vec<Bucket>,
+}
+
+static TABLE: [Mutex<Stripe>; STRIPES] = [const {
+    Mutex::new(Stripe {
+        index: HashMap::with_hasher(BuildHasherDefault::new()),
+        buckets: Vec::new(),
+    })
+}; STRIPES];
+
+static OVERFLOW: Mutex<Counts> = Mutex::new(Counts {
+    alloc_objects: 0,
+    alloc_space: 0,
+    inuse_objects: 0,
+    inuse_space: 0,
+});
+
+/// Adds a sampled allocation to the bucket of `stack`, creating the bucket if needed. Must run inside the
+/// profiler guard (it may allocate).
+pub(crate) fn record_alloc(stack: &Stack, weight: Weight) -> BucketId {
+    SAMPLES.fetch_add(1, Relaxed);
+    let hash = stack.hash();
+    let stripe_no = (hash as usize) & (STRIPES - 1);
+    let mut stripe = TABLE[stripe_no].lock();
+    let mut slot = stripe.index.get(&hash).copied().unwrap_or(u32::MAX);
+    while let Some(bucket) = stripe.buckets.get_mut(slot as usize) {
+        if bucket.truncated == stack.truncated() && *bucket.frames == *stack.frames() {
+            bucket.counts.add(weight);
+            return BucketId::new(stripe_no, slot as usize);
+        }
+        slot = bucket.next;
+    }
+    let index = stripe.buckets.len();
+    if BUCKETS.load(Relaxed) >= MAX_BUCKETS.load(Relaxed)
+        || index >= (u32::MAX >> BucketId::STRIPE_BITS) as usize
+    {
+        drop(stripe);
+        OVERFLOW_SAMPLES.fetch_add(1, Relaxed);
+        OVERFLOW.lock().add(weight);
+        return BucketId::OVERFLOW;
+    }
+    BUCKETS.fetch_add(1, Relaxed);
+    TABLE_BYTES.fetch_add(
+        size_of::<Bucket>() + size_of_val(stack.frames()) + 16,
+        Relaxed,
+    );
+    let next = stripe.index.insert(hash, index as u32).unwrap_or(u32::MAX);
+    let mut counts = Counts::default();
+    counts.add(weight);
+    stripe.buckets.push(Bucket {
+        frames: stack.frames().into(),
+        truncated: stack.truncated(),
+        next,
+        counts,
+    });
+    BucketId::new(stripe_no, index)
+}
+
+/// Subtracts a freed sampled allocation from the bucket it was added to.
+pub(crate) fn record_free(id: BucketId, weight: Weight) {
+    if id == BucketId::OVERFLOW {
+        OVERFLOW.lock().sub(weight);
+        return;
+    }
+    if let Some(bucket) = TABLE[id.stripe()].lock().buckets.get_mut(id.index()) {
+        bucket.counts.sub(weight);
+    }
+}
+
+/// A copy of one bucket, taken by [`snapshot`].
+#[derive(Clone, Debug)]
+pub(crate) struct BucketSnapshot {
+    /// Return addresses, innermost first; empty for the overflow bucket.
+    pub(crate) frames: Vec<usize>,
+    pub(crate) truncated: bool,
+    pub(crate) overflow: bool,
+    pub(crate) counts: Counts,
+}
+
+/// Copies every bucket, one stripe at a time (each stripe is locked only while it is copied). Must run inside
+/// the profiler guard.
+pub(crate) fn snapshot() -> Vec<BucketSnapshot> {
+    let mut out = Vec::with_capacity(BUCKETS.load(Relaxed) + 1);
+    for stripe in &TABLE {
+        let stripe = stripe.lock();
+        out.extend(stripe.buckets.iter().map(|b| BucketSnapshot {
+            frames: b.frames.to_vec(),
+            truncated: b.truncated,
+            overflow: false,
+            counts: b.counts,
+        }));
+    }
+    let overflow = *OVERFLOW.lock();
+    if overflow != Counts::default() {
+        out.push(BucketSnapshot {
+            frames: Vec::new(),
+            truncated: false,
+            overflow: true,
+            counts: overflow,
+        });
+    }
+    out
+}
+
+/// Sizes of the bucket table, for [`crate::stats`].
+pub(crate) struct TableStats {
+    pub(crate) buckets: usize,
+    pub(crate) bytes: usize,
+    pub(crate) samples: u64,
+    pub(crate) overflow_samples: u64,
+    pub(crate) max_buckets: usize,
+}
+
+pub(crate) fn table_stats() -> TableStats {
+    TableStats {
+        buckets: BUCKETS.load(Relaxed),
+        bytes: TABLE_BYTES.load(Relaxed),
+        samples: SAMPLES.load(Relaxed),
+        overflow_samples: OVERFLOW_SAMPLES.load(Relaxed),
+        max_buckets: MAX_BUCKETS.load(Relaxed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::hash_frames;
+
+    #[test]
+    fn bucket_ids_round_trip() {
+        let id = BucketId::new(63, 12345);
+        assert_eq!((id.stripe(), id.index()), (63, 12345));
+        assert_ne!(id, BucketId::OVERFLOW);
+    }
+
+    #[test]
+    fn hashes_differ_by_truncation() {
+        assert_ne!(
+            hash_frames(&[1, 2, 3], false),
+            hash_frames(&[1, 2, 3], true)
+        );
+    }
+}

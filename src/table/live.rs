@@ -1,0 +1,84 @@
+//! The sampled allocations that are still live, so that a free subtracts exactly what its allocation added.
+//!
+//! Every free must ask "was this pointer sampled?", and almost every answer is no. A counting filter answers
+//! that without a lock: `FILTER[slot(ptr)]` counts the live sampled pointers that hash to the slot, so a zero
+//! means "not sampled" with certainty (one relaxed load). A non-zero slot (a sampled pointer, or another
+//! pointer sharing its slot) goes on to the striped map. Entries are inserted before the sampled pointer is
+//! returned to the program and removed before the memory goes back to the inner allocator, so an address
+//! reused at once can never find a stale entry.
+
+use core::hash::BuildHasherDefault;
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+
+use super::buckets::BucketId;
+use super::{STRIPES, Weight};
+
+const FILTER_BITS: u32 = 18;
+/// 2^18 counters (1 MiB, untouched pages cost nothing): with `L` live sampled allocations, a free of an
+/// unsampled pointer reaches a lock with probability about `L / 2^18`.
+const FILTER_SLOTS: usize = 1 << FILTER_BITS;
+
+static FILTER: [AtomicU32; FILTER_SLOTS] = [const { AtomicU32::new(0) }; FILTER_SLOTS];
+static LIVE_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// A live sampled allocation: where its weight went and what it was.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LiveEntry {
+    pub(crate) bucket: BucketId,
+    pub(crate) weight: Weight,
+}
+
+type LiveMap = HashMap<usize, LiveEntry, BuildHasherDefault<std::hash::DefaultHasher>>;
+
+static LIVE: [Mutex<LiveMap>; STRIPES] =
+    [const { Mutex::new(HashMap::with_hasher(BuildHasherDefault::new())) }; STRIPES];
+
+#[inline(always)]
+fn mix(ptr: usize) -> u64 {
+    // Allocations are at least 8-aligned: drop the low bits that are always zero, then spread.
+    ((ptr as u64) >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+#[inline(always)]
+fn filter_slot(ptr: usize) -> &'static AtomicU32 {
+    &FILTER[(mix(ptr) >> (64 - FILTER_BITS)) as usize]
+}
+
+fn stripe(ptr: usize) -> &'static Mutex<LiveMap> {
+    &LIVE[(mix(ptr) >> 20) as usize & (STRIPES - 1)]
+}
+
+/// Whether `ptr` may be a live sampled allocation. `false` is certain; `true` needs [`remove`] to tell.
+#[inline(always)]
+pub(crate) fn maybe_sampled(ptr: *mut u8) -> bool {
+    filter_slot(ptr as usize).load(Relaxed) != 0
+}
+
+/// Records `ptr` as a live sampled allocation. Must run inside the profiler guard, before `ptr` is returned
+/// to the program.
+pub(crate) fn insert(ptr: *mut u8, entry: LiveEntry) {
+    let ptr = ptr as usize;
+    let previous = stripe(ptr).lock().insert(ptr, entry);
+    if previous.is_none() {
+        filter_slot(ptr).fetch_add(1, Relaxed);
+        LIVE_COUNT.fetch_add(1, Relaxed);
+    }
+}
+
+/// Removes `ptr` if it is a live sampled allocation and returns what it recorded. Must run inside the
+/// profiler guard, before the memory is given back to the inner allocator.
+pub(crate) fn remove(ptr: *mut u8) -> Option<LiveEntry> {
+    let ptr = ptr as usize;
+    let entry = stripe(ptr).lock().remove(&ptr)?;
+    filter_slot(ptr).fetch_sub(1, Relaxed);
+    LIVE_COUNT.fetch_sub(1, Relaxed);
+    Some(entry)
+}
+
+/// The number of live sampled allocations.
+pub(crate) fn live_count() -> usize {
+    LIVE_COUNT.load(Relaxed)
+}
