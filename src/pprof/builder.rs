@@ -89,11 +89,10 @@ pub(crate) fn build(resolved: &Resolved, mappings: &[MappingInfo], header: &Head
     // Keyed by the frame without its line: one Function per name, mangled name and file.
     let mut function_of: HashMap<Frame, u64> = HashMap::new();
     let mut function_id = |frame: &Frame, strings: &mut Strings| -> u64 {
-        let key = (
-            frame.name.clone(),
-            frame.system_name.clone(),
-            frame.file.clone(),
-        );
+        let key = Frame {
+            line: 0,
+            ..frame.clone()
+        };
         *function_of.entry(key).or_insert_with(|| {
             let id = functions.len() as u64 + 1;
             functions.push(Function {
