@@ -1,0 +1,284 @@
+//! Helpers shared by the integration tests: decoding profiles, summing them by source line, checking the
+//! pprof contract, and finding `go tool pprof`.
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+
+use heap_sampler::proto::Profile;
+use prost::Message;
+
+/// Tests of one binary share the global profiler: they run one at a time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Gunzips and decodes a profile written by `dump_profile`.
+pub fn decode(gzipped: &[u8]) -> Profile {
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(gzipped)
+        .read_to_end(&mut raw)
+        .expect("profile is gzip");
+    Profile::decode(raw.as_slice()).expect("profile decodes as profile.proto")
+}
+
+/// Dumps and decodes the current profile.
+pub fn profile() -> Profile {
+    decode(&heap_sampler::dump_profile().expect("dump_profile"))
+}
+
+/// The four values of a sample, named.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Values {
+    pub alloc_objects: i64,
+    pub alloc_space: i64,
+    pub inuse_objects: i64,
+    pub inuse_space: i64,
+}
+
+impl Values {
+    fn add(&mut self, v: &[i64]) {
+        self.alloc_objects += v[0];
+        self.alloc_space += v[1];
+        self.inuse_objects += v[2];
+        self.inuse_space += v[3];
+    }
+
+    /// `self − before`, for the cumulative `alloc_*` values between two dumps.
+    pub fn since(&self, before: &Values) -> Values {
+        Values {
+            alloc_objects: self.alloc_objects - before.alloc_objects,
+            alloc_space: self.alloc_space - before.alloc_space,
+            inuse_objects: self.inuse_objects - before.inuse_objects,
+            inuse_space: self.inuse_space - before.inuse_space,
+        }
+    }
+}
+
+pub fn string(p: &Profile, i: i64) -> &str {
+    &p.string_table[i as usize]
+}
+
+fn function_matches(name: &str, function: &str) -> bool {
+    name == function || name.ends_with(&format!("::{function}"))
+}
+
+/// For each sample whose stack passes through `function` (a path suffix such as `foo` or `tests::foo`), the
+/// line of its innermost frame in that function, and the sample's values.
+pub fn samples_at(p: &Profile, function: &str) -> Vec<(i64, Vec<i64>)> {
+    let functions: HashMap<u64, &str> = p
+        .function
+        .iter()
+        .map(|f| (f.id, string(p, f.name)))
+        .collect();
+    let locations: HashMap<u64, _> = p.location.iter().map(|l| (l.id, l)).collect();
+    let mut out = Vec::new();
+    for sample in &p.sample {
+        let line = sample
+            .location_id
+            .iter()
+            .flat_map(|id| locations[id].line.iter())
+            .find_map(|line| {
+                function_matches(functions[&line.function_id], function).then_some(line.line)
+            });
+        if let Some(line) = line {
+            out.push((line, sample.value.clone()));
+        }
+    }
+    out
+}
+
+/// Values summed by the line of `function` that the stacks pass through.
+pub fn by_line(p: &Profile, function: &str) -> HashMap<i64, Values> {
+    let mut lines: HashMap<i64, Values> = HashMap::new();
+    for (line, value) in samples_at(p, function) {
+        lines.entry(line).or_default().add(&value);
+    }
+    lines
+}
+
+/// Values summed over every stack that passes through `function`.
+pub fn at_function(p: &Profile, function: &str) -> Values {
+    by_line(p, function)
+        .values()
+        .fold(Values::default(), |mut acc, v| {
+            acc.add(&[
+                v.alloc_objects,
+                v.alloc_space,
+                v.inuse_objects,
+                v.inuse_space,
+            ]);
+            acc
+        })
+}
+
+/// Frames that must never appear in a sample: the profiler and Rust's allocation shims.
+pub const INTERNAL: &[&str] = &[
+    "heap_sampler::",
+    "<heap_sampler::",
+    "__rust_alloc",
+    "__rust_realloc",
+    "__rdl_",
+    "__rg_",
+    "alloc::alloc::",
+    "backtrace::",
+];
+
+/// Checks every rule of the pprof contract (DESIGN.md §5) that a decoded profile can show; panics with the
+/// rule broken.
+pub fn check_contract(p: &Profile) {
+    let strings = p.string_table.len() as i64;
+    let s = |i: i64| {
+        assert!((0..strings).contains(&i), "string index {i} out of range");
+        string(p, i)
+    };
+    assert_eq!(
+        p.string_table.first().map(String::as_str),
+        Some(""),
+        "string_table[0] must be empty"
+    );
+    let types: Vec<(&str, &str)> = p
+        .sample_type
+        .iter()
+        .map(|t| (s(t.r#type), s(t.unit)))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("alloc_objects", "count"),
+            ("alloc_space", "bytes"),
+            ("inuse_objects", "count"),
+            ("inuse_space", "bytes")
+        ]
+    );
+    let period = p.period_type.as_ref().expect("period_type");
+    assert_eq!((s(period.r#type), s(period.unit)), ("space", "bytes"));
+    assert_eq!(p.period, heap_sampler::sample_rate() as i64);
+    assert_eq!(s(p.default_sample_type), "inuse_space");
+
+    let dense = |ids: Vec<u64>, what: &str| {
+        let expected: Vec<u64> = (1..=ids.len() as u64).collect();
+        assert_eq!(
+            ids, expected,
+            "{what} ids must be unique, non-zero and dense from 1"
+        );
+    };
+    dense(p.mapping.iter().map(|m| m.id).collect(), "mapping");
+    dense(p.location.iter().map(|l| l.id).collect(), "location");
+    dense(p.function.iter().map(|f| f.id).collect(), "function");
+
+    let exe = std::fs::read_link("/proc/self/exe").unwrap();
+    let main = p.mapping.first().expect("a main mapping");
+    assert_eq!(
+        s(main.filename),
+        exe.to_string_lossy().trim_end_matches(" (deleted)"),
+        "main binary first"
+    );
+    assert!(!s(main.build_id).is_empty(), "main mapping has a build ID");
+    for m in &p.mapping {
+        s(m.filename);
+        s(m.build_id);
+        assert!(m.memory_start < m.memory_limit);
+        assert!(m.has_functions && m.has_filenames && m.has_line_numbers && m.has_inline_frames);
+    }
+    for f in &p.function {
+        s(f.name);
+        s(f.system_name);
+        s(f.filename);
+    }
+    let mut addresses = HashSet::new();
+    for l in &p.location {
+        if l.mapping_id != 0 {
+            let m = &p.mapping[l.mapping_id as usize - 1];
+            assert!(
+                (m.memory_start..m.memory_limit).contains(&l.address),
+                "location inside its mapping"
+            );
+            assert!(
+                addresses.insert((l.mapping_id, l.address)),
+                "one location per address"
+            );
+        }
+        for line in &l.line {
+            assert!(
+                (1..=p.function.len() as u64).contains(&line.function_id),
+                "line refers to a function by id"
+            );
+        }
+    }
+    for sample in &p.sample {
+        assert_eq!(sample.value.len(), 4, "4 values per sample");
+        assert!(
+            sample.value.iter().all(|&v| v >= 0),
+            "no negative value: {:?}",
+            sample.value
+        );
+        for id in &sample.location_id {
+            assert!(
+                (1..=p.location.len() as u64).contains(id),
+                "sample refers to a location by id"
+            );
+        }
+        let bytes = sample
+            .label
+            .iter()
+            .find(|l| s(l.key) == "bytes")
+            .expect("numeric label `bytes`");
+        assert!(bytes.num >= 0);
+        let first = sample
+            .location_id
+            .first()
+            .map(|id| &p.location[*id as usize - 1]);
+        for line in first.into_iter().flat_map(|l| l.line.iter()) {
+            let name = s(p.function[line.function_id as usize - 1].name);
+            assert!(
+                !INTERNAL.iter().any(|i| name.starts_with(i)),
+                "internal frame {name} in a sample"
+            );
+        }
+    }
+}
+
+/// `go`, for `go tool pprof`. `None` (the caller skips) where Go is missing, unless `CI` is set: there its
+/// absence fails the test, as CI installs it.
+pub fn go() -> Option<PathBuf> {
+    let found = Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return Some(PathBuf::from("go"));
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("`go` not found, and CI is set: install golang-go (apt-get install -y golang-go)");
+    }
+    eprintln!("skipping the go tool pprof part: `go` not found (apt-get install -y golang-go)");
+    None
+}
+
+/// Runs `go tool pprof ARGS`, returning stdout; panics with stderr if it fails.
+pub fn pprof(go: &PathBuf, args: &[&str]) -> String {
+    let out = Command::new(go)
+        .args(["tool", "pprof"])
+        .args(args)
+        .env("PPROF_TMPDIR", std::env::temp_dir())
+        .output()
+        .expect("run go tool pprof");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?} failed:\n{stderr}"
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned() + &stderr
+}
+
+/// A fresh directory under the system temporary directory.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("heap-sampler-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
