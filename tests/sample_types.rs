@@ -23,11 +23,18 @@ fn more_blocks(n: usize) -> Vec<Vec<u8>> {
     (0..n).map(|_| Vec::with_capacity(BLOCK)).collect()
 }
 
-const TYPES: [(&str, &str); 4] =
-    [("alloc_objects", "count"), ("alloc_space", "bytes"), ("inuse_objects", "count"), ("inuse_space", "bytes")];
+const TYPES: [(&str, &str); 4] = [
+    ("alloc_objects", "count"),
+    ("alloc_space", "bytes"),
+    ("inuse_objects", "count"),
+    ("inuse_space", "bytes"),
+];
 
 fn sample_types(p: &heap_sampler::proto::Profile) -> Vec<(&str, &str)> {
-    p.sample_type.iter().map(|t| (common::string(p, t.r#type), common::string(p, t.unit))).collect()
+    p.sample_type
+        .iter()
+        .map(|t| (common::string(p, t.r#type), common::string(p, t.unit)))
+        .collect()
 }
 
 /// Blocks of 4 MiB at rate 64 KiB are sampled with p = 1 − e^(−64) = 1 (in f64): weight exactly 1, so the
@@ -58,27 +65,52 @@ fn sample_types_are_stable_and_base_differences_are_exact() {
     assert_eq!(sample_types(&p2), TYPES);
     common::check_contract(&p2);
     let v = common::at_function(&p2, "hold_blocks");
-    assert_eq!((v.inuse_objects, v.inuse_space, v.alloc_objects), (6, 6 * BLOCK as i64, 10));
+    assert_eq!(
+        (v.inuse_objects, v.inuse_space, v.alloc_objects),
+        (6, 6 * BLOCK as i64, 10)
+    );
 
     if let Some(go) = common::go() {
         let dir = common::temp_dir("sample-types");
-        let (path0, path1, path2) = (dir.join("p0.pb.gz"), dir.join("p1.pb.gz"), dir.join("p2.pb.gz"));
+        let (path0, path1, path2) = (
+            dir.join("p0.pb.gz"),
+            dir.join("p1.pb.gz"),
+            dir.join("p2.pb.gz"),
+        );
         std::fs::write(&path0, &empty).unwrap();
         std::fs::write(&path1, &no_frees).unwrap();
         std::fs::write(&path2, &after_frees).unwrap();
         let top = common::pprof(
             &go,
-            &["-top", "-unit=B", "-sample_index=inuse_space", "-base", path1.to_str().unwrap(), path2.to_str().unwrap()],
+            &[
+                "-top",
+                "-unit=B",
+                "-sample_index=inuse_space",
+                "-base",
+                path1.to_str().unwrap(),
+                path2.to_str().unwrap(),
+            ],
         );
         // The `cum` column: bytes in use below each site function.
         let cum = |function: &str| -> i64 {
-            let line = top.lines().find(|l| l.ends_with(function)).unwrap_or_else(|| panic!("{function} in:\n{top}"));
-            line.split_whitespace().nth(3).unwrap().trim_end_matches('B').parse().unwrap()
+            let line = top
+                .lines()
+                .find(|l| l.ends_with(function))
+                .unwrap_or_else(|| panic!("{function} in:\n{top}"));
+            line.split_whitespace()
+                .nth(3)
+                .unwrap()
+                .trim_end_matches('B')
+                .parse()
+                .unwrap()
         };
         assert_eq!(cum("sample_types::hold_blocks"), -4 * BLOCK as i64);
         assert_eq!(cum("sample_types::more_blocks"), 3 * BLOCK as i64);
         // The empty profile merges with the others: same sample types.
-        common::pprof(&go, &["-raw", path0.to_str().unwrap(), path2.to_str().unwrap()]);
+        common::pprof(
+            &go,
+            &["-raw", path0.to_str().unwrap(), path2.to_str().unwrap()],
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
     drop((held, more));

@@ -58,7 +58,10 @@ fn many_stacks_from_four_threads_follow_the_contract() {
         let path = dir.join("structure.pb.gz");
         std::fs::write(&path, &bytes).unwrap();
         let raw = common::pprof(&go, &["-raw", path.to_str().unwrap()]);
-        assert!(raw.contains("structure::nest"), "pprof -raw lists the sites:\n{raw}");
+        assert!(
+            raw.contains("structure::nest"),
+            "pprof -raw lists the sites:\n{raw}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
     drop(kept);
