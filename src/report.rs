@@ -34,7 +34,8 @@ const STD_CRATES: &[&str] = &["std::", "core::", "alloc::", "hashbrown::"];
 /// type `X`, is in a standard crate, or `X` is a slice, reference, pointer, `str` or a generic parameter.
 fn is_std(name: &str) -> bool {
     let subject = match name.strip_prefix('<') {
-        Some(rest) => rest.split(" as ").next().unwrap_or(rest),
+        Some(rest) if rest.contains(" as ") => rest.split(" as ").next().unwrap_or(rest),
+        Some(rest) => rest.split('>').next().unwrap_or(rest),
         None => name,
     };
     let primitive_or_generic = subject.starts_with(['[', '&', '*'])
@@ -175,6 +176,7 @@ mod tests {
         assert!(is_std("<alloc::vec::Vec<T> as core::clone::Clone>::clone"));
         assert!(is_std("<[T] as alloc::slice::hack::ConvertVec>::to_vec"));
         assert!(is_std("<T as alloc::string::ToString>::to_string"));
+        assert!(is_std("<str>::repeat"));
         assert!(!is_std("channels::foo"));
         assert!(!is_std("<serde_json::Value as core::clone::Clone>::clone"));
         assert!(!is_std("Tokio::run"));

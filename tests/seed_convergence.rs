@@ -14,13 +14,15 @@ static ALLOC: SamplingAllocator<System> = SamplingAllocator::new(System);
 
 type Queue<T> = (SyncSender<T>, Receiver<T>);
 
-#[inline(never)]
-fn foo() -> (
+type Queues = (
     Queue<[u8; 64]>,
     Queue<[u8; 64]>,
     Queue<[u8; 256]>,
     Queue<u64>,
-) {
+);
+
+#[inline(never)]
+fn foo() -> Queues {
     let a = sync_channel::<[u8; 64]>(100);
     let b = sync_channel::<[u8; 64]>(100);
     let c = sync_channel::<[u8; 256]>(100);

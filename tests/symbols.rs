@@ -56,12 +56,16 @@ fn symbols_survive_deleting_the_binary() {
     std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
     let build_id = readelf_build_id(&copy);
     let profile_path = dir.join("child.pb.gz");
-    let status = Command::new(&copy)
+    let child = Command::new(&copy)
         .args(["--exact", "child_writes_a_profile", "--test-threads=1"])
         .env(CHILD_OUT, &profile_path)
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success(), "child test failed");
+    assert!(
+        child.status.success(),
+        "child test failed:\n{}",
+        String::from_utf8_lossy(&child.stdout)
+    );
     std::fs::remove_file(&copy).unwrap();
 
     let p = common::decode(&std::fs::read(&profile_path).unwrap());
