@@ -48,9 +48,20 @@ fn deep_recursion_is_cut_at_the_configured_depth_and_marked() {
         let p = common::profile();
         common::check_contract(&p);
         let stacks = stacks_through_recurse(&p);
-        let deep: Vec<_> = stacks.iter().filter(|s| s.len() <= depth + 1 && s.last().is_some_and(|f| f == "[truncated]")).collect();
-        assert!(!deep.is_empty(), "a truncated stack of at most {depth} frames + marker: {stacks:?}");
-        assert!(stacks.iter().all(|s| s.len() <= heap_sampler::DEFAULT_STACK_DEPTH * 4), "no stack is deeper than captured");
+        let deep: Vec<_> = stacks
+            .iter()
+            .filter(|s| s.len() <= depth + 1 && s.last().is_some_and(|f| f == "[truncated]"))
+            .collect();
+        assert!(
+            !deep.is_empty(),
+            "a truncated stack of at most {depth} frames + marker: {stacks:?}"
+        );
+        assert!(
+            stacks
+                .iter()
+                .all(|s| s.len() <= heap_sampler::DEFAULT_STACK_DEPTH * 4),
+            "no stack is deeper than captured"
+        );
     }
     heap_sampler::set_max_stack_depth(heap_sampler::DEFAULT_STACK_DEPTH);
 }
@@ -61,7 +72,10 @@ fn bucket_table_is_capped_and_overflow_is_counted() {
     heap_sampler::set_sample_rate(1);
     drop(black_box(vec![0u8; 10]));
     let before = heap_sampler::stats();
-    assert!(before.table_bytes > 0 && before.buckets > 0 && before.samples > 0, "{before:?}");
+    assert!(
+        before.table_bytes > 0 && before.buckets > 0 && before.samples > 0,
+        "{before:?}"
+    );
     heap_sampler::set_max_buckets(before.buckets + 10);
     let mut kept = Vec::with_capacity(100);
     for depth in 0..100 {
@@ -70,13 +84,19 @@ fn bucket_table_is_capped_and_overflow_is_counted() {
     let after = heap_sampler::stats();
     heap_sampler::set_max_buckets(heap_sampler::DEFAULT_MAX_BUCKETS);
     assert!(after.buckets <= before.buckets + 10, "cap holds: {after:?}");
-    assert!(after.overflow_samples >= 90, "stacks past the cap are counted: {after:?}");
+    assert!(
+        after.overflow_samples >= 90,
+        "stacks past the cap are counted: {after:?}"
+    );
 
     let p = common::profile();
     common::check_contract(&p);
     let through = common::at_function(&p, "recurse");
     let overflow = common::at_function(&p, "[bucket table full]");
-    assert!(overflow.inuse_objects >= 90, "the overflow bucket holds the excess: {overflow:?}");
+    assert!(
+        overflow.inuse_objects >= 90,
+        "the overflow bucket holds the excess: {overflow:?}"
+    );
     // Every allocation is still counted: in recurse's buckets or in the overflow bucket.
     assert!(through.inuse_objects + overflow.inuse_objects >= 100);
     drop(kept);

@@ -61,13 +61,17 @@ pub(crate) const TRUNCATED: &str = "[truncated]";
 /// Marker frame of the samples charged to the overflow bucket.
 pub(crate) const OVERFLOW: &str = "[bucket table full]";
 
-/// Frames of these functions, at the top of a stack, are the profiler and the allocation path leading to it.
+/// Frames of these functions, at the top of a stack, are the profiler, the unwinder it calls and the
+/// allocation path leading to it. (Capture already skips the profiler's frames by address; this also covers
+/// unwinders that do not report function start addresses.)
 const INTERNAL_PREFIXES: &[&str] = &[
-    "heap_sampler::",
-    "<heap_sampler::",
-    "backtrace::",
-    "<backtrace::",
-    "_Unwind_",
+    "heap_sampler::allocator::",
+    "<heap_sampler::allocator::",
+    "heap_sampler::sampler::",
+    "heap_sampler::stack::",
+    "heap_sampler::table::",
+    "backtrace::backtrace::",
+    "_Unwind_Backtrace",
     "__rust_alloc",
     "__rust_realloc",
     "__rust_dealloc",

@@ -4,9 +4,7 @@ use core::hash::{BuildHasherDefault, Hasher};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::collections::HashMap;
 
-use parking_lot::Mutex;
-
-use super::{STRIPES, Weight};
+use super::{Lock, STRIPES, Weight};
 use crate::stack::Stack;
 
 /// Default cap on the number of buckets (distinct stacks), about 40 MiB of table at the default depth.
@@ -102,14 +100,14 @@ struct Stripe {
     buckets: Vec<Bucket>,
 }
 
-static TABLE: [Mutex<Stripe>; STRIPES] = [const {
-    Mutex::new(Stripe {
+static TABLE: [Lock<Stripe>; STRIPES] = [const {
+    Lock::new(Stripe {
         index: HashMap::with_hasher(BuildHasherDefault::new()),
         buckets: Vec::new(),
     })
 }; STRIPES];
 
-static OVERFLOW: Mutex<Counts> = Mutex::new(Counts {
+static OVERFLOW: Lock<Counts> = Lock::new(Counts {
     alloc_objects: 0,
     alloc_space: 0,
     inuse_objects: 0,

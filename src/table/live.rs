@@ -11,10 +11,8 @@ use core::hash::BuildHasherDefault;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::collections::HashMap;
 
-use parking_lot::Mutex;
-
 use super::buckets::BucketId;
-use super::{STRIPES, Weight};
+use super::{Lock, STRIPES, Weight};
 
 const FILTER_BITS: u32 = 18;
 /// 2^18 counters (1 MiB, untouched pages cost nothing): with `L` live sampled allocations, a free of an
@@ -33,8 +31,8 @@ pub(crate) struct LiveEntry {
 
 type LiveMap = HashMap<usize, LiveEntry, BuildHasherDefault<std::hash::DefaultHasher>>;
 
-static LIVE: [Mutex<LiveMap>; STRIPES] =
-    [const { Mutex::new(HashMap::with_hasher(BuildHasherDefault::new())) }; STRIPES];
+static LIVE: [Lock<LiveMap>; STRIPES] =
+    [const { Lock::new(HashMap::with_hasher(BuildHasherDefault::new())) }; STRIPES];
 
 #[inline(always)]
 fn mix(ptr: usize) -> u64 {
@@ -47,7 +45,7 @@ fn filter_slot(ptr: usize) -> &'static AtomicU32 {
     &FILTER[(mix(ptr) >> (64 - FILTER_BITS)) as usize]
 }
 
-fn stripe(ptr: usize) -> &'static Mutex<LiveMap> {
+fn stripe(ptr: usize) -> &'static Lock<LiveMap> {
     &LIVE[(mix(ptr) >> 20) as usize & (STRIPES - 1)]
 }
 

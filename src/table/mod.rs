@@ -7,6 +7,16 @@
 pub(crate) mod buckets;
 pub(crate) mod live;
 
+/// The lock of the tables' stripes: a spin lock that yields the CPU while it waits.
+///
+/// Not `parking_lot::Mutex`: when contended, it parks the thread, and parking first initialises a
+/// thread-local with a destructor, which registers through `__cxa_thread_atexit_impl` under the dynamic
+/// loader's lock. A thread that allocates inside a `dl_iterate_phdr` callback (holding the loader's write
+/// lock) while another thread is in `dlopen` (holding the load lock, waiting for the write lock) then
+/// deadlocks. Stripes are held for a few hundred nanoseconds, so spinning with `sched_yield` costs little;
+/// it touches no thread-local and never allocates.
+pub(crate) type Lock<T> = spin::mutex::SpinMutex<T, spin::relax::Yield>;
+
 /// Number of lock stripes of each table.
 const STRIPES: usize = 64;
 

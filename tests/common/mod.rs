@@ -116,16 +116,26 @@ pub fn at_function(p: &Profile, function: &str) -> Values {
         })
 }
 
-/// Frames that must never appear in a sample: the profiler and Rust's allocation shims.
-pub const INTERNAL: &[&str] = &[
-    "heap_sampler::",
-    "<heap_sampler::",
+/// Frames of the profiler's allocation path and of Rust's allocation shims: never anywhere in a sample.
+/// (Other `heap_sampler` code, such as decoding its `proto` types, is the program's own and may allocate.)
+pub const PROFILER: &[&str] = &[
+    "heap_sampler::allocator::",
+    "<heap_sampler::allocator::",
+    "heap_sampler::sampler::",
+    "heap_sampler::stack::",
+    "heap_sampler::table::",
     "__rust_alloc",
     "__rust_realloc",
     "__rdl_",
     "__rg_",
+];
+
+/// The allocation functions the shims are reached through: never the innermost frame of a sample.
+pub const ALLOCATION_PATH: &[&str] = &[
     "alloc::alloc::",
-    "backtrace::",
+    "<alloc::alloc::",
+    "std::alloc::",
+    "<std::alloc::",
 ];
 
 /// Checks every rule of the pprof contract (DESIGN.md §5) that a decoded profile can show; panics with the
@@ -229,15 +239,19 @@ pub fn check_contract(p: &Profile) {
             .find(|l| s(l.key) == "bytes")
             .expect("numeric label `bytes`");
         assert!(bytes.num >= 0);
-        let first = sample
+        let lines = sample
             .location_id
-            .first()
-            .map(|id| &p.location[*id as usize - 1]);
-        for line in first.into_iter().flat_map(|l| l.line.iter()) {
+            .iter()
+            .flat_map(|id| &p.location[*id as usize - 1].line);
+        for (i, line) in lines.enumerate() {
             let name = s(p.function[line.function_id as usize - 1].name);
             assert!(
-                !INTERNAL.iter().any(|i| name.starts_with(i)),
-                "internal frame {name} in a sample"
+                !PROFILER.iter().any(|f| name.starts_with(f)),
+                "profiler frame {name} in a sample"
+            );
+            assert!(
+                i > 0 || !ALLOCATION_PATH.iter().any(|f| name.starts_with(f)),
+                "shim {name} leads a sample"
             );
         }
     }
