@@ -49,6 +49,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     #[inline(never)]
     fn track(ptr: *mut u8, size: usize, rate: usize) {
         let Some(_guard) = Guard::enter() else { return };
+        crate::lock::register_fork_handlers();
         let stack = Stack::capture(Self::track as fn(*mut u8, usize, usize) as usize);
         let weight = Weight::of(size, rate);
         let bucket = buckets::record_alloc(&stack, weight);

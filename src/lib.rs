@@ -51,6 +51,7 @@
 
 mod allocator;
 mod error;
+mod lock;
 mod pprof;
 mod report;
 mod sampler;

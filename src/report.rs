@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use crate::Error;
-use crate::pprof::builder::objects;
 use crate::pprof::symbols::{Frame, Resolved};
+use crate::table::buckets::Counts;
 
 /// The heap figures of one allocation site: the innermost frame of a stack that is outside the standard
 /// library (`std`, `core`, `alloc`), so that `Vec::push` or `sync_channel` is charged to the line that called
@@ -30,16 +30,22 @@ pub struct Site {
 
 const STD_CRATES: &[&str] = &["std::", "core::", "alloc::", "hashbrown::"];
 
+const PRIMITIVES: &[&str] = &[
+    "str", "bool", "char", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64",
+    "i128", "isize", "f32", "f64",
+];
+
 /// Whether a frame belongs to the standard library: its path, or for a trait method `<X as Trait>::f` the
-/// type `X`, is in a standard crate, or `X` is a slice, reference, pointer, `str` or a generic parameter.
+/// type `X`, is in a standard crate, or `X` is a primitive, slice, reference, pointer, tuple or a generic
+/// parameter.
 fn is_std(name: &str) -> bool {
     let subject = match name.strip_prefix('<') {
         Some(rest) if rest.contains(" as ") => rest.split(" as ").next().unwrap_or(rest),
         Some(rest) => rest.split('>').next().unwrap_or(rest),
         None => name,
     };
-    let primitive_or_generic = subject.starts_with(['[', '&', '*'])
-        || subject == "str"
+    let primitive_or_generic = subject.starts_with(['[', '&', '*', '('])
+        || PRIMITIVES.contains(&subject)
         || (subject.len() == 1 && subject.starts_with(|c: char| c.is_ascii_uppercase()));
     primitive_or_generic || STD_CRATES.iter().any(|p| subject.starts_with(p))
 }
@@ -57,33 +63,27 @@ fn site_frame<'a>(resolved: &'a Resolved, locations: &[usize]) -> Option<&'a Fra
 
 /// The allocation sites of a symbolized snapshot, largest in-use first (then largest allocated).
 pub(crate) fn sites(resolved: &Resolved) -> Vec<Site> {
-    let mut by_site: HashMap<(&str, &str, u32), Site> = HashMap::new();
+    let mut by_site: HashMap<&Frame, Counts> = HashMap::new();
     for sample in &resolved.samples {
-        let Some(frame) = site_frame(resolved, &sample.locations) else {
-            continue;
-        };
-        let site = by_site
-            .entry((&frame.name, &frame.file, frame.line))
-            .or_insert_with(|| Site {
+        if let Some(frame) = site_frame(resolved, &sample.locations) {
+            by_site.entry(frame).or_default().merge(&sample.counts);
+        }
+    }
+    let mut sites: Vec<Site> = by_site
+        .into_iter()
+        .map(|(frame, counts)| {
+            let [alloc_objects, alloc_space, inuse_objects, inuse_space] = counts.values();
+            Site {
                 function: frame.name.to_string(),
                 file: frame.file.to_string(),
                 line: frame.line,
-                inuse_space: 0,
-                inuse_objects: 0,
-                alloc_space: 0,
-                alloc_objects: 0,
-            });
-        let c = &sample.counts;
-        site.inuse_space = site
-            .inuse_space
-            .saturating_add(i64::try_from(c.inuse_space).unwrap_or(i64::MAX));
-        site.inuse_objects = site.inuse_objects.saturating_add(objects(c.inuse_objects));
-        site.alloc_space = site
-            .alloc_space
-            .saturating_add(i64::try_from(c.alloc_space).unwrap_or(i64::MAX));
-        site.alloc_objects = site.alloc_objects.saturating_add(objects(c.alloc_objects));
-    }
-    let mut sites: Vec<Site> = by_site.into_values().collect();
+                inuse_space,
+                inuse_objects,
+                alloc_space,
+                alloc_objects,
+            }
+        })
+        .collect();
     sites.sort_by(|a, b| {
         (b.inuse_space, b.alloc_space, &a.function, &a.file, a.line).cmp(&(
             a.inuse_space,
@@ -177,6 +177,9 @@ mod tests {
         assert!(is_std("<[T] as alloc::slice::hack::ConvertVec>::to_vec"));
         assert!(is_std("<T as alloc::string::ToString>::to_string"));
         assert!(is_std("<str>::repeat"));
+        assert!(is_std(
+            "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem"
+        ));
         assert!(!is_std("channels::foo"));
         assert!(!is_std("<serde_json::Value as core::clone::Clone>::clone"));
         assert!(!is_std("Tokio::run"));

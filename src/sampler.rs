@@ -85,6 +85,8 @@ struct ThreadState {
     saved_epoch: Cell<u32>,
     /// Set while the thread runs profiler code: its allocations pass straight through.
     guard: Cell<bool>,
+    /// Set while the thread forks, holding the guard from the `fork` prepare handler to the parent's.
+    fork_guard: Cell<bool>,
     /// The [`SEED_GENERATION`] the generator was seeded under.
     seed_generation: Cell<u64>,
     /// Only touched by the slow path of this thread, never reentrantly (see the SAFETY notes).
@@ -98,6 +100,7 @@ thread_local! {
             epoch: Cell::new(0),
             saved_epoch: Cell::new(0),
             guard: Cell::new(false),
+            fork_guard: Cell::new(false),
             seed_generation: Cell::new(0),
             rng: UnsafeCell::new(None),
         }
@@ -301,6 +304,27 @@ impl Drop for Guard {
     }
 }
 
+impl Guard {
+    /// Enters the guard for the duration of a `fork`: the forking thread then holds every profiler lock, and
+    /// what it allocates meanwhile must not need them.
+    pub(crate) fn hold_across_fork() {
+        if let Some(guard) = Guard::enter() {
+            core::mem::forget(guard);
+            let _ = STATE.try_with(|state| state.fork_guard.set(true));
+        }
+    }
+
+    /// Leaves the guard entered by [`Guard::hold_across_fork`], in the parent and in the child.
+    pub(crate) fn release_after_fork() {
+        if STATE
+            .try_with(|state| state.fork_guard.replace(false))
+            .unwrap_or(false)
+        {
+            drop(Guard(()));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +355,7 @@ mod tests {
             epoch: Cell::new(0),
             saved_epoch: Cell::new(0),
             guard: Cell::new(false),
+            fork_guard: Cell::new(false),
             seed_generation: Cell::new(u64::MAX),
             rng: UnsafeCell::new(Some(SmallRng::seed_from_u64(11))),
         };

@@ -53,6 +53,10 @@ impl Stack {
                     stack.truncated = false;
                     return true;
                 }
+                if frame.ip().is_null() {
+                    // The unwinder's end-of-stack marker, not a frame.
+                    return true;
+                }
                 if stack.len == depth {
                     stack.truncated = true;
                     // Before the entry point is found, keep looking for it.

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use super::mappings::MappingInfo;
 use super::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 use super::symbols::{Frame, Resolved};
-use crate::table::OBJECT_UNITS;
 
 /// The four sample types, in the order of every sample's values.
 pub(crate) const SAMPLE_TYPES: [(&str, &str); 4] = [
@@ -38,15 +37,6 @@ impl Strings {
         self.index.insert(s.to_string(), id);
         id
     }
-}
-
-/// Objects in fixed-point units to a whole count, rounded.
-pub(crate) fn objects(units: u128) -> i64 {
-    i64::try_from((units as f64 / OBJECT_UNITS).round() as u128).unwrap_or(i64::MAX)
-}
-
-fn space(bytes: u64) -> i64 {
-    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 /// What goes into a profile besides the samples.
@@ -134,24 +124,15 @@ pub(crate) fn build(resolved: &Resolved, mappings: &[MappingInfo], header: &Head
     let sample = resolved
         .samples
         .iter()
-        .map(|s| {
-            let value = vec![
-                objects(s.counts.alloc_objects),
-                space(s.counts.alloc_space),
-                objects(s.counts.inuse_objects),
-                space(s.counts.inuse_space),
-            ];
-            let average = if value[0] > 0 { value[1] / value[0] } else { 0 };
-            Sample {
-                location_id: s.locations.iter().map(|&i| i as u64 + 1).collect(),
-                label: vec![Label {
-                    key: bytes_key,
-                    str: 0,
-                    num: average,
-                    num_unit: bytes_key,
-                }],
-                value,
-            }
+        .map(|s| Sample {
+            location_id: s.locations.iter().map(|&i| i as u64 + 1).collect(),
+            label: vec![Label {
+                key: bytes_key,
+                str: 0,
+                num: s.counts.average_size(),
+                num_unit: bytes_key,
+            }],
+            value: s.counts.values().to_vec(),
         })
         .collect();
 

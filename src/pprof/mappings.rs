@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::fs::File;
 
 use object::Object;
-use parking_lot::Mutex;
+
+use crate::lock::Lock;
 
 /// One executable mapping of the process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,8 +18,8 @@ pub(crate) struct MappingInfo {
     pub(crate) build_id: String,
 }
 
-/// Build IDs by path, read once per file.
-static BUILD_IDS: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
+/// Build IDs by path, read once per file. Only locked under the dump lock.
+static BUILD_IDS: Lock<Option<HashMap<String, String>>> = Lock::new(None);
 
 const DELETED: &str = " (deleted)";
 

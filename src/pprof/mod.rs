@@ -9,16 +9,31 @@ use std::io::Write;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use parking_lot::Mutex;
 use prost::Message;
 
 use crate::Error;
+use crate::lock::{self, Lock};
 use crate::sampler::{self, Guard};
 use crate::table::buckets;
 use symbols::Resolved;
 
-/// Dumps run one at a time: they share the symbol and build-ID caches.
-static DUMP: Mutex<()> = Mutex::new(());
+/// Dumps run one at a time: they share the symbol and build-ID caches, which only they lock.
+static DUMP: Lock<()> = Lock::new(());
+
+/// Waits for a dump in progress to end and keeps others from starting (see
+/// [`crate::lock::register_fork_handlers`]): the caches are only used under this lock.
+pub(crate) fn hold_locks() {
+    lock::hold(&DUMP);
+}
+
+/// Releases the lock taken by [`hold_locks`].
+///
+/// # Safety
+/// As [`crate::lock::release`].
+pub(crate) unsafe fn release_locks() {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { lock::release(&DUMP) }
+}
 
 /// Runs `f` on a symbolized snapshot of the bucket table, inside the profiler guard (nothing it allocates is
 /// sampled) and with no table lock held.
@@ -26,6 +41,7 @@ pub(crate) fn with_snapshot<R>(f: impl FnOnce(&Resolved) -> R) -> Result<R, Erro
     if !sampler::installed() {
         return Err(Error::NotInstalled);
     }
+    lock::register_fork_handlers();
     let _guard = Guard::enter();
     let _dump = DUMP.lock();
     let snapshot = buckets::snapshot();

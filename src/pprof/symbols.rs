@@ -4,8 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
+use crate::lock::Lock;
 use crate::table::buckets::{BucketSnapshot, Counts};
 
 /// One source-level frame of a location.
@@ -90,8 +89,9 @@ fn is_internal(frame: &Frame) -> bool {
     INTERNAL_PREFIXES.iter().any(|p| frame.name.starts_with(p))
 }
 
-/// Symbols of each return address seen, kept across dumps (code does not move).
-static CACHE: Mutex<Option<HashMap<usize, Arc<[Frame]>>>> = Mutex::new(None);
+/// Symbols of each return address seen, kept across dumps (code does not move). Only locked under the dump
+/// lock.
+static CACHE: Lock<Option<HashMap<usize, Arc<[Frame]>>>> = Lock::new(None);
 
 /// The frames of return address `ip`, innermost first, with internal frames removed from the inner end.
 fn frames_of(cache: &mut HashMap<usize, Arc<[Frame]>>, ip: usize) -> Arc<[Frame]> {
@@ -169,17 +169,7 @@ pub(crate) fn resolve(buckets: &[BucketSnapshot]) -> Resolved {
             stack.push(index);
         }
         match sample_of.get(&stack) {
-            Some(&i) => {
-                let counts = &mut resolved.samples[i].counts;
-                counts.alloc_objects = counts
-                    .alloc_objects
-                    .saturating_add(bucket.counts.alloc_objects);
-                counts.alloc_space = counts.alloc_space.saturating_add(bucket.counts.alloc_space);
-                counts.inuse_objects = counts
-                    .inuse_objects
-                    .saturating_add(bucket.counts.inuse_objects);
-                counts.inuse_space = counts.inuse_space.saturating_add(bucket.counts.inuse_space);
-            }
+            Some(&i) => resolved.samples[i].counts.merge(&bucket.counts),
             None => {
                 sample_of.insert(stack.clone(), resolved.samples.len());
                 resolved.samples.push(ResolvedSample {

@@ -5,6 +5,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::collections::HashMap;
 
 use super::{Lock, STRIPES, Weight};
+use crate::lock;
 use crate::stack::Stack;
 
 /// Default cap on the number of buckets (distinct stacks), about 40 MiB of table at the default depth.
@@ -24,13 +25,13 @@ pub fn set_max_buckets(buckets: usize) {
     MAX_BUCKETS.store(buckets, Relaxed);
 }
 
-/// Counts of one bucket. Objects are in [`super::OBJECT_UNITS`], bytes in bytes; all are estimates.
+/// Counts of one bucket, in [`super::UNITS`] per object and per byte; all are estimates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Counts {
     pub(crate) alloc_objects: u128,
-    pub(crate) alloc_space: u64,
+    pub(crate) alloc_space: u128,
     pub(crate) inuse_objects: u128,
-    pub(crate) inuse_space: u64,
+    pub(crate) inuse_space: u128,
 }
 
 impl Counts {
@@ -45,6 +46,40 @@ impl Counts {
         self.inuse_objects = self.inuse_objects.saturating_sub(w.objects);
         self.inuse_space = self.inuse_space.saturating_sub(w.bytes);
     }
+
+    /// Adds another bucket's counts, e.g. of a stack that trims to the same frames.
+    pub(crate) fn merge(&mut self, other: &Counts) {
+        self.alloc_objects = self.alloc_objects.saturating_add(other.alloc_objects);
+        self.alloc_space = self.alloc_space.saturating_add(other.alloc_space);
+        self.inuse_objects = self.inuse_objects.saturating_add(other.inuse_objects);
+        self.inuse_space = self.inuse_space.saturating_add(other.inuse_space);
+    }
+
+    /// `[alloc_objects, alloc_space, inuse_objects, inuse_space]` in whole objects and bytes, rounded: the
+    /// values of a pprof sample.
+    pub(crate) fn values(&self) -> [i64; 4] {
+        [
+            self.alloc_objects,
+            self.alloc_space,
+            self.inuse_objects,
+            self.inuse_space,
+        ]
+        .map(whole)
+    }
+
+    /// The average size of the allocations counted, in bytes, rounded; 0 if none.
+    pub(crate) fn average_size(&self) -> i64 {
+        if self.alloc_objects == 0 {
+            return 0;
+        }
+        (self.alloc_space as f64 / self.alloc_objects as f64).round() as i64
+    }
+}
+
+/// Fixed-point units to a whole number, rounded (saturating).
+fn whole(units: u128) -> i64 {
+    let rounded = units.saturating_add(1 << 31) >> 32;
+    i64::try_from(rounded).unwrap_or(i64::MAX)
 }
 
 /// Where a sampled allocation's weight went, so that its free subtracts it from the same place.
@@ -166,6 +201,21 @@ pub(crate) fn record_free(id: BucketId, weight: Weight) {
     }
 }
 
+pub(super) fn hold_locks() {
+    TABLE.iter().for_each(lock::hold);
+    lock::hold(&OVERFLOW);
+}
+
+/// # Safety
+/// As [`lock::release`].
+pub(super) unsafe fn release_locks() {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        lock::release(&OVERFLOW);
+        TABLE.iter().for_each(|stripe| lock::release(stripe));
+    }
+}
+
 /// A copy of one bucket, taken by [`snapshot`].
 #[derive(Clone, Debug)]
 pub(crate) struct BucketSnapshot {
@@ -230,6 +280,32 @@ mod tests {
         let id = BucketId::new(63, 12345);
         assert_eq!((id.stripe(), id.index()), (63, 12345));
         assert_ne!(id, BucketId::OVERFLOW);
+    }
+
+    #[test]
+    fn fractional_weights_sum_without_rounding_bias() {
+        // A 1-byte allocation at rate 2 weighs 1/p = 2.541 objects and bytes: a million of them sum to
+        // 2,541,494, where rounding each weight would give 3,000,000.
+        let w = Weight::of(1, 2);
+        let mut counts = Counts::default();
+        (0..1_000_000).for_each(|_| counts.add(w));
+        let expected = 1_000_000.0 / -(-0.5f64).exp_m1();
+        assert!(
+            (counts.values()[1] as f64 - expected).abs() < 1.0,
+            "{:?} vs {expected}",
+            counts.values()
+        );
+        (0..1_000_000).for_each(|_| counts.sub(w));
+        assert_eq!(counts.values()[2..], [0, 0]);
+        assert_eq!(
+            Counts {
+                alloc_objects: 3 << 32,
+                alloc_space: 21_600u128 << 32,
+                ..Counts::default()
+            }
+            .average_size(),
+            7200
+        );
     }
 
     #[test]

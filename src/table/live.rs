@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use super::buckets::BucketId;
 use super::{Lock, STRIPES, Weight};
+use crate::lock;
 
 const FILTER_BITS: u32 = 18;
 /// 2^18 counters (1 MiB, untouched pages cost nothing): with `L` live sampled allocations, a free of an
@@ -74,6 +75,17 @@ pub(crate) fn remove(ptr: *mut u8) -> Option<LiveEntry> {
     filter_slot(ptr).fetch_sub(1, Relaxed);
     LIVE_COUNT.fetch_sub(1, Relaxed);
     Some(entry)
+}
+
+pub(super) fn hold_locks() {
+    LIVE.iter().for_each(lock::hold);
+}
+
+/// # Safety
+/// As [`lock::release`].
+pub(super) unsafe fn release_locks() {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { LIVE.iter().for_each(|stripe| lock::release(stripe)) }
 }
 
 /// The number of live sampled allocations.

@@ -7,30 +7,42 @@
 pub(crate) mod buckets;
 pub(crate) mod live;
 
-/// The lock of the tables' stripes: a spin lock that yields the CPU while it waits.
-///
-/// Not `parking_lot::Mutex`: when contended, it parks the thread, and parking first initialises a
-/// thread-local with a destructor, which registers through `__cxa_thread_atexit_impl` under the dynamic
-/// loader's lock. A thread that allocates inside a `dl_iterate_phdr` callback (holding the loader's write
-/// lock) while another thread is in `dlopen` (holding the load lock, waiting for the write lock) then
-/// deadlocks. Stripes are held for a few hundred nanoseconds, so spinning with `sched_yield` costs little;
-/// it touches no thread-local and never allocates.
-pub(crate) type Lock<T> = spin::mutex::SpinMutex<T, spin::relax::Yield>;
+use crate::lock::Lock;
 
 /// Number of lock stripes of each table.
 const STRIPES: usize = 64;
 
-/// Fixed-point units per object in object counts: weights 1/p are fractional, and in-use counts must return
-/// to exactly zero when every sampled allocation is freed, so they are added and subtracted as integers.
-pub(crate) const OBJECT_UNITS: f64 = (1u64 << 32) as f64;
+/// Fixed-point units per object and per byte in counts. Weights 1/p and size/p are fractional; rounding
+/// each sample's weight to whole units would bias small allocations at small rates (a 1-byte allocation at
+/// rate 2 weighs 2.54 bytes, not 3), and in-use counts must return to exactly zero when every sampled
+/// allocation is freed, so weights are kept to 2^-32 and added and subtracted as integers.
+pub(crate) const UNITS: f64 = (1u64 << 32) as f64;
+
+/// Takes every lock of both tables (see [`crate::lock::register_fork_handlers`]).
+pub(crate) fn hold_locks() {
+    buckets::hold_locks();
+    live::hold_locks();
+}
+
+/// Releases the locks taken by [`hold_locks`].
+///
+/// # Safety
+/// As [`crate::lock::release`]: this thread took them with [`hold_locks`], or is the only thread left.
+pub(crate) unsafe fn release_locks() {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        live::release_locks();
+        buckets::release_locks();
+    }
+}
 
 /// What one sampled allocation adds to its bucket, and subtracts again when it is freed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Weight {
-    /// 1/p objects, in [`OBJECT_UNITS`].
+    /// 1/p objects, in [`UNITS`].
     pub(crate) objects: u128,
-    /// size/p bytes, rounded.
-    pub(crate) bytes: u64,
+    /// size/p bytes, in [`UNITS`].
+    pub(crate) bytes: u128,
 }
 
 impl Weight {
@@ -39,8 +51,8 @@ impl Weight {
         let (objects, bytes) = crate::sampler::weights(size, rate);
         // `as` saturates; both values are finite and positive.
         Weight {
-            objects: (objects * OBJECT_UNITS).round() as u128,
-            bytes: bytes.round() as u64,
+            objects: (objects * UNITS).round() as u128,
+            bytes: (bytes * UNITS).round() as u128,
         }
     }
 }

@@ -1,0 +1,90 @@
+//! A child forked while other threads sample and dump can allocate and dump: it never inherits a profiler
+//! lock held by a thread it does not have.
+
+mod common;
+
+use std::alloc::System;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use heap_sampler::SamplingAllocator;
+
+#[global_allocator]
+static ALLOC: SamplingAllocator<System> = SamplingAllocator::new(System);
+
+/// What a forked child does: allocate (exact mode: every allocation takes the table locks) and dump.
+fn in_child() -> i32 {
+    let kept: Vec<Vec<u8>> = (0..50).map(|i| vec![1u8; i + 1]).collect();
+    black_box(&kept);
+    match heap_sampler::dump_profile() {
+        Ok(profile) if !profile.is_empty() => 0,
+        _ => 1,
+    }
+}
+
+#[test]
+fn forked_children_allocate_and_dump_while_threads_hold_profiler_locks() {
+    if !common::is_child() {
+        common::run_child(
+            "forked_children_allocate_and_dump_while_threads_hold_profiler_locks",
+            Duration::from_secs(120),
+        );
+        return;
+    }
+    heap_sampler::set_sample_rate(1);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    drop(black_box(
+                        (0..100).map(|i| vec![0u8; i + 1]).collect::<Vec<_>>(),
+                    ));
+                }
+            });
+        }
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                heap_sampler::dump_profile().unwrap();
+            }
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let mut hung = 0;
+        let mut failed = 0;
+        for _ in 0..300 {
+            // SAFETY: the child only allocates, dumps and calls _exit; malloc and our allocator are fork-safe.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: _exit ends the child without running the parent's destructors or test harness.
+                unsafe { libc::_exit(in_child()) };
+            }
+            assert!(pid > 0, "fork failed");
+            let started = Instant::now();
+            let mut status = 0;
+            loop {
+                // SAFETY: waiting on our own child.
+                if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                    failed += i32::from(!libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0);
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(5) {
+                    hung += 1;
+                    // SAFETY: killing and reaping our own child.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                        libc::waitpid(pid, &mut status, 0);
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(
+            (hung, failed),
+            (0, 0),
+            "forked children that hung, that failed"
+        );
+    });
+}
