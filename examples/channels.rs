@@ -44,7 +44,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => 5_000,
     };
     let seed: u64 = match std::env::args().nth(2) {
-        Some(arg) => arg.parse().map_err(|e| format!("seed must be a whole number, got {arg:?}: {e}"))?,
+        Some(arg) => arg
+            .parse()
+            .map_err(|e| format!("seed must be a whole number, got {arg:?}: {e}"))?,
         None => 1,
     };
     heap_sampler::set_seed(seed);

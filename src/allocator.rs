@@ -49,7 +49,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     #[inline(never)]
     fn track(ptr: *mut u8, size: usize, rate: usize) {
         let Some(_guard) = Guard::enter() else { return };
-        crate::lock::register_fork_handlers();
+        crate::fork::register_fork_handlers();
         let stack = Stack::capture(Self::track as fn(*mut u8, usize, usize) as usize);
         let weight = Weight::of(size, rate);
         let bucket = buckets::record_alloc(&stack, weight);
@@ -87,36 +87,29 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for SamplingAllocator<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let sampled = sampler::on_alloc(layout.size(), self.rate);
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract for `layout`.
-        let ptr = unsafe { self.inner.alloc(layout) };
-        if let Some(rate) = sampled
-            && !ptr.is_null()
-        {
-            Self::track(ptr, layout.size(), rate);
+        if let Some(rate) = sampler::on_alloc(layout.size(), self.rate) {
+            // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract for `layout`.
+            return unsafe { self.alloc_sampled(layout, rate, false) };
         }
-        ptr
+        // SAFETY: as above. The fast path ends in a tail call.
+        unsafe { self.inner.alloc(layout) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let sampled = sampler::on_alloc(layout.size(), self.rate);
-        // SAFETY: the caller upholds `GlobalAlloc::alloc_zeroed`'s contract for `layout`.
-        let ptr = unsafe { self.inner.alloc_zeroed(layout) };
-        if let Some(rate) = sampled
-            && !ptr.is_null()
-        {
-            Self::track(ptr, layout.size(), rate);
+        if let Some(rate) = sampler::on_alloc(layout.size(), self.rate) {
+            // SAFETY: the caller upholds `GlobalAlloc::alloc_zeroed`'s contract for `layout`.
+            return unsafe { self.alloc_sampled(layout, rate, true) };
         }
-        ptr
+        // SAFETY: as above.
+        unsafe { self.inner.alloc_zeroed(layout) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if live::maybe_sampled(ptr)
-            && let Some(entry) = Self::untrack(ptr)
-        {
-            Self::record_free(entry);
+        if live::maybe_sampled(ptr) {
+            // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract.
+            return unsafe { self.dealloc_maybe_sampled(ptr, layout) };
         }
         // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract; `ptr` came from the inner allocator.
         unsafe { self.inner.dealloc(ptr, layout) }
@@ -148,5 +141,42 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for SamplingAllocator<A> {
             Self::track(new_ptr, new_size, rate);
         }
         new_ptr
+    }
+}
+
+impl<A: GlobalAlloc> SamplingAllocator<A> {
+    /// The slow path of `alloc` and `alloc_zeroed`: allocate, then record the sampled allocation.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::alloc` (or `alloc_zeroed` when `zeroed`) for `layout`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_sampled(&self, layout: Layout, rate: usize, zeroed: bool) -> *mut u8 {
+        // SAFETY: forwarded from this function's contract.
+        let ptr = unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(layout)
+            } else {
+                self.inner.alloc(layout)
+            }
+        };
+        if !ptr.is_null() {
+            Self::track(ptr, layout.size(), rate);
+        }
+        ptr
+    }
+
+    /// The slow path of `dealloc`: the pointer's filter slot is in use, so it may be a sampled allocation.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::dealloc` for `ptr` and `layout`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_maybe_sampled(&self, ptr: *mut u8, layout: Layout) {
+        if let Some(entry) = Self::untrack(ptr) {
+            Self::record_free(entry);
+        }
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.inner.dealloc(ptr, layout) }
     }
 }

@@ -21,7 +21,7 @@ use symbols::Resolved;
 static DUMP: Lock<()> = Lock::new(());
 
 /// Waits for a dump in progress to end and keeps others from starting (see
-/// [`crate::lock::register_fork_handlers`]): the caches are only used under this lock.
+/// [`crate::fork::register_fork_handlers`]): the caches are only used under this lock.
 pub(crate) fn hold_locks() {
     lock::hold(&DUMP);
 }
@@ -41,7 +41,6 @@ pub(crate) fn with_snapshot<R>(f: impl FnOnce(&Resolved) -> R) -> Result<R, Erro
     if !sampler::installed() {
         return Err(Error::NotInstalled);
     }
-    lock::register_fork_handlers();
     let _guard = Guard::enter();
     let _dump = DUMP.lock();
     let snapshot = buckets::snapshot();

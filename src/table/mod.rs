@@ -18,7 +18,7 @@ const STRIPES: usize = 64;
 /// allocation is freed, so weights are kept to 2^-32 and added and subtracted as integers.
 pub(crate) const UNITS: f64 = (1u64 << 32) as f64;
 
-/// Takes every lock of both tables (see [`crate::lock::register_fork_handlers`]).
+/// Takes every lock of both tables (see [`crate::fork::register_fork_handlers`]).
 pub(crate) fn hold_locks() {
     buckets::hold_locks();
     live::hold_locks();

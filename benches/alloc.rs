@@ -1,0 +1,255 @@
+//! The profiler's cost, side by side with the bare inner allocator in one run.
+//!
+//! - `pair/*`: one allocate + free pair through `System` ("bare") and through `SamplingAllocator<System>` at
+//!   rate 0 (off), 512 KiB (the default) and 4 KiB, for 16 B, 256 B, 4 KiB and 64 KiB, on 1 and 2 threads.
+//! - `sampled/*`: one allocate + free pair that is always sampled (rate 1), with the allocation made 8, 32
+//!   and 128 frames deep: the cost of capturing a stack and recording it.
+//! - `dump/*`: `dump_profile` with 1,000 and 10,000 distinct stacks in the table (repeated dumps; the first
+//!   dump, which symbolizes, is timed once and printed).
+//!
+//! After criterion's own report, the bench prints each variant's time as a ratio to the bare allocator,
+//! read from criterion's estimates of this run. Run with `cargo bench --bench alloc`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion};
+use heap_sampler::SamplingAllocator;
+
+/// The global allocator counts live and peak bytes, to report a dump's memory.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to System unchanged; the counters are only statistics.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let live = LIVE.fetch_add(layout.size(), Relaxed) + layout.size();
+        PEAK.fetch_max(live, Relaxed);
+        // SAFETY: the caller's contract is System's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Relaxed);
+        // SAFETY: the caller's contract is System's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// The allocator under test, used directly (not as the global allocator) so that it and `System` are measured
+/// in the same process, side by side.
+static WRAPPED: SamplingAllocator<System> = SamplingAllocator::new(System);
+
+const SIZES: [(usize, &str); 4] = [(16, "16B"), (256, "256B"), (4096, "4KiB"), (65536, "64KiB")];
+const VARIANTS: [(&str, Option<usize>); 4] = [
+    ("bare", None),
+    ("rate_0", Some(0)),
+    ("rate_512KiB", Some(512 << 10)),
+    ("rate_4KiB", Some(4 << 10)),
+];
+
+#[inline(always)]
+fn pair<A: GlobalAlloc>(allocator: &A, layout: Layout) {
+    // SAFETY: non-zero size; the pointer is freed with the same layout, or not at all if null.
+    unsafe {
+        let ptr = black_box(allocator.alloc(layout));
+        if !ptr.is_null() {
+            allocator.dealloc(ptr, layout);
+        }
+    }
+}
+
+fn pairs(rate: Option<usize>, layout: Layout, iters: u64) {
+    match rate {
+        None => (0..iters).for_each(|_| pair(&System, layout)),
+        Some(_) => (0..iters).for_each(|_| pair(&WRAPPED, layout)),
+    }
+}
+
+/// Time for `iters` pairs split over `threads` threads, measured from a common start.
+fn timed(rate: Option<usize>, layout: Layout, iters: u64, threads: usize) -> Duration {
+    if threads == 1 {
+        let start = Instant::now();
+        pairs(rate, layout, iters);
+        return start.elapsed();
+    }
+    let barrier = Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                barrier.wait();
+                pairs(rate, layout, iters);
+                barrier.wait();
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        barrier.wait();
+        // Each thread did `iters` pairs: report the time per pair per thread.
+        start.elapsed()
+    })
+}
+
+fn bench_pairs(c: &mut Criterion) {
+    for threads in [1usize, 2] {
+        for (size, size_name) in SIZES {
+            let layout = Layout::from_size_align(size, 8).unwrap();
+            let mut group = c.benchmark_group(format!("pair/{threads}t/{size_name}"));
+            group
+                .measurement_time(Duration::from_secs(2))
+                .warm_up_time(Duration::from_millis(500));
+            for (name, rate) in VARIANTS {
+                if let Some(rate) = rate {
+                    heap_sampler::set_sample_rate(rate);
+                }
+                group.bench_function(BenchmarkId::from_parameter(name), |b| {
+                    b.iter_custom(|iters| timed(rate, layout, iters, threads))
+                });
+            }
+            group.finish();
+        }
+    }
+}
+
+/// Recurses `depth` frames, then runs `f` there.
+#[inline(never)]
+fn at_depth<R>(depth: usize, f: &mut dyn FnMut() -> R) -> R {
+    if depth == 0 {
+        f()
+    } else {
+        black_box(at_depth(black_box(depth - 1), f))
+    }
+}
+
+fn bench_sampled(c: &mut Criterion) {
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    let mut group = c.benchmark_group("sampled");
+    group
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    heap_sampler::set_sample_rate(1);
+    for depth in [8usize, 32, 128] {
+        heap_sampler::set_max_stack_depth(heap_sampler::MAX_STACK_DEPTH);
+        group.bench_function(BenchmarkId::new("depth", depth), |b| {
+            b.iter_custom(|iters| {
+                at_depth(depth, &mut || {
+                    let start = Instant::now();
+                    (0..iters).for_each(|_| pair(&WRAPPED, layout));
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+    heap_sampler::set_max_stack_depth(heap_sampler::DEFAULT_STACK_DEPTH);
+}
+
+/// Allocates (and keeps) one block on a stack chosen by the low `bits` bits of `path`: a binary tree of
+/// `2^bits` distinct stacks, through `left` and `right` (kept distinct by the marks they pass).
+fn distinct_stacks(bits: u32, path: u32, kept: &mut Vec<*mut u8>) {
+    if bits == 0 {
+        // SAFETY: non-zero size; freed in `bench_dump`.
+        kept.push(unsafe { WRAPPED.alloc(Layout::from_size_align(64, 8).unwrap()) });
+    } else if path & 1 == 0 {
+        left(bits - 1, path >> 1, kept, black_box(1));
+    } else {
+        right(bits - 1, path >> 1, kept, black_box(2));
+    }
+}
+
+#[inline(never)]
+fn left(bits: u32, path: u32, kept: &mut Vec<*mut u8>, mark: u8) {
+    distinct_stacks(bits, path, kept);
+    black_box(mark);
+}
+
+#[inline(never)]
+fn right(bits: u32, path: u32, kept: &mut Vec<*mut u8>, mark: u8) {
+    distinct_stacks(bits, path, kept);
+    black_box(mark.wrapping_add(1));
+}
+
+fn bench_dump(c: &mut Criterion) {
+    heap_sampler::set_sample_rate(1);
+    let mut group = c.benchmark_group("dump");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    let mut kept = Vec::new();
+    for (stacks, bits) in [(1_000usize, 10u32), (10_000, 14)] {
+        let before = heap_sampler::stats().buckets;
+        for path in 0..stacks as u32 {
+            distinct_stacks(bits, path, &mut kept);
+        }
+        let buckets = heap_sampler::stats().buckets - before;
+        let base = LIVE.load(Relaxed);
+        PEAK.store(base, Relaxed);
+        let start = Instant::now();
+        let size = heap_sampler::dump_profile().unwrap().len();
+        println!(
+            "dump with {buckets} new buckets ({} in all): first {:?}, {size} bytes, peak {} KiB allocated while dumping",
+            heap_sampler::stats().buckets,
+            start.elapsed(),
+            (PEAK.load(Relaxed) - base) / 1024
+        );
+        group.bench_function(BenchmarkId::new("repeated", stacks), |b| {
+            b.iter(|| heap_sampler::dump_profile().unwrap())
+        });
+    }
+    group.finish();
+    for ptr in kept {
+        // SAFETY: allocated by WRAPPED with this layout in `distinct_stacks`.
+        unsafe { WRAPPED.dealloc(ptr, Layout::from_size_align(64, 8).unwrap()) };
+    }
+}
+
+/// Criterion's mean estimate for one benchmark of this run, in nanoseconds.
+fn mean_ns(group: &str, id: &str) -> Option<f64> {
+    let path = format!("target/criterion/{group}/{id}/new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["mean"]["point_estimate"].as_f64()
+}
+
+fn print_ratios() {
+    println!("\nallocate+free pair, time per pair, ratio to the bare allocator (same run):");
+    println!(
+        "{:<22} {:>10} {:>18} {:>18} {:>18}",
+        "", "bare", "rate 0", "rate 512 KiB", "rate 4 KiB"
+    );
+    for threads in [1usize, 2] {
+        for (_, size_name) in SIZES {
+            let group = format!("pair_{threads}t_{size_name}");
+            let Some(bare) = mean_ns(&group, "bare") else {
+                continue;
+            };
+            let mut line = format!(
+                "{:<22} {:>8.1}ns",
+                format!("{threads} thread(s), {size_name}"),
+                bare
+            );
+            for (name, _) in &VARIANTS[1..] {
+                if let Some(t) = mean_ns(&group, name) {
+                    line += &format!(" {:>7.1}ns ({:>5.2}x)", t, t / bare);
+                }
+            }
+            println!("{line}");
+        }
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    bench_pairs(&mut c);
+    bench_sampled(&mut c);
+    bench_dump(&mut c);
+    c.final_summary();
+    print_ratios();
+}

@@ -1,0 +1,31 @@
+//! Keeping the profiler's locks consistent across `fork`.
+
+use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+static FORK_HANDLERS: AtomicBool = AtomicBool::new(false);
+
+/// Registers the `fork` handlers once: before a fork, the forking thread takes every profiler lock (as glibc
+/// does for malloc's arenas), so that the child never inherits a lock held by a thread it does not have, and
+/// a half-updated table. Both sides release them after the fork.
+pub(crate) fn register_fork_handlers() {
+    if FORK_HANDLERS.load(Relaxed) || FORK_HANDLERS.swap(true, Relaxed) {
+        return;
+    }
+    // SAFETY: the handlers are `extern "C"` functions without arguments that never unwind.
+    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+}
+
+extern "C" fn before_fork() {
+    crate::sampler::Guard::hold_across_fork();
+    crate::pprof::hold_locks();
+    crate::table::hold_locks();
+}
+
+extern "C" fn after_fork() {
+    // SAFETY: this thread took these locks in `before_fork`, or is the child's only thread.
+    unsafe {
+        crate::table::release_locks();
+        crate::pprof::release_locks();
+    }
+    crate::sampler::Guard::release_after_fork();
+}
