@@ -2,6 +2,8 @@
 //!
 //! - `pair/*`: one allocate + free pair through `System` ("bare") and through `SamplingAllocator<System>` at
 //!   rate 0 (off), 512 KiB (the default) and 4 KiB, for 16 B, 256 B, 4 KiB and 64 KiB, on 1 and 2 threads.
+//! - `free_filter/*`: unsampled pairs while 10,000 sampled allocations are live, with the filter's false
+//!   positive rate (frees that looked their pointer up in vain).
 //! - `sampled/*`: one allocate + free pair that is always sampled (rate 1), with the allocation made 8, 32
 //!   and 128 frames deep: the cost of capturing a stack and recording it.
 //! - `dump/*`: `dump_profile` with 1,000 and 10,000 distinct stacks in the table (repeated dumps; the first
@@ -118,6 +120,48 @@ fn bench_pairs(c: &mut Criterion) {
     }
 }
 
+/// The free filter under load: 10,000 live sampled allocations (so 10,000 of the filter's 2^18 slots are in
+/// use), then unsampled allocate+free pairs (rate 0) through the wrapper, against the bare allocator.
+fn bench_free_filter(c: &mut Criterion) {
+    let layout = Layout::from_size_align(16, 8).unwrap();
+    heap_sampler::set_sample_rate(1);
+    // SAFETY: non-zero size; freed below with the same layout.
+    let live: Vec<*mut u8> = (0..10_000)
+        .map(|_| unsafe { WRAPPED.alloc(layout) })
+        .collect();
+    heap_sampler::set_sample_rate(0);
+    let mut group = c.benchmark_group("free_filter/10000_live");
+    group
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    group.bench_function("bare", |b| {
+        b.iter_custom(|iters| timed(None, layout, iters, 1))
+    });
+    let before = heap_sampler::stats();
+    let pairs = std::cell::Cell::new(0u64);
+    group.bench_function("rate_0", |b| {
+        b.iter_custom(|iters| {
+            pairs.set(pairs.get() + iters);
+            timed(Some(0), layout, iters, 1)
+        })
+    });
+    group.finish();
+    let after = heap_sampler::stats();
+    let false_positives = after.filter_false_positives - before.filter_false_positives;
+    println!(
+        "free filter: {} live sampled allocations, {false_positives} lookups in vain over {} frees ({:.4} %), \
+         filter {} KiB",
+        after.live_samples,
+        pairs.get(),
+        100.0 * false_positives as f64 / pairs.get().max(1) as f64,
+        after.filter_bytes / 1024
+    );
+    for ptr in live {
+        // SAFETY: allocated above by WRAPPED with `layout`.
+        unsafe { WRAPPED.dealloc(ptr, layout) };
+    }
+}
+
 /// Recurses `depth` frames, then runs `f` there.
 #[inline(never)]
 fn at_depth<R>(depth: usize, f: &mut dyn FnMut() -> R) -> R {
@@ -219,6 +263,23 @@ fn mean_ns(group: &str, id: &str) -> Option<f64> {
 }
 
 fn print_ratios() {
+    if let (Some(bare), Some(t)) = (
+        mean_ns("free_filter_10000_live", "bare"),
+        mean_ns("free_filter_10000_live", "rate_0"),
+    ) {
+        println!(
+            "\nfree filter with 10,000 live sampled allocations: bare {bare:.1}ns, rate 0 {t:.1}ns ({:.2}x)",
+            t / bare
+        );
+    }
+    for depth in [8, 32, 128] {
+        if let Some(t) = mean_ns("sampled", &format!("depth_{depth}")) {
+            println!(
+                "sampled allocate+free pair at depth {depth}: {:.2} µs",
+                t / 1000.0
+            );
+        }
+    }
     println!("\nallocate+free pair, time per pair, ratio to the bare allocator (same run):");
     println!(
         "{:<22} {:>10} {:>18} {:>18} {:>18}",
@@ -248,6 +309,7 @@ fn print_ratios() {
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench_pairs(&mut c);
+    bench_free_filter(&mut c);
     bench_sampled(&mut c);
     bench_dump(&mut c);
     c.final_summary();

@@ -118,6 +118,13 @@ pub struct Stats {
     pub table_bytes: usize,
     /// Samples charged to the overflow bucket because the table was full.
     pub overflow_samples: u64,
+    /// Frees (and reallocations) of sampled allocations, which subtracted their weight.
+    pub sampled_frees: u64,
+    /// Frees of unsampled pointers that shared a filter slot with a live sampled allocation and so looked the
+    /// pointer up under a lock in vain (about `live_samples / 2^18` of all frees).
+    pub filter_false_positives: u64,
+    /// Bytes of the free filter: a fixed array of 2^18 counters, of which only touched pages are resident.
+    pub filter_bytes: usize,
 }
 
 /// The profiler's own figures (see [`Stats`]).
@@ -131,5 +138,8 @@ pub fn stats() -> Stats {
         max_buckets: table.max_buckets,
         table_bytes: table.bytes,
         overflow_samples: table.overflow_samples,
+        sampled_frees: table::live::sampled_frees(),
+        filter_false_positives: table::live::false_positives(),
+        filter_bytes: table::live::FILTER_BYTES,
     }
 }

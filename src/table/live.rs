@@ -8,7 +8,7 @@
 //! reused at once can never find a stale entry.
 
 use core::hash::BuildHasherDefault;
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::collections::HashMap;
 
 use super::buckets::BucketId;
@@ -22,6 +22,11 @@ const FILTER_SLOTS: usize = 1 << FILTER_BITS;
 
 static FILTER: [AtomicU32; FILTER_SLOTS] = [const { AtomicU32::new(0) }; FILTER_SLOTS];
 static LIVE_COUNT: AtomicUsize = AtomicUsize::new(0);
+static SAMPLED_FREES: AtomicU64 = AtomicU64::new(0);
+static FALSE_POSITIVES: AtomicU64 = AtomicU64::new(0);
+
+/// The memory of the filter, in bytes.
+pub(crate) const FILTER_BYTES: usize = FILTER_SLOTS * size_of::<AtomicU32>();
 
 /// A live sampled allocation: where its weight went and what it was.
 #[derive(Clone, Copy, Debug)]
@@ -71,10 +76,24 @@ pub(crate) fn insert(ptr: *mut u8, entry: LiveEntry) {
 /// profiler guard, before the memory is given back to the inner allocator.
 pub(crate) fn remove(ptr: *mut u8) -> Option<LiveEntry> {
     let ptr = ptr as usize;
-    let entry = stripe(ptr).lock().remove(&ptr)?;
+    let Some(entry) = stripe(ptr).lock().remove(&ptr) else {
+        FALSE_POSITIVES.fetch_add(1, Relaxed);
+        return None;
+    };
     filter_slot(ptr).fetch_sub(1, Relaxed);
     LIVE_COUNT.fetch_sub(1, Relaxed);
+    SAMPLED_FREES.fetch_add(1, Relaxed);
     Some(entry)
+}
+
+/// Frees (and reallocations) of sampled allocations so far.
+pub(crate) fn sampled_frees() -> u64 {
+    SAMPLED_FREES.load(Relaxed)
+}
+
+/// Frees of unsampled pointers whose filter slot was in use, so that they looked the pointer up in vain.
+pub(crate) fn false_positives() -> u64 {
+    FALSE_POSITIVES.load(Relaxed)
 }
 
 pub(super) fn hold_locks() {
