@@ -273,11 +273,16 @@ fn print_ratios() {
         );
     }
     for depth in [8, 32, 128] {
-        if let Some(t) = mean_ns("sampled", &format!("depth_{depth}")) {
+        if let Some(t) = mean_ns("sampled/depth", &depth.to_string()) {
             println!(
                 "sampled allocate+free pair at depth {depth}: {:.2} µs",
                 t / 1000.0
             );
+        }
+    }
+    for stacks in [1_000, 10_000] {
+        if let Some(t) = mean_ns("dump/repeated", &stacks.to_string()) {
+            println!("repeated dump with {stacks} distinct stacks: {:.1} ms", t / 1e6);
         }
     }
     println!("\nallocate+free pair, time per pair, ratio to the bare allocator (same run):");

@@ -1,7 +1,8 @@
 //! Whole-program cost: the same workloads in the same binary with and without the profiler, in paired runs.
 //!
 //! Workloads: `json` (serde_json documents parsed and indexed), `index` (a string-keyed map index), `churn`
-//! (random-size allocate/free churn over a window of live buffers) and `churn2` (the same on two threads).
+//! (random-size allocate/free churn over a window of live buffers), `churn2` (the same on two threads) and
+//! `pairs16` (allocate+free pairs of 16 bytes: the fast path alone).
 //! Each run is a fresh child process of this binary; its global allocator is chosen from the environment
 //! before the first allocation:
 //!
@@ -189,13 +190,22 @@ fn churn2(_rng: &mut Rng) {
     });
 }
 
+/// 10 million allocate+free pairs of 16 bytes: the fast path alone. Also the program to count instructions
+/// per pair with `valgrind --tool=callgrind` (see the README).
+fn pairs16(_rng: &mut Rng) {
+    for _ in 0..10_000_000 {
+        drop(black_box(Box::new(black_box([0u8; 16]))));
+    }
+}
+
 type Workload = (&'static str, fn(&mut Rng));
 
-const WORKLOADS: [Workload; 4] = [
+const WORKLOADS: [Workload; 5] = [
     ("json", json),
     ("index", index),
     ("churn", churn),
     ("churn2", churn2),
+    ("pairs16", pairs16),
 ];
 
 fn variants() -> Vec<&'static str> {
