@@ -5,7 +5,8 @@
 //! - `free_filter/*`: unsampled pairs while 10,000 sampled allocations are live, with the filter's false
 //!   positive rate (frees that looked their pointer up in vain).
 //! - `sampled/*`: one allocate + free pair that is always sampled (rate 1), with the allocation made 8, 32
-//!   and 128 frames deep: the cost of capturing a stack and recording it.
+//!   and 128 frames deep: the cost of capturing a stack and recording it, with each unwinder (the
+//!   frame-pointer one needs `RUSTFLAGS="-C force-frame-pointers=yes"` to see whole stacks).
 //! - `dump/*`: `dump_profile` with 1,000 and 10,000 distinct stacks in the table (repeated dumps; the first
 //!   dump, which symbolizes, is timed once and printed).
 //!
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
-use heap_sampler::SamplingAllocator;
+use heap_sampler::{SamplingAllocator, Unwinder};
 
 /// The global allocator counts live and peak bytes, to report a dump's memory.
 struct Counting;
@@ -179,18 +180,25 @@ fn bench_sampled(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500));
     heap_sampler::set_sample_rate(1);
-    for depth in [8usize, 32, 128] {
-        heap_sampler::set_max_stack_depth(heap_sampler::MAX_STACK_DEPTH);
-        group.bench_function(BenchmarkId::new("depth", depth), |b| {
-            b.iter_custom(|iters| {
-                at_depth(depth, &mut || {
-                    let start = Instant::now();
-                    (0..iters).for_each(|_| pair(&WRAPPED, layout));
-                    start.elapsed()
+    heap_sampler::set_max_stack_depth(heap_sampler::MAX_STACK_DEPTH);
+    for (unwinder, name) in [
+        (Unwinder::Dwarf, "depth"),
+        (Unwinder::FramePointer, "depth_fp"),
+    ] {
+        heap_sampler::set_unwinder(unwinder);
+        for depth in [8usize, 32, 128] {
+            group.bench_function(BenchmarkId::new(name, depth), |b| {
+                b.iter_custom(|iters| {
+                    at_depth(depth, &mut || {
+                        let start = Instant::now();
+                        (0..iters).for_each(|_| pair(&WRAPPED, layout));
+                        start.elapsed()
+                    })
                 })
-            })
-        });
+            });
+        }
     }
+    heap_sampler::set_unwinder(Unwinder::Dwarf);
     group.finish();
     heap_sampler::set_max_stack_depth(heap_sampler::DEFAULT_STACK_DEPTH);
 }
@@ -282,7 +290,10 @@ fn print_ratios() {
     }
     for stacks in [1_000, 10_000] {
         if let Some(t) = mean_ns("dump/repeated", &stacks.to_string()) {
-            println!("repeated dump with {stacks} distinct stacks: {:.1} ms", t / 1e6);
+            println!(
+                "repeated dump with {stacks} distinct stacks: {:.1} ms",
+                t / 1e6
+            );
         }
     }
     println!("\nallocate+free pair, time per pair, ratio to the bare allocator (same run):");

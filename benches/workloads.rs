@@ -8,6 +8,8 @@
 //!
 //! - `bare`: `System`;
 //! - `sampled`: `SamplingAllocator<System>` at 512 KiB;
+//! - `sampled-fp`: the same with the frame-pointer unwinder (meaningful when built with
+//!   `RUSTFLAGS="-C force-frame-pointers=yes"`);
 //! - with `--features jemalloc-bench`: `jemalloc` (`prof:false`) and `jemalloc-prof` (jemalloc's own heap
 //!   profiler, `prof:true,lg_prof_sample:19`, i.e. 512 KiB).
 //!
@@ -53,7 +55,7 @@ fn mode() -> u8 {
     } else {
         // SAFETY: getenv returns a NUL-terminated string.
         match unsafe { std::ffi::CStr::from_ptr(value) }.to_bytes() {
-            b"sampled" => SAMPLED,
+            b"sampled" | b"sampled-fp" => SAMPLED,
             b"jemalloc" | b"jemalloc-prof" => JEMALLOC,
             _ => BARE,
         }
@@ -209,7 +211,7 @@ const WORKLOADS: [Workload; 5] = [
 ];
 
 fn variants() -> Vec<&'static str> {
-    let mut v = vec!["bare", "sampled"];
+    let mut v = vec!["bare", "sampled", "sampled-fp"];
     if cfg!(feature = "jemalloc-bench") {
         v.extend(["jemalloc", "jemalloc-prof"]);
     }
@@ -249,6 +251,9 @@ fn main() {
             .iter()
             .find(|(name, _)| *name == workload)
             .expect("a known workload");
+        if std::env::var(MODE_VAR).is_ok_and(|m| m == "sampled-fp") {
+            heap_sampler::set_unwinder(heap_sampler::Unwinder::FramePointer);
+        }
         let start = Instant::now();
         run(&mut Rng(0x2545_F491_4F6C_DD1D));
         println!("{}", start.elapsed().as_secs_f64());
@@ -272,7 +277,12 @@ fn main() {
         }
         let mut line = format!("{workload:<8}");
         for (v, name) in variants.iter().enumerate() {
-            let baseline = if name.starts_with("jemalloc") { 2 } else { 0 };
+            let base_name = if name.starts_with("jemalloc") {
+                "jemalloc"
+            } else {
+                "bare"
+            };
+            let baseline = variants.iter().position(|v| *v == base_name).unwrap_or(0);
             let mut ratios: Vec<f64> = times[v]
                 .iter()
                 .zip(&times[baseline])

@@ -66,7 +66,10 @@ pub use error::Error;
 pub use pprof::proto;
 pub use report::{Site, report, top_sites};
 pub use sampler::{DEFAULT_SAMPLE_RATE, sample_rate, set_sample_rate, set_seed};
-pub use stack::{DEFAULT_STACK_DEPTH, MAX_STACK_DEPTH, max_stack_depth, set_max_stack_depth};
+pub use stack::{
+    DEFAULT_STACK_DEPTH, MAX_STACK_DEPTH, Unwinder, max_stack_depth, set_max_stack_depth,
+    set_unwinder, unwinder,
+};
 pub use table::buckets::{DEFAULT_MAX_BUCKETS, set_max_buckets};
 
 /// The heap profile of the process's global [`SamplingAllocator`], as gzip-compressed pprof

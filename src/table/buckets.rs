@@ -1,10 +1,10 @@
 //! Buckets: cumulative and in-use counts per captured stack, in a lock-striped table.
 
-use core::hash::{BuildHasherDefault, Hasher};
+use core::hash::BuildHasherDefault;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::collections::HashMap;
 
-use super::{Lock, STRIPES, Weight};
+use super::{Lock, STRIPES, Weight, WordHasher};
 use crate::lock;
 use crate::stack::Stack;
 
@@ -111,27 +111,9 @@ struct Bucket {
     counts: Counts,
 }
 
-/// The hashes are already mixed (see [`hash_frames`]): use them as they are.
-#[derive(Default)]
-struct PassThroughHasher(u64);
-
-impl Hasher for PassThroughHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | b as u64;
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 struct Stripe {
     /// Stack hash → index of the first bucket with that hash.
-    index: HashMap<u64, u32, BuildHasherDefault<PassThroughHasher>>,
+    index: HashMap<u64, u32, BuildHasherDefault<WordHasher>>,
     buckets: Vec<Bucket>,
 }
 

@@ -12,7 +12,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::collections::HashMap;
 
 use super::buckets::BucketId;
-use super::{Lock, STRIPES, Weight};
+use super::{Lock, STRIPES, Weight, WordHasher};
 use crate::lock;
 
 const FILTER_BITS: u32 = 18;
@@ -35,7 +35,7 @@ pub(crate) struct LiveEntry {
     pub(crate) weight: Weight,
 }
 
-type LiveMap = HashMap<usize, LiveEntry, BuildHasherDefault<std::hash::DefaultHasher>>;
+type LiveMap = HashMap<usize, LiveEntry, BuildHasherDefault<WordHasher>>;
 
 static LIVE: [Lock<LiveMap>; STRIPES] =
     [const { Lock::new(HashMap::with_hasher(BuildHasherDefault::new())) }; STRIPES];

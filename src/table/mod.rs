@@ -9,6 +9,28 @@ pub(crate) mod live;
 
 use crate::lock::Lock;
 
+/// A hasher for the tables' keys, single machine words (pointers, stack hashes): one multiply, no SipHash
+/// rounds. The keys are not chosen by an adversary.
+#[derive(Default)]
+pub(crate) struct WordHasher(u64);
+
+impl core::hash::Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
 /// Number of lock stripes of each table.
 const STRIPES: usize = 64;
 
