@@ -43,6 +43,13 @@
 //! `sqrt(2)` times that, and converge as they allocate more. [`set_sample_rate`]`(1)` records every
 //! allocation exactly, for tests.
 //!
+//! # Cost
+//!
+//! An allocation that is not sampled costs about 18 instructions more than the inner allocator (a
+//! thread-local countdown and a filter check on free). A sampled one captures its stack: about 5 µs at 32
+//! frames with the default DWARF unwinder, about 0.2 µs with [`Unwinder::FramePointer`] in programs built with
+//! frame pointers (see [`set_unwinder`]).
+//!
 //! # Safety of the profiled program
 //!
 //! The allocator never panics, never recurses into itself (the profiler's own memory passes straight through
