@@ -77,12 +77,16 @@ fn bucket_table_is_capped_and_overflow_is_counted() {
         "{before:?}"
     );
     heap_sampler::set_max_buckets(before.buckets + 10);
+    // Whole stacks (up to 128 frames): each depth below is a distinct stack, never a truncated one that the
+    // other test may have recorded already.
+    heap_sampler::set_max_stack_depth(heap_sampler::MAX_STACK_DEPTH);
     let mut kept = Vec::with_capacity(100);
     for depth in 0..100 {
         recurse(depth, &mut kept);
     }
     let after = heap_sampler::stats();
     heap_sampler::set_max_buckets(heap_sampler::DEFAULT_MAX_BUCKETS);
+    heap_sampler::set_max_stack_depth(heap_sampler::DEFAULT_STACK_DEPTH);
     assert!(after.buckets <= before.buckets + 10, "cap holds: {after:?}");
     assert!(
         after.overflow_samples >= 90,

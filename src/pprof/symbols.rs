@@ -60,23 +60,31 @@ pub(crate) const TRUNCATED: &str = "[truncated]";
 /// Marker frame of the samples charged to the overflow bucket.
 pub(crate) const OVERFLOW: &str = "[bucket table full]";
 
-/// Frames of these functions, at the top of a stack, are the profiler, the unwinder it calls and the
-/// allocation path leading to it. (Capture already skips the profiler's frames by address; this also covers
-/// unwinders that do not report function start addresses.)
-const INTERNAL_PREFIXES: &[&str] = &[
+/// Frames of the profiler's allocation path and of the allocator shims that lead to it: nothing at or below
+/// the outermost of them belongs to the program.
+const PROFILER_PREFIXES: &[&str] = &[
     "heap_sampler::allocator::",
     "<heap_sampler::allocator::",
     "heap_sampler::sampler::",
     "heap_sampler::stack::",
     "heap_sampler::table::",
-    "backtrace::backtrace::",
-    "_Unwind_Backtrace",
     "__rust_alloc",
     "__rust_realloc",
     "__rust_dealloc",
-    "__rustc::",
+    "__rustc::__rust_alloc",
+    "__rustc::__rust_realloc",
+    "__rustc::__rust_dealloc",
+    "__rustc::__rdl_",
+    "__rustc::__rg_",
     "__rdl_",
     "__rg_",
+];
+
+/// Frames of the allocation path above the shims, and of the unwinder the profiler calls (when it is not
+/// skipped by address): trimmed where they lead a stack.
+const ALLOCATION_PREFIXES: &[&str] = &[
+    "backtrace::backtrace::",
+    "_Unwind_Backtrace",
     "alloc::alloc::",
     "<alloc::alloc::",
     "std::alloc::",
@@ -85,8 +93,15 @@ const INTERNAL_PREFIXES: &[&str] = &[
     "std::sys::pal::unix::alloc::",
 ];
 
+fn is_profiler(frame: &Frame) -> bool {
+    PROFILER_PREFIXES.iter().any(|p| frame.name.starts_with(p))
+}
+
 fn is_internal(frame: &Frame) -> bool {
-    INTERNAL_PREFIXES.iter().any(|p| frame.name.starts_with(p))
+    is_profiler(frame)
+        || ALLOCATION_PREFIXES
+            .iter()
+            .any(|p| frame.name.starts_with(p))
 }
 
 /// Symbols of each return address seen, kept across dumps (code does not move). Only locked under the dump
@@ -135,13 +150,22 @@ pub(crate) fn resolve(buckets: &[BucketSnapshot]) -> Resolved {
 
     for bucket in buckets {
         let mut stack = Vec::with_capacity(bucket.frames.len() + 1);
-        let mut trimming = true;
-        for &ip in &bucket.frames {
-            let frames = frames_of(cache, ip);
-            if trimming && frames.first().is_some_and(is_internal) {
-                continue;
-            }
-            trimming = false;
+        let symbolized: Vec<(usize, Arc<[Frame]>)> = bucket
+            .frames
+            .iter()
+            .map(|&ip| (ip, frames_of(cache, ip)))
+            .collect();
+        // Everything up to the outermost profiler frame is the profiler (whatever the unwinder reported
+        // around it), then the allocation functions that called the shims.
+        let past_profiler = symbolized
+            .iter()
+            .rposition(|(_, frames)| frames.iter().any(is_profiler))
+            .map_or(0, |i| i + 1);
+        let program = symbolized[past_profiler..]
+            .iter()
+            .skip_while(|(_, frames)| frames.first().is_some_and(is_internal));
+        for (ip, frames) in program {
+            let ip = *ip;
             let index = *location_of.entry(ip).or_insert_with(|| {
                 resolved.locations.push(ResolvedLocation {
                     address: (ip as u64).saturating_sub(1),

@@ -247,7 +247,23 @@ pub fn check_contract(p: &Profile) {
             let name = s(p.function[line.function_id as usize - 1].name);
             assert!(
                 !PROFILER.iter().any(|f| name.starts_with(f)),
-                "profiler frame {name} in a sample"
+                "profiler frame {name} in a sample: {}",
+                {
+                    let names: Vec<String> = sample
+                        .location_id
+                        .iter()
+                        .map(|id| {
+                            let l = &p.location[*id as usize - 1];
+                            let fs: Vec<&str> = l
+                                .line
+                                .iter()
+                                .map(|x| s(p.function[x.function_id as usize - 1].name))
+                                .collect();
+                            format!("{:#x} {fs:?}", l.address)
+                        })
+                        .collect();
+                    names.join("\n")
+                }
             );
             assert!(
                 i > 0 || !ALLOCATION_PATH.iter().any(|f| name.starts_with(f)),
