@@ -1,18 +1,19 @@
 //! Keeping the profiler's locks consistent across `fork`.
 
-use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Once;
 
-static FORK_HANDLERS: AtomicBool = AtomicBool::new(false);
+/// `Once` waits on a futex: no thread-local, no allocation, so it is usable inside the allocator.
+static FORK_HANDLERS: Once = Once::new();
 
 /// Registers the `fork` handlers once: before a fork, the forking thread takes every profiler lock (as glibc
 /// does for malloc's arenas), so that the child never inherits a lock held by a thread it does not have, and
 /// a half-updated table. Both sides release them after the fork.
 pub(crate) fn register_fork_handlers() {
-    if FORK_HANDLERS.load(Relaxed) || FORK_HANDLERS.swap(true, Relaxed) {
-        return;
-    }
-    // SAFETY: the handlers are `extern "C"` functions without arguments that never unwind.
-    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+    // Registered before any thread can see it done, so no fork can slip between the two.
+    FORK_HANDLERS.call_once(|| {
+        // SAFETY: the handlers are `extern "C"` functions without arguments that never unwind.
+        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+    });
 }
 
 extern "C" fn before_fork() {

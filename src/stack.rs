@@ -33,8 +33,10 @@ pub enum Unwinder {
     /// Walks the chain of saved frame pointers: a few nanoseconds per frame, but right only for code built
     /// with frame pointers (`RUSTFLAGS="-C force-frame-pointers=yes"`; the standard library too, with
     /// `-Zbuild-std`, or its frames are skipped or end the walk). Every frame pointer is checked against the
-    /// thread's stack bounds before it is read, so code without frame pointers gives short stacks, never a
-    /// crash. Only on x86_64 and aarch64; elsewhere [`Unwinder::Dwarf`] is used.
+    /// thread's stack bounds before it is read, so code without frame pointers gives short stacks (shown as
+    /// `[stack not captured]` when nothing of the program is left), never a crash. Code running on another
+    /// stack than its thread's (coroutines) is unwound with [`Unwinder::Dwarf`]. Only on x86_64 and aarch64;
+    /// elsewhere [`Unwinder::Dwarf`] is used.
     FramePointer,
 }
 
@@ -52,6 +54,9 @@ pub fn unwinder() -> Unwinder {
         _ => Unwinder::Dwarf,
     }
 }
+
+/// Frames of the profiler itself that a frame-pointer walk goes through before the allocator's caller.
+const PROFILER_FRAMES: usize = 4;
 
 const FRAME_POINTERS_SUPPORTED: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
 
@@ -104,8 +109,7 @@ impl Stack {
             truncated: false,
         };
         let depth = DEPTH.load(Relaxed).min(MAX_STACK_DEPTH);
-        if unwinder() == Unwinder::FramePointer {
-            stack.walk_frame_pointers(depth);
+        if unwinder() == Unwinder::FramePointer && stack.walk_frame_pointers(depth) {
             return stack;
         }
         let mut skipping = true;
@@ -137,18 +141,26 @@ impl Stack {
         stack
     }
 
-    /// Follows the saved frame pointers from this function's frame outwards. Each frame pointer must lie
-    /// between the current stack pointer and the top of the thread's stack, 8-aligned, and above the previous
-    /// one, or the walk ends: memory in that range is mapped, so no read can fault. The profiler's own frames
-    /// are left in and trimmed by name when the profile is built.
+    /// Follows the saved frame pointers from this function's frame outwards. Only on the thread's own stack:
+    /// the stack pointer must lie within the thread's stack bounds, and then each frame pointer must lie
+    /// between the stack pointer and the top of that stack, 8-aligned, and above the previous one, or the walk
+    /// ends. Memory in that range is mapped, so no read can fault. Returns `false`, capturing nothing, when
+    /// the code runs on another stack (a coroutine, a signal stack): the caller then uses the DWARF unwinder.
+    ///
+    /// The profiler's own frames (this function, `capture`, the allocator's) are walked too, so up to
+    /// [`PROFILER_FRAMES`] more frames than `depth` are kept; the profile trims them by name.
     #[inline(never)]
-    fn walk_frame_pointers(&mut self, depth: usize) {
-        let (_, high) = stack_bounds();
+    fn walk_frame_pointers(&mut self, depth: usize) -> bool {
+        let (low_bound, high) = stack_bounds();
         let here = 0u8;
-        let low = &here as *const u8 as usize;
+        let sp = &here as *const u8 as usize;
+        if sp < low_bound || sp >= high {
+            return false;
+        }
+        let depth = (depth + PROFILER_FRAMES).min(MAX_STACK_DEPTH);
         let mut fp = frame_pointer();
-        while fp >= low && fp % 8 == 0 && fp.saturating_add(16) <= high {
-            // SAFETY: `fp..fp + 16` lies within this thread's stack between the stack pointer and its top,
+        while fp >= sp && fp % 8 == 0 && fp.saturating_add(16) <= high {
+            // SAFETY: `fp..fp + 16` lies between the stack pointer and the top of this thread's own stack,
             // which is mapped and readable; the values read are plain words.
             let (next, ret) = unsafe { (*(fp as *const usize), *((fp + 8) as *const usize)) };
             if ret == 0 {
@@ -165,6 +177,7 @@ impl Stack {
             }
             fp = next;
         }
+        true
     }
 
     pub(crate) fn frames(&self) -> &[usize] {

@@ -32,6 +32,7 @@ fn frame_pointer_walks_are_safe_and_valid() {
         Unwinder::Dwarf
     };
     assert_eq!(heap_sampler::unwinder(), expected);
+    let baseline = common::profile();
     // Many threads, deep and shallow stacks, and std code in between (Vec growth, thread start-up): without
     // frame pointers the walks end early, but never read outside the thread's stack.
     let kept: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| {
@@ -69,5 +70,96 @@ fn frame_pointer_walks_are_safe_and_valid() {
             "with frame pointers, every allocation is found under `nested`"
         );
     }
+    // However short the walks, no sampled allocation is dropped: in exact mode the in-use total grows by at
+    // least what the threads keep, in the profile and in the report.
+    let in_use =
+        |p: &heap_sampler::proto::Profile| p.sample.iter().map(|s| s.value[3]).sum::<i64>();
+    let grown = in_use(&p) - in_use(&baseline);
+    assert!(grown >= 16 * 333, "in use grew by {grown} bytes only");
+    let reported: i64 = heap_sampler::top_sites()
+        .unwrap()
+        .iter()
+        .map(|s| s.inuse_space)
+        .sum();
+    assert!(
+        reported >= in_use(&p) - 4096,
+        "the report shows every sample: {reported} of {}",
+        in_use(&p)
+    );
     drop(kept);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod coroutine {
+    use super::*;
+
+    // Calls `f` with rbp set to `rbp`, as code without frame pointers may leave any value there.
+    std::arch::global_asm!(
+        ".globl heap_sampler_test_call_with_rbp",
+        ".type heap_sampler_test_call_with_rbp,@function",
+        "heap_sampler_test_call_with_rbp:",
+        ".cfi_startproc",
+        "push rbp",
+        ".cfi_adjust_cfa_offset 8",
+        ".cfi_offset rbp, -16",
+        "mov rbp, rsi",
+        "call rdi",
+        "pop rbp",
+        ".cfi_adjust_cfa_offset -8",
+        "ret",
+        ".cfi_endproc",
+        ".size heap_sampler_test_call_with_rbp, .-heap_sampler_test_call_with_rbp",
+    );
+
+    unsafe extern "C" {
+        fn heap_sampler_test_call_with_rbp(f: extern "C" fn(), rbp: usize);
+    }
+
+    extern "C" fn allocates() {
+        black_box(vec![1u8; 100]);
+    }
+
+    static mut HOLE: usize = 0;
+    static mut MAIN: std::mem::MaybeUninit<libc::ucontext_t> = std::mem::MaybeUninit::uninit();
+    static mut CO: std::mem::MaybeUninit<libc::ucontext_t> = std::mem::MaybeUninit::uninit();
+
+    extern "C" fn coroutine() {
+        // SAFETY: `allocates` is a plain function; HOLE is written once before the switch.
+        unsafe { heap_sampler_test_call_with_rbp(allocates, HOLE) };
+    }
+
+    /// Code on a stack of its own (a ucontext coroutine), with rbp pointing at an unmapped page just above
+    /// that stack: the frame-pointer walk must not follow it (it falls back to the DWARF unwinder).
+    #[test]
+    fn frame_pointer_walk_on_a_coroutine_stack_does_not_fault() {
+        let _serial = common::serial();
+        heap_sampler::set_sample_rate(1);
+        heap_sampler::set_unwinder(Unwinder::FramePointer);
+        const SIZE: usize = 256 * 1024;
+        // SAFETY: a private anonymous mapping used as the coroutine's stack; the page above it is unmapped on
+        // purpose; the contexts are only used by this thread, one switch there and back.
+        unsafe {
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                SIZE + 4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            ) as usize;
+            assert_ne!(base, libc::MAP_FAILED as usize);
+            HOLE = base + SIZE;
+            libc::munmap(HOLE as *mut libc::c_void, 4096);
+            let co = &raw mut CO as *mut libc::ucontext_t;
+            libc::getcontext(co);
+            (*co).uc_stack.ss_sp = base as *mut libc::c_void;
+            (*co).uc_stack.ss_size = SIZE;
+            (*co).uc_link = &raw mut MAIN as *mut libc::ucontext_t;
+            libc::makecontext(co, coroutine, 0);
+            libc::swapcontext(&raw mut MAIN as *mut libc::ucontext_t, co);
+            libc::munmap(base as *mut libc::c_void, SIZE);
+        }
+        heap_sampler::set_unwinder(Unwinder::Dwarf);
+        common::check_contract(&common::profile());
+    }
 }

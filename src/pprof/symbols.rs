@@ -59,6 +59,9 @@ pub(crate) struct Resolved {
 pub(crate) const TRUNCATED: &str = "[truncated]";
 /// Marker frame of the samples charged to the overflow bucket.
 pub(crate) const OVERFLOW: &str = "[bucket table full]";
+/// Marker frame of samples whose stack held nothing of the program (an unwinder that stopped inside the
+/// profiler): they are counted, not dropped.
+pub(crate) const NOT_CAPTURED: &str = "[stack not captured]";
 
 /// Frames of the profiler's allocation path and of the allocator shims that lead to it: nothing at or below
 /// the outermost of them belongs to the program.
@@ -179,6 +182,8 @@ pub(crate) fn resolve(buckets: &[BucketSnapshot]) -> Resolved {
             Some(OVERFLOW)
         } else if bucket.truncated {
             Some(TRUNCATED)
+        } else if stack.is_empty() {
+            Some(NOT_CAPTURED)
         } else {
             None
         };
