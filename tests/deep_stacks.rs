@@ -12,16 +12,6 @@ use heap_sampler::proto::Profile;
 #[global_allocator]
 static ALLOC: SamplingAllocator<System> = SamplingAllocator::new(System);
 
-#[inline(never)]
-fn recurse(depth: usize, kept: &mut Vec<Vec<u8>>) {
-    if depth == 0 {
-        kept.push(black_box(vec![3u8; 100]));
-    } else {
-        recurse(black_box(depth - 1), kept);
-    }
-    black_box(&kept);
-}
-
 /// The stacks (as function names, innermost first) of the samples that pass through `recurse`.
 fn stacks_through_recurse(p: &Profile) -> Vec<Vec<String>> {
     p.sample
@@ -44,7 +34,7 @@ fn deep_recursion_is_cut_at_the_configured_depth_and_marked() {
     for depth in [heap_sampler::DEFAULT_STACK_DEPTH, 16] {
         heap_sampler::set_max_stack_depth(depth);
         let mut kept = Vec::with_capacity(1);
-        recurse(1000, &mut kept);
+        common::recurse(1000, 100, &mut kept);
         let p = common::profile();
         common::check_contract(&p);
         let stacks = stacks_through_recurse(&p);
@@ -82,7 +72,7 @@ fn bucket_table_is_capped_and_overflow_is_counted() {
     heap_sampler::set_max_stack_depth(heap_sampler::MAX_STACK_DEPTH);
     let mut kept = Vec::with_capacity(100);
     for depth in 0..100 {
-        recurse(depth, &mut kept);
+        common::recurse(depth, 100, &mut kept);
     }
     let after = heap_sampler::stats();
     heap_sampler::set_max_buckets(heap_sampler::DEFAULT_MAX_BUCKETS);

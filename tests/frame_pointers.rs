@@ -11,16 +11,6 @@ use heap_sampler::{SamplingAllocator, Unwinder};
 #[global_allocator]
 static ALLOC: SamplingAllocator<System> = SamplingAllocator::new(System);
 
-#[inline(never)]
-fn nested(depth: usize, kept: &mut Vec<Vec<u8>>) {
-    if depth == 0 {
-        kept.push(black_box(vec![9u8; 333]));
-    } else {
-        nested(black_box(depth - 1), kept);
-    }
-    black_box(&kept);
-}
-
 #[test]
 fn frame_pointer_walks_are_safe_and_valid() {
     let _serial = common::serial();
@@ -41,7 +31,7 @@ fn frame_pointer_walks_are_safe_and_valid() {
                 s.spawn(|| {
                     let mut kept = Vec::new();
                     for depth in [0, 5, 50, 500] {
-                        nested(depth, &mut kept);
+                        common::recurse(depth, 333, &mut kept);
                     }
                     kept
                 })
@@ -57,9 +47,9 @@ fn frame_pointer_walks_are_safe_and_valid() {
         total >= 16 * 333,
         "every allocation is still counted: {total}"
     );
-    let found = common::at_function(&p, "nested");
+    let found = common::at_function(&p, "recurse");
     eprintln!(
-        "in use through `nested` found by frame pointers: {} of {} bytes",
+        "in use through `recurse` found by frame pointers: {} of {} bytes",
         found.inuse_space,
         16 * 333
     );
@@ -67,7 +57,7 @@ fn frame_pointer_walks_are_safe_and_valid() {
     if std::env::var_os("HEAP_SAMPLER_TEST_FRAME_POINTERS").is_some() {
         assert!(
             found.inuse_space >= 16 * 333,
-            "with frame pointers, every allocation is found under `nested`"
+            "with frame pointers, every allocation is found under `recurse`"
         );
     }
     // However short the walks, no sampled allocation is dropped: in exact mode the in-use total grows by at

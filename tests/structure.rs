@@ -4,23 +4,11 @@
 mod common;
 
 use std::alloc::System;
-use std::hint::black_box;
 
 use heap_sampler::SamplingAllocator;
 
 #[global_allocator]
 static ALLOC: SamplingAllocator<System> = SamplingAllocator::new(System);
-
-/// Allocates after `depth` nested calls: each depth is a distinct stack.
-#[inline(never)]
-fn nest(depth: usize, kept: &mut Vec<Vec<u8>>) {
-    if depth == 0 {
-        kept.push(black_box(vec![1u8; 1000]));
-    } else {
-        nest(black_box(depth - 1), kept);
-    }
-    black_box(&kept);
-}
 
 #[inline(never)]
 fn worker(thread: usize) -> Vec<Vec<u8>> {
@@ -28,10 +16,10 @@ fn worker(thread: usize) -> Vec<Vec<u8>> {
     for depth in 0..30 {
         // A different caller line per thread makes the stacks of each thread distinct.
         match thread {
-            0 => nest(depth, &mut kept),
-            1 => nest(depth, &mut kept),
-            2 => nest(depth, &mut kept),
-            _ => nest(depth, &mut kept),
+            0 => common::recurse(depth, 1000, &mut kept),
+            1 => common::recurse(depth, 1000, &mut kept),
+            2 => common::recurse(depth, 1000, &mut kept),
+            _ => common::recurse(depth, 1000, &mut kept),
         }
     }
     kept
@@ -47,9 +35,9 @@ fn many_stacks_from_four_threads_follow_the_contract() {
     });
     let bytes = heap_sampler::dump_profile().unwrap();
     let p = common::decode(&bytes);
-    let stacks = common::samples_at(&p, "nest").len();
-    assert!(stacks >= 100, "{stacks} distinct stacks through nest");
-    let v = common::at_function(&p, "nest");
+    let stacks = common::samples_at(&p, "recurse").len();
+    assert!(stacks >= 100, "{stacks} distinct stacks through recurse");
+    let v = common::at_function(&p, "recurse");
     assert_eq!((v.inuse_objects, v.inuse_space), (120, 120_000));
     common::check_contract(&p);
 
@@ -59,7 +47,7 @@ fn many_stacks_from_four_threads_follow_the_contract() {
         std::fs::write(&path, &bytes).unwrap();
         let raw = common::pprof(&go, &["-raw", path.to_str().unwrap()]);
         assert!(
-            raw.contains("structure::nest"),
+            raw.contains("structure::common::recurse"),
             "pprof -raw lists the sites:\n{raw}"
         );
         std::fs::remove_dir_all(dir).unwrap();

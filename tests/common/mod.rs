@@ -116,6 +116,18 @@ pub fn at_function(p: &Profile, function: &str) -> Values {
         })
 }
 
+/// Allocates a block of `size` bytes (kept in `kept`) after `depth` nested calls of itself: each depth is a
+/// distinct stack through `recurse`.
+#[inline(never)]
+pub fn recurse(depth: usize, size: usize, kept: &mut Vec<Vec<u8>>) {
+    if depth == 0 {
+        kept.push(std::hint::black_box(vec![3u8; size]));
+    } else {
+        recurse(std::hint::black_box(depth - 1), size, kept);
+    }
+    std::hint::black_box(&kept);
+}
+
 /// Frames of the profiler's allocation path and of Rust's allocation shims: never anywhere in a sample.
 /// (Other `heap_sampler` code, such as decoding its `proto` types, is the program's own and may allocate.)
 pub const PROFILER: &[&str] = &[
