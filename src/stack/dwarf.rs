@@ -1,0 +1,416 @@
+//! A DWARF unwinder that remembers, per code address, how to step to the caller's frame.
+//!
+//! Unwinding one frame with DWARF call-frame information means finding the frame description entry (FDE)
+//! that covers the address and running its CFI program up to that address. libgcc's `_Unwind_Backtrace`
+//! does both for every frame of every stack, about 100–200 ns a frame. The stacks of sampled allocations
+//! go through the same few thousand return addresses again and again, so this unwinder keeps the result:
+//! a table of 2^14 words, each holding one code address together with its rule (where the canonical frame
+//! address is, and where the caller's frame pointer was saved). A frame whose address is in the table costs
+//! a load and a few additions. A miss asks libgcc for the FDE (`_Unwind_Find_FDE`, the lookup its own
+//! unwinder uses, through glibc's `_dl_find_object` or `dl_iterate_phdr`) and runs the CFI program with
+//! gimli, without allocating.
+//!
+//! x86_64 only. The walk reads memory only inside the thread's own stack, between the stack pointer and the
+//! top of the stack; frames it cannot describe with a cached rule (a CFA given by a DWARF expression, as in
+//! signal trampolines, or a register saved elsewhere than the stack) make the caller fall back to libgcc's
+//! unwinder for the whole stack, so the result is never worse than the system unwinder's.
+//!
+//! Code unloaded with `dlclose` whose addresses are reused by a newly loaded library keeps its old rules in
+//! the table; a stale rule can only end or shorten a walk (every read is bounds-checked), never crash it.
+
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+use gimli::{
+    BaseAddresses, CfaRule, EhFrame, EhFrameOffset, LittleEndian, Register, RegisterRule,
+    UnwindContext, UnwindContextStorage, UnwindSection, UnwindTableRow, X86_64,
+};
+
+/// `struct dwarf_eh_bases` of libgcc's `unwind-dw2-fde.h`: the bases that FDE pointer encodings are
+/// relative to, and the start of the function the FDE describes.
+#[repr(C)]
+struct DwarfEhBases {
+    tbase: *mut c_void,
+    dbase: *mut c_void,
+    func: *mut c_void,
+}
+
+unsafe extern "C" {
+    /// libgcc's (and LLVM libunwind's) FDE lookup: the FDE covering `pc`, or null.
+    fn _Unwind_Find_FDE(pc: *mut c_void, bases: *mut DwarfEhBases) -> *const u8;
+}
+
+/// How to step from a frame to its caller's, for one code address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rule {
+    /// The outermost frame (the return address is undefined, as in `_start` and `clone`).
+    Outermost,
+    /// The canonical frame address (CFA, the stack pointer before the call) is the stack pointer (or, with
+    /// `from_rbp`, the frame pointer) plus `cfa_offset` bytes; the return address is at CFA − 8; the
+    /// caller's frame pointer is at CFA − 8·`rbp_slot` when `rbp_slot` is not 0, else unchanged.
+    Step {
+        from_rbp: bool,
+        cfa_offset: u32,
+        rbp_slot: u32,
+    },
+}
+
+/// Why an address has no rule.
+enum Miss {
+    /// No unwind information covers it: the walk ends there, as libgcc's does.
+    NoInfo,
+    /// Its unwind information says something the walk does not model: unwind with libgcc instead.
+    Unsupported,
+}
+
+/// Bits of a table word: the address in the low 47 (user-space addresses on x86_64), then the rule.
+const ADDRESS_BITS: u32 = 47;
+const ADDRESS_MASK: u64 = (1 << ADDRESS_BITS) - 1;
+/// The CFA offset is stored in units of 8 bytes in 12 bits: rules with larger frames are not cached.
+const MAX_CACHED_CFA_OFFSET: u32 = 8 * 4095;
+/// The frame pointer's save slot is stored in 4 bits.
+const MAX_RBP_SLOT: u32 = 15;
+
+const TABLE_BITS: u32 = 14;
+/// The rule table: 2^14 words, 128 KiB of zeroed memory of which only touched pages are resident.
+static TABLE: [AtomicU64; 1 << TABLE_BITS] = [const { AtomicU64::new(0) }; 1 << TABLE_BITS];
+
+fn slot(address: usize) -> &'static AtomicU64 {
+    let index = (address as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - TABLE_BITS);
+    &TABLE[index as usize]
+}
+
+/// Packs `address` and its rule into one word (0 is the empty word: address 0 is never looked up), or
+/// `None` if they do not fit.
+fn pack(address: usize, rule: Rule) -> Option<u64> {
+    let address = address as u64;
+    if address == 0 || address > ADDRESS_MASK {
+        return None;
+    }
+    let fields = match rule {
+        // A CFA offset of 0 is impossible for a real frame (the return address is below it), so it marks
+        // the outermost frame.
+        Rule::Outermost => 0,
+        Rule::Step {
+            from_rbp,
+            cfa_offset,
+            rbp_slot,
+        } => {
+            if cfa_offset == 0
+                || cfa_offset % 8 != 0
+                || cfa_offset > MAX_CACHED_CFA_OFFSET
+                || rbp_slot > MAX_RBP_SLOT
+            {
+                return None;
+            }
+            from_rbp as u64 | u64::from(cfa_offset / 8) << 1 | u64::from(rbp_slot) << 13
+        }
+    };
+    Some(address | fields << ADDRESS_BITS)
+}
+
+fn unpack(word: u64) -> Rule {
+    let fields = word >> ADDRESS_BITS;
+    let cfa_offset = ((fields >> 1) & 0xfff) as u32 * 8;
+    if cfa_offset == 0 {
+        return Rule::Outermost;
+    }
+    Rule::Step {
+        from_rbp: fields & 1 == 1,
+        cfa_offset,
+        rbp_slot: (fields >> 13) as u32 & 0xf,
+    }
+}
+
+/// The rule for `address`, from the table or computed (and then remembered).
+fn rule_for(address: usize) -> Result<Rule, Miss> {
+    let slot = slot(address);
+    let word = slot.load(Relaxed);
+    if word != 0 && (word & ADDRESS_MASK) as usize == address {
+        return Ok(unpack(word));
+    }
+    let rule = compute_rule(address)?;
+    if let Some(word) = pack(address, rule) {
+        // One word holds both the address and its rule, so a reader never sees one without the other.
+        slot.store(word, Relaxed);
+    }
+    Ok(rule)
+}
+
+/// Register rules per row and rows of `DW_CFA_remember_state` the CFI evaluation keeps, in place (a
+/// function's CFI rarely sets more than 8 registers; more makes gimli return an error, and the walk falls
+/// back to libgcc).
+struct InlineStorage;
+
+impl<T: gimli::ReaderOffset> UnwindContextStorage<T> for InlineStorage {
+    type Rules = [(Register, RegisterRule<T>); 24];
+    type Stack = [UnwindTableRow<T, Self>; 4];
+}
+
+/// Finds the FDE covering `address` and evaluates its CFI program up to it.
+#[inline(never)]
+fn compute_rule(address: usize) -> Result<Rule, Miss> {
+    let mut bases = DwarfEhBases {
+        tbase: core::ptr::null_mut(),
+        dbase: core::ptr::null_mut(),
+        func: core::ptr::null_mut(),
+    };
+    // SAFETY: `_Unwind_Find_FDE` only reads the loaded objects' unwind tables and writes `bases`, a valid
+    // local; it is what libgcc's unwinder calls for each frame.
+    let fde = unsafe { _Unwind_Find_FDE(address as *mut c_void, &mut bases) };
+    if fde.is_null() {
+        return Err(Miss::NoInfo);
+    }
+    // SAFETY: an FDE starts with its 32-bit length and the 32-bit offset back to its CIE (`.eh_frame`
+    // format); both lie in the mapped unwind table that libgcc just found it in.
+    let (length, cie_pointer) = unsafe {
+        (
+            (fde as *const u32).read_unaligned(),
+            (fde.add(4) as *const u32).read_unaligned(),
+        )
+    };
+    // 0xffff_ffff introduces a 64-bit length (never emitted for .eh_frame on x86_64); 0 is a CIE.
+    if length == 0 || length == u32::MAX || cie_pointer == 0 {
+        return Err(Miss::Unsupported);
+    }
+    let fde_address = fde as usize;
+    let Some(cie_address) = (fde_address + 4).checked_sub(cie_pointer as usize) else {
+        return Err(Miss::Unsupported);
+    };
+    let end = fde_address + 4 + length as usize;
+    // SAFETY: in `.eh_frame` the CIE an FDE refers to precedes it, so `[cie, end of FDE)` is part of the
+    // same mapped, immutable section; gimli reads only the two entries within it.
+    let section =
+        unsafe { core::slice::from_raw_parts(cie_address as *const u8, end - cie_address) };
+    let mut eh_frame = EhFrame::new(section, LittleEndian);
+    eh_frame.set_address_size(8);
+    let bases = BaseAddresses::default()
+        .set_eh_frame(cie_address as u64)
+        .set_text(bases.tbase as u64)
+        .set_got(bases.dbase as u64);
+    let fde = eh_frame
+        .fde_from_offset(
+            &bases,
+            EhFrameOffset(fde_address - cie_address),
+            EhFrame::cie_from_offset,
+        )
+        .map_err(|_| Miss::Unsupported)?;
+    let mut context = UnwindContext::<usize, InlineStorage>::new_in();
+    let row = fde
+        .unwind_info_for_address(&eh_frame, &bases, &mut context, address as u64)
+        .map_err(|_| Miss::Unsupported)?;
+    rule_of_row(row)
+}
+
+fn rule_of_row<S: UnwindContextStorage<usize>>(
+    row: &UnwindTableRow<usize, S>,
+) -> Result<Rule, Miss> {
+    match row.register(X86_64::RA) {
+        Some(RegisterRule::Offset(-8)) => {}
+        Some(RegisterRule::Undefined) => return Ok(Rule::Outermost),
+        _ => return Err(Miss::Unsupported),
+    }
+    let (from_rbp, cfa_offset) = match *row.cfa() {
+        CfaRule::RegisterAndOffset { register, offset } if register == X86_64::RSP => {
+            (false, offset)
+        }
+        CfaRule::RegisterAndOffset { register, offset } if register == X86_64::RBP => {
+            (true, offset)
+        }
+        _ => return Err(Miss::Unsupported),
+    };
+    let cfa_offset = u32::try_from(cfa_offset).map_err(|_| Miss::Unsupported)?;
+    if cfa_offset < 8 {
+        return Err(Miss::Unsupported);
+    }
+    let rbp_slot = match row.register(X86_64::RBP) {
+        None | Some(RegisterRule::SameValue | RegisterRule::Undefined) => 0,
+        Some(RegisterRule::Offset(offset)) if offset < 0 && offset % 8 == 0 => {
+            u32::try_from(-offset / 8).map_err(|_| Miss::Unsupported)?
+        }
+        _ => return Err(Miss::Unsupported),
+    };
+    Ok(Rule::Step {
+        from_rbp,
+        cfa_offset,
+        rbp_slot,
+    })
+}
+
+/// Return addresses inside the profiler's entry points, found once by function address: the walk's frames
+/// up to them are the profiler's own.
+static ENTRY_RETURNS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+
+/// The profiler's own frames searched for the entry point before giving up and keeping them all.
+const ENTRY_SEARCH_FRAMES: usize = 6;
+
+/// Whether `return_address` lies in the function that starts at `entry`.
+fn returns_into(return_address: usize, entry: usize) -> bool {
+    if ENTRY_RETURNS
+        .iter()
+        .any(|known| known.load(Relaxed) == return_address)
+    {
+        return true;
+    }
+    let mut bases = DwarfEhBases {
+        tbase: core::ptr::null_mut(),
+        dbase: core::ptr::null_mut(),
+        func: core::ptr::null_mut(),
+    };
+    // SAFETY: as in `compute_rule`.
+    let fde = unsafe { _Unwind_Find_FDE((return_address - 1) as *mut c_void, &mut bases) };
+    if fde.is_null() || bases.func as usize != entry {
+        return false;
+    }
+    for known in &ENTRY_RETURNS {
+        if known
+            .compare_exchange(0, return_address, Relaxed, Relaxed)
+            .is_ok()
+        {
+            break;
+        }
+    }
+    true
+}
+
+/// The registers the walk starts from: an address inside [`walk`], and the stack and frame pointers there.
+#[inline(always)]
+fn registers() -> (usize, usize, usize) {
+    let (pc, sp, fp): (usize, usize, usize);
+    // SAFETY: reads the instruction pointer, stack pointer and frame pointer; touches no memory.
+    unsafe {
+        core::arch::asm!(
+            "lea {pc}, [rip]",
+            "mov {sp}, rsp",
+            "mov {fp}, rbp",
+            pc = out(reg) pc,
+            sp = out(reg) sp,
+            fp = out(reg) fp,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    (pc, sp, fp)
+}
+
+/// What a walk produced.
+pub(super) enum Walk {
+    /// The stack was unwound; this many return addresses were written, and more frames remained.
+    Done { len: usize, truncated: bool },
+    /// A frame needs the system unwinder: unwind the whole stack with it.
+    Fallback,
+}
+
+/// Writes up to `frames.len()` return addresses of the current thread's stack into `frames`, innermost
+/// first, starting with the caller of the function that starts at `skip_through` (or with this function's
+/// caller if it is not found in the first few frames). `stack_top` is the top of the thread's own stack, on
+/// which the caller has checked it runs.
+#[inline(never)]
+pub(super) fn walk(frames: &mut [usize], skip_through: usize, stack_top: usize) -> Walk {
+    let (mut pc, mut sp, mut fp) = registers();
+    let mut lookup = pc;
+    let mut len = 0;
+    let mut skipped = 0;
+    let mut skipping = true;
+    loop {
+        let (from_rbp, cfa_offset, rbp_slot) = match rule_for(lookup) {
+            Ok(Rule::Step {
+                from_rbp,
+                cfa_offset,
+                rbp_slot,
+            }) => (from_rbp, cfa_offset, rbp_slot),
+            Ok(Rule::Outermost) | Err(Miss::NoInfo) => break,
+            Err(Miss::Unsupported) => return Walk::Fallback,
+        };
+        let base = if from_rbp { fp } else { sp };
+        let cfa = base.wrapping_add(cfa_offset as usize);
+        // Every slot read lies in [sp, stack_top), the live part of this thread's stack; a CFA outside it
+        // means the rules do not describe this stack (a frame pointer not kept as the rule assumes).
+        let lowest_read = cfa.wrapping_sub(8 * rbp_slot.max(1) as usize);
+        if cfa <= sp || cfa > stack_top || lowest_read < sp {
+            return Walk::Fallback;
+        }
+        // SAFETY: `cfa - 8` lies in [sp, stack_top), mapped stack memory of this thread (checked above).
+        let return_address = unsafe { *((cfa - 8) as *const usize) };
+        if rbp_slot != 0 {
+            // SAFETY: `cfa - 8·rbp_slot` lies in [sp, stack_top) (checked above).
+            fp = unsafe { *((cfa - 8 * rbp_slot as usize) as *const usize) };
+        }
+        sp = cfa;
+        pc = return_address;
+        if pc == 0 {
+            break;
+        }
+        if skipping {
+            skipped += 1;
+            if returns_into(pc, skip_through) {
+                skipping = false;
+                len = 0;
+                lookup = pc - 1;
+                continue;
+            }
+            if skipped == ENTRY_SEARCH_FRAMES {
+                // The entry point is not among the first frames: keep them all, the dump trims by name.
+                skipping = false;
+            }
+        }
+        if len == frames.len() {
+            if skipping {
+                // Keep looking for the entry point, whose frames are then dropped.
+                lookup = pc - 1;
+                continue;
+            }
+            return Walk::Done {
+                len,
+                truncated: true,
+            };
+        }
+        frames[len] = pc;
+        len += 1;
+        // A return address follows its call instruction: the rule of the call is the one at the address
+        // before it (the call may be the last instruction of a function that does not return).
+        lookup = pc - 1;
+    }
+    Walk::Done {
+        len,
+        truncated: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_round_trip_through_table_words() {
+        let address = 0x5555_1234_5678;
+        for rule in [
+            Rule::Outermost,
+            Rule::Step {
+                from_rbp: false,
+                cfa_offset: 8,
+                rbp_slot: 0,
+            },
+            Rule::Step {
+                from_rbp: true,
+                cfa_offset: 16,
+                rbp_slot: 2,
+            },
+            Rule::Step {
+                from_rbp: false,
+                cfa_offset: MAX_CACHED_CFA_OFFSET,
+                rbp_slot: MAX_RBP_SLOT,
+            },
+        ] {
+            let word = pack(address, rule).unwrap();
+            assert_eq!(word & ADDRESS_MASK, address as u64);
+            assert_eq!(unpack(word), rule);
+        }
+        let large = Rule::Step {
+            from_rbp: false,
+            cfa_offset: MAX_CACHED_CFA_OFFSET + 8,
+            rbp_slot: 0,
+        };
+        assert_eq!(pack(address, large), None);
+        assert_eq!(pack(1 << 47, Rule::Outermost), None);
+    }
+}
