@@ -244,14 +244,16 @@ static ENTRY_RETURNS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
 /// The profiler's own frames searched for the entry point before giving up and keeping them all.
 const ENTRY_SEARCH_FRAMES: usize = 6;
 
-/// Whether `return_address` lies in the function that starts at `entry`.
-fn returns_into(return_address: usize, entry: usize) -> bool {
-    if ENTRY_RETURNS
+/// Whether `return_address` is one already found to lie in an entry point.
+fn known_entry_return(return_address: usize) -> bool {
+    ENTRY_RETURNS
         .iter()
         .any(|known| known.load(Relaxed) == return_address)
-    {
-        return true;
-    }
+}
+
+/// Whether `return_address` lies in the function that starts at `entry`, by FDE lookup; if so, it is
+/// remembered for [`known_entry_return`].
+fn returns_into(return_address: usize, entry: usize) -> bool {
     let mut bases = DwarfEhBases {
         tbase: core::ptr::null_mut(),
         dbase: core::ptr::null_mut(),
@@ -292,9 +294,67 @@ fn registers() -> (usize, usize, usize) {
     (pc, sp, fp)
 }
 
+/// One step of a walk.
+enum Step {
+    /// The caller's return address.
+    Frame(usize),
+    /// No caller: the outermost frame, or code without unwind information.
+    End,
+    /// A frame needs the system unwinder.
+    Fallback,
+}
+
+/// The registers of the frame being unwound.
+struct Cursor {
+    /// The address whose rule applies: the instruction pointer in the innermost frame, the return
+    /// address minus one in the others (the call may be the last instruction of a function that does not
+    /// return, so the return address can belong to the next function).
+    lookup: usize,
+    sp: usize,
+    fp: usize,
+    /// The top of the thread's stack: every read lies in `[sp, stack_top)`.
+    stack_top: usize,
+}
+
+impl Cursor {
+    /// Steps to the caller's frame.
+    #[inline(always)]
+    fn step(&mut self) -> Step {
+        let (from_rbp, cfa_offset, rbp_slot) = match rule_for(self.lookup) {
+            Ok(Rule::Step {
+                from_rbp,
+                cfa_offset,
+                rbp_slot,
+            }) => (from_rbp, cfa_offset as usize, rbp_slot as usize),
+            Ok(Rule::Outermost) | Err(Miss::NoInfo) => return Step::End,
+            Err(Miss::Unsupported) => return Step::Fallback,
+        };
+        let base = if from_rbp { self.fp } else { self.sp };
+        let cfa = base.wrapping_add(cfa_offset);
+        // Every slot read lies in [sp, stack_top), the live part of this thread's stack; a CFA outside it
+        // means the rules do not describe this stack (a frame pointer not kept as the rule assumes).
+        let lowest_read = cfa.wrapping_sub(8 * rbp_slot.max(1));
+        if cfa <= self.sp || cfa > self.stack_top || lowest_read < self.sp {
+            return Step::Fallback;
+        }
+        // SAFETY: `cfa - 8` lies in [sp, stack_top), mapped stack memory of this thread (checked above).
+        let return_address = unsafe { *((cfa - 8) as *const usize) };
+        if rbp_slot != 0 {
+            // SAFETY: `cfa - 8·rbp_slot` lies in [sp, stack_top) (checked above).
+            self.fp = unsafe { *((cfa - 8 * rbp_slot) as *const usize) };
+        }
+        self.sp = cfa;
+        if return_address == 0 {
+            return Step::End;
+        }
+        self.lookup = return_address - 1;
+        Step::Frame(return_address)
+    }
+}
+
 /// What a walk produced.
 pub(super) enum Walk {
-    /// The stack was unwound; this many return addresses were written, and more frames remained.
+    /// The stack was unwound: this many return addresses were written, and whether more frames remained.
     Done { len: usize, truncated: bool },
     /// A frame needs the system unwinder: unwind the whole stack with it.
     Fallback,
@@ -306,73 +366,82 @@ pub(super) enum Walk {
 /// which the caller has checked it runs.
 #[inline(never)]
 pub(super) fn walk(frames: &mut [usize], skip_through: usize, stack_top: usize) -> Walk {
-    let (mut pc, mut sp, mut fp) = registers();
-    let mut lookup = pc;
-    let mut len = 0;
-    let mut skipped = 0;
-    let mut skipping = true;
-    loop {
-        let (from_rbp, cfa_offset, rbp_slot) = match rule_for(lookup) {
-            Ok(Rule::Step {
-                from_rbp,
-                cfa_offset,
-                rbp_slot,
-            }) => (from_rbp, cfa_offset, rbp_slot),
-            Ok(Rule::Outermost) | Err(Miss::NoInfo) => break,
-            Err(Miss::Unsupported) => return Walk::Fallback,
-        };
-        let base = if from_rbp { fp } else { sp };
-        let cfa = base.wrapping_add(cfa_offset as usize);
-        // Every slot read lies in [sp, stack_top), the live part of this thread's stack; a CFA outside it
-        // means the rules do not describe this stack (a frame pointer not kept as the rule assumes).
-        let lowest_read = cfa.wrapping_sub(8 * rbp_slot.max(1) as usize);
-        if cfa <= sp || cfa > stack_top || lowest_read < sp {
-            return Walk::Fallback;
-        }
-        // SAFETY: `cfa - 8` lies in [sp, stack_top), mapped stack memory of this thread (checked above).
-        let return_address = unsafe { *((cfa - 8) as *const usize) };
-        if rbp_slot != 0 {
-            // SAFETY: `cfa - 8·rbp_slot` lies in [sp, stack_top) (checked above).
-            fp = unsafe { *((cfa - 8 * rbp_slot as usize) as *const usize) };
-        }
-        sp = cfa;
-        pc = return_address;
-        if pc == 0 {
-            break;
-        }
-        if skipping {
-            skipped += 1;
-            if returns_into(pc, skip_through) {
-                skipping = false;
-                len = 0;
-                lookup = pc - 1;
-                continue;
+    let (pc, sp, fp) = registers();
+    let mut cursor = Cursor {
+        lookup: pc,
+        sp,
+        fp,
+        stack_top,
+    };
+    // The profiler's own frames, up to the entry point, recognised by a remembered return address.
+    let mut own = [0usize; ENTRY_SEARCH_FRAMES];
+    let mut own_len = 0;
+    let mut ended = false;
+    let mut entry_found = false;
+    while own_len < ENTRY_SEARCH_FRAMES {
+        match cursor.step() {
+            Step::Frame(return_address) if known_entry_return(return_address) => {
+                entry_found = true;
+                break;
             }
-            if skipped == ENTRY_SEARCH_FRAMES {
-                // The entry point is not among the first frames: keep them all, the dump trims by name.
-                skipping = false;
+            Step::Frame(return_address) => {
+                own[own_len] = return_address;
+                own_len += 1;
             }
-        }
-        if len == frames.len() {
-            if skipping {
-                // Keep looking for the entry point, whose frames are then dropped.
-                lookup = pc - 1;
-                continue;
+            Step::End => {
+                ended = true;
+                break;
             }
-            return Walk::Done {
-                len,
-                truncated: true,
-            };
+            Step::Fallback => return Walk::Fallback,
         }
-        frames[len] = pc;
-        len += 1;
-        // A return address follows its call instruction: the rule of the call is the one at the address
-        // before it (the call may be the last instruction of a function that does not return).
-        lookup = pc - 1;
     }
-    Walk::Done {
-        len,
-        truncated: false,
+    let kept = if entry_found {
+        &own[..0]
+    } else {
+        // The first walk (or a new entry point): find the entry by function address; failing that, keep
+        // every frame, and the dump trims the profiler's by name.
+        match own[..own_len]
+            .iter()
+            .position(|&return_address| returns_into(return_address, skip_through))
+        {
+            Some(entry) => &own[entry + 1..own_len],
+            None => &own[..own_len],
+        }
+    };
+    let mut len = kept.len().min(frames.len());
+    frames[..len].copy_from_slice(&kept[..len]);
+    if len < kept.len() {
+        return Walk::Done {
+            len,
+            truncated: true,
+        };
+    }
+    if ended {
+        return Walk::Done {
+            len,
+            truncated: false,
+        };
+    }
+    loop {
+        match cursor.step() {
+            Step::Frame(return_address) => {
+                if len == frames.len() {
+                    return Walk::Done {
+                        len,
+                        truncated: true,
+                    };
+                }
+                frames[len] = return_address;
+                len += 1;
+            }
+            Step::End => {
+                return Walk::Done {
+                    len,
+                    truncated: false,
+                };
+            }
+            Step::Fallback => return Walk::Fallback,
+        }
     }
 }
 
