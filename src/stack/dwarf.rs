@@ -103,36 +103,49 @@ fn pack(address: usize, rule: Rule) -> Option<u64> {
             {
                 return None;
             }
-            from_rbp as u64 | u64::from(cfa_offset / 8) << 1 | u64::from(rbp_slot) << 13
+            u64::from(cfa_offset / 8) | (from_rbp as u64) << 12 | u64::from(rbp_slot) << 13
         }
     };
     Some(address | fields << ADDRESS_BITS)
 }
 
+/// The CFA offset of a table word, in bytes (0 for the outermost frame).
+#[inline(always)]
+fn word_cfa_offset(word: u64) -> usize {
+    ((word >> (ADDRESS_BITS - 3)) & (0xfff << 3)) as usize
+}
+
+/// Whether a table word's CFA is based on the frame pointer.
+#[inline(always)]
+fn word_from_rbp(word: u64) -> bool {
+    word >> (ADDRESS_BITS + 12) & 1 == 1
+}
+
+/// The frame pointer's save slot of a table word.
+#[inline(always)]
+fn word_rbp_slot(word: u64) -> usize {
+    (word >> (ADDRESS_BITS + 13)) as usize
+}
+
+#[cfg(test)]
 fn unpack(word: u64) -> Rule {
-    let fields = word >> ADDRESS_BITS;
-    let cfa_offset = ((fields >> 1) & 0xfff) as u32 * 8;
-    if cfa_offset == 0 {
-        return Rule::Outermost;
-    }
-    Rule::Step {
-        from_rbp: fields & 1 == 1,
-        cfa_offset,
-        rbp_slot: (fields >> 13) as u32 & 0xf,
+    match word_cfa_offset(word) {
+        0 => Rule::Outermost,
+        cfa_offset => Rule::Step {
+            from_rbp: word_from_rbp(word),
+            cfa_offset: cfa_offset as u32,
+            rbp_slot: word_rbp_slot(word) as u32,
+        },
     }
 }
 
-/// The rule for `address`, from the table or computed (and then remembered).
-fn rule_for(address: usize) -> Result<Rule, Miss> {
-    let slot = slot(address);
-    let word = slot.load(Relaxed);
-    if word != 0 && (word & ADDRESS_MASK) as usize == address {
-        return Ok(unpack(word));
-    }
+/// The rule for `address` when the table does not have it: computed, and remembered if it fits a word.
+#[cold]
+fn rule_after_miss(address: usize) -> Result<Rule, Miss> {
     let rule = compute_rule(address)?;
     if let Some(word) = pack(address, rule) {
         // One word holds both the address and its rule, so a reader never sees one without the other.
-        slot.store(word, Relaxed);
+        slot(address).store(word, Relaxed);
     }
     Ok(rule)
 }
@@ -320,15 +333,34 @@ impl Cursor {
     /// Steps to the caller's frame.
     #[inline(always)]
     fn step(&mut self) -> Step {
-        let (from_rbp, cfa_offset, rbp_slot) = match rule_for(self.lookup) {
+        let word = slot(self.lookup).load(Relaxed);
+        if word == 0 || (word & ADDRESS_MASK) as usize != self.lookup {
+            return self.step_after_miss();
+        }
+        match word_cfa_offset(word) {
+            0 => Step::End,
+            cfa_offset => self.apply(word_from_rbp(word), cfa_offset, word_rbp_slot(word)),
+        }
+    }
+
+    #[inline(never)]
+    fn step_after_miss(&mut self) -> Step {
+        match rule_after_miss(self.lookup) {
             Ok(Rule::Step {
                 from_rbp,
                 cfa_offset,
                 rbp_slot,
-            }) => (from_rbp, cfa_offset as usize, rbp_slot as usize),
-            Ok(Rule::Outermost) | Err(Miss::NoInfo) => return Step::End,
-            Err(Miss::Unsupported) => return Step::Fallback,
-        };
+            }) => self.apply(from_rbp, cfa_offset as usize, rbp_slot as usize),
+            Ok(Rule::Outermost) | Err(Miss::NoInfo) => Step::End,
+            Err(Miss::Unsupported) => Step::Fallback,
+        }
+    }
+
+    /// Applies one rule: the CFA is `cfa_offset` bytes above the stack pointer (or the frame pointer, with
+    /// `from_rbp`), the return address is at CFA − 8, the caller's frame pointer at CFA − 8·`rbp_slot`
+    /// unless `rbp_slot` is 0.
+    #[inline(always)]
+    fn apply(&mut self, from_rbp: bool, cfa_offset: usize, rbp_slot: usize) -> Step {
         let base = if from_rbp { self.fp } else { self.sp };
         let cfa = base.wrapping_add(cfa_offset);
         // Every slot read lies in [sp, stack_top), the live part of this thread's stack; a CFA outside it

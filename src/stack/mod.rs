@@ -163,8 +163,7 @@ impl Stack {
     #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
     fn walk_cached_dwarf(&mut self, depth: usize, skip_through: usize) -> bool {
         let (low, high) = stack_bounds();
-        let here = 0u8;
-        let sp = &here as *const u8 as usize;
+        let sp = stack_pointer();
         if sp < low || sp >= high {
             return false;
         }
@@ -195,8 +194,7 @@ impl Stack {
     #[inline(never)]
     fn walk_frame_pointers(&mut self, depth: usize) -> bool {
         let (low_bound, high) = stack_bounds();
-        let here = 0u8;
-        let sp = &here as *const u8 as usize;
+        let sp = stack_pointer();
         if sp < low_bound || sp >= high {
             return false;
         }
@@ -246,6 +244,29 @@ pub(crate) fn hash_frames(frames: &[usize], truncated: bool) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^ (h >> 33)
+}
+
+/// The stack pointer, read from its register: the address of a local would not do, as AddressSanitizer
+/// can move locals to a heap-allocated fake stack.
+#[inline(always)]
+fn stack_pointer() -> usize {
+    let sp: usize;
+    // SAFETY: reads a register, nothing else.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags));
+    }
+    // SAFETY: reads a register, nothing else.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags));
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let here = 0u8;
+        sp = &here as *const u8 as usize;
+    }
+    sp
 }
 
 /// The frame pointer register of the calling frame (0 where frame pointers are not supported).
