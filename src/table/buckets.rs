@@ -87,7 +87,7 @@ fn whole(units: u128) -> i64 {
 pub(crate) struct BucketId(u32);
 
 impl BucketId {
-    const OVERFLOW: BucketId = BucketId(u32::MAX);
+    pub(crate) const OVERFLOW: BucketId = BucketId(u32::MAX);
     const STRIPE_BITS: u32 = STRIPES.trailing_zeros();
 
     fn new(stripe: usize, index: usize) -> BucketId {
