@@ -66,7 +66,7 @@ fn stripe(slot: usize) -> &'static Lock<LiveMap> {
 #[inline(always)]
 pub(crate) fn maybe_sampled(ptr: *mut u8) -> bool {
     let slot = slot(ptr as usize);
-    FILTER[slot / 64].load(Relaxed) & 1 << (slot % 64) != 0
+    FILTER[slot / 64].load(Relaxed) >> (slot % 64) & 1 != 0
 }
 
 /// Records `ptr` as a live sampled allocation. Must run inside the profiler guard, before `ptr` is returned
