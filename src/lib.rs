@@ -57,22 +57,38 @@
 //! path or on the free of an unsampled pointer.
 
 mod allocator;
+mod config;
+mod delta;
 mod error;
+#[cfg(feature = "flamegraph")]
+mod flamegraph;
+mod folded;
 mod fork;
+pub mod http;
 mod lock;
 mod pprof;
 mod report;
+mod sample_type;
 mod sampler;
+#[cfg(feature = "server")]
+mod server;
 mod stack;
 mod table;
 
 use std::path::Path;
 
 pub use allocator::SamplingAllocator;
+pub use delta::dump_delta_profile;
 pub use error::Error;
+#[cfg(feature = "flamegraph")]
+pub use flamegraph::flamegraph_svg;
+pub use folded::folded_stacks;
 pub use pprof::proto;
 pub use report::{Site, report, top_sites};
+pub use sample_type::SampleType;
 pub use sampler::{DEFAULT_SAMPLE_RATE, sample_rate, set_sample_rate, set_seed};
+#[cfg(feature = "server")]
+pub use server::{ProfileServer, serve, serve_non_loopback};
 pub use stack::{
     DEFAULT_STACK_DEPTH, MAX_STACK_DEPTH, Unwinder, max_stack_depth, set_max_stack_depth,
     set_unwinder, unwinder,
