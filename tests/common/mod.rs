@@ -304,10 +304,15 @@ pub fn go() -> Option<PathBuf> {
 
 /// Runs `go tool pprof ARGS`, returning stdout; panics with stderr if it fails.
 pub fn pprof(go: &PathBuf, args: &[&str]) -> String {
+    pprof_saving_to(go, args, &std::env::temp_dir())
+}
+
+/// As [`pprof`], with `save_dir` as `PPROF_TMPDIR`: where pprof saves a profile it fetched from a URL.
+pub fn pprof_saving_to(go: &PathBuf, args: &[&str], save_dir: &std::path::Path) -> String {
     let out = Command::new(go)
         .args(["tool", "pprof"])
         .args(args)
-        .env("PPROF_TMPDIR", std::env::temp_dir())
+        .env("PPROF_TMPDIR", save_dir)
         .output()
         .expect("run go tool pprof");
     let stderr = String::from_utf8_lossy(&out.stderr);
