@@ -36,10 +36,14 @@ pub(crate) fn render(folded: &str, sample_type: SampleType, title: &str) -> Resu
         human_bytes(rate)
     );
     if folded.trim().is_empty() {
+        let text = format!("{title}: no sampled allocations ({subtitle})")
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
         return Ok(format!(
             "<?xml version=\"1.0\" standalone=\"no\"?>\n<svg version=\"1.1\" width=\"1200\" height=\"60\" \
              xmlns=\"http://www.w3.org/2000/svg\"><text x=\"600\" y=\"35\" text-anchor=\"middle\" \
-             font-family=\"Verdana\" font-size=\"14\">{title}: no sampled allocations ({subtitle})</text></svg>\n"
+             font-family=\"Verdana\" font-size=\"14\">{text}</text></svg>\n"
         )
         .into_bytes());
     }
@@ -57,4 +61,21 @@ pub(crate) fn render(folded: &str, sample_type: SampleType, title: &str) -> Resu
     let mut svg = Vec::new();
     flamegraph::from_lines(&mut options, folded.lines(), &mut svg).map_err(Error::Flamegraph)?;
     Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_profile_is_an_svg_that_says_so() {
+        let svg = render("", SampleType::InuseSpace, "heap: inuse_space").unwrap();
+        let svg = String::from_utf8(svg).unwrap();
+        let doc = roxmltree::Document::parse(&svg).expect("well-formed XML");
+        assert_eq!(doc.root_element().tag_name().name(), "svg");
+        assert!(
+            svg.contains("heap: inuse_space: no sampled allocations"),
+            "{svg}"
+        );
+    }
 }

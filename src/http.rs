@@ -30,7 +30,7 @@
 //! | `seconds=N` | a delta profile: `alloc_*` counted during the next `N` seconds (the response waits that long), `inuse_*` as at the end; `duration_nanos` is the window. As Go's, except that Go also subtracts in-use values |
 //! | `debug=1` | the top sites as text ([`crate::report`]'s format) instead of pprof; not with `seconds`, as in Go |
 //! | `format=folded` | folded stacks as text ([`crate::folded_stacks`]), for flamegraph and diff tools |
-//! | `format=svg` | a flamegraph SVG ([`crate::flamegraph_svg`]; feature `flamegraph`, else 501) |
+//! | `format=svg` | a flamegraph SVG (`flamegraph_svg`; feature `flamegraph`, else 501) |
 //! | `format=proto` | gzipped pprof, the default |
 //! | `sample_index=T` | the sample type shown or made default: `alloc_objects`, `alloc_space`, `inuse_objects`, `inuse_space` |
 //!
@@ -76,7 +76,7 @@
 //! // served with hyper::server::conn::http1::Builder::new().serve_connection(io, service_fn(pprof))
 //! ```
 //!
-//! Or, with the `server` feature, [`crate::serve`] runs a small server of its own.
+//! Or, with the `server` feature, `heap_sampler::serve` runs a small server of its own.
 //!
 //! Profiles show the program's code and its allocation patterns: serve them on loopback, or behind the
 //! authentication of the rest of the service's admin endpoints.
