@@ -112,8 +112,9 @@ pub struct Response {
 }
 
 impl Response {
-    /// The response headers as `(name, value)` pairs: `Content-Type`, `X-Content-Type-Options: nosniff`, and
-    /// `Content-Disposition` for pprof downloads.
+    /// The response headers as `(name, value)` pairs, as Go sets them: `Content-Type`,
+    /// `X-Content-Type-Options: nosniff`, `Content-Disposition` for pprof downloads, and `X-Go-Pprof: 1` on
+    /// errors, which tells `go tool pprof` to print the message of the body.
     pub fn headers(&self) -> Vec<(&'static str, &str)> {
         let mut headers = vec![
             ("Content-Type", self.content_type),
@@ -121,6 +122,9 @@ impl Response {
         ];
         if let Some(disposition) = &self.content_disposition {
             headers.push(("Content-Disposition", disposition));
+        }
+        if self.status >= 400 {
+            headers.push(("X-Go-Pprof", "1"));
         }
         headers
     }

@@ -214,6 +214,12 @@ fn a_delta_counts_only_allocations_in_its_window() {
         ),
         (0, 0, 100, 1_000_000)
     );
+    // The `bytes` label stays the allocation size where nothing was allocated in the window.
+    assert!(
+        p.sample.iter().all(|s| s.label[0].num > 0),
+        "every sample has its size: {:?}",
+        p.sample.iter().map(|s| &s.label).collect::<Vec<_>>()
+    );
     assert_eq!(
         common::at_function(&p, "churn"),
         common::Values::default(),

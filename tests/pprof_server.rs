@@ -233,6 +233,21 @@ fn go_tool_pprof_reads_the_live_heap_and_an_allocs_delta() {
         low <= estimate && estimate <= high,
         "allocate_in_window alloc_space {estimate} outside [{low:.0}, {high:.0}]"
     );
+
+    // A bad parameter: pprof fails and prints the server's message.
+    let bad = std::process::Command::new(&go)
+        .args(["tool", "pprof", "-raw", &format!("{base}/allocs?seconds=0")])
+        .env("PPROF_TMPDIR", &dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success()
+            && stderr.contains(
+                r#"400 Bad Request - invalid value for "seconds" - must be a positive integer"#
+            ),
+        "{stderr}"
+    );
     drop(kept);
     server.stop();
     std::fs::remove_dir_all(dir).unwrap();
