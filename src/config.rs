@@ -128,8 +128,10 @@ fn parse_interval(value: &str) -> Option<Duration> {
     (!interval.is_zero()).then_some(interval)
 }
 
+/// Reports on stderr; a failed write is ignored (`eprintln!` would panic, and abort the process here).
 fn warn(message: String) {
-    eprintln!("heap-sampler: {message}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "heap-sampler: {message}");
 }
 
 #[used]
