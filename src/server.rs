@@ -16,7 +16,8 @@ const MAX_IN_FLIGHT: usize = 8;
 
 /// A running profile server: serves [`crate::http::handle`] on its address until [`ProfileServer::stop`] or
 /// drop. Each request runs on a thread of its own, so a `seconds=30` delta does not hold up a `heap`
-/// request.
+/// request; what those threads allocate is not sampled. tiny_http reads requests on threads of its own,
+/// whose buffers (a few KiB per connection) are sampled like the rest of the program.
 #[derive(Debug)]
 pub struct ProfileServer {
     addr: SocketAddr,
