@@ -2,7 +2,9 @@
 //! catalogue service would hold them. Writes `json_index.pb.gz` and prints the text report.
 //!
 //! Run with `cargo run --release --example json_index [documents]`, then e.g.
-//! `go tool pprof -top json_index.pb.gz` or `go tool pprof -http=: json_index.pb.gz`.
+//! `go tool pprof -top json_index.pb.gz` or `go tool pprof -http=: json_index.pb.gz`. Also writes the
+//! in-use folded stacks to `json_index.folded`, and with `--features flamegraph` a flamegraph of them to
+//! `json_index.svg`.
 
 use std::alloc::System;
 use std::collections::{BTreeMap, HashMap};
@@ -108,6 +110,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let path = "json_index.pb.gz";
     heap_sampler::write_profile(path)?;
+    std::fs::write(
+        "json_index.folded",
+        heap_sampler::folded_stacks(heap_sampler::SampleType::InuseSpace)?,
+    )?;
+    #[cfg(feature = "flamegraph")]
+    std::fs::write(
+        "json_index.svg",
+        heap_sampler::flamegraph_svg(heap_sampler::SampleType::InuseSpace)?,
+    )?;
     println!("{}", heap_sampler::report(15)?);
     println!(
         "indexed {} documents ({} tags, {} cities, {} names), {hits} query hits; wrote {path}",

@@ -20,6 +20,23 @@ pub enum Error {
     },
     /// Compressing the profile failed.
     Compress(io::Error),
+    /// A sample type name that is none of `alloc_objects`, `alloc_space`, `inuse_objects`, `inuse_space`.
+    UnknownSampleType(String),
+    /// Rendering a flamegraph failed.
+    #[cfg(feature = "flamegraph")]
+    Flamegraph(io::Error),
+    /// [`crate::serve`] was given an address that is not loopback: profiles show the program's code and
+    /// allocation patterns to whoever can connect.
+    #[cfg(feature = "server")]
+    NotLoopback(std::net::SocketAddr),
+    /// The profile server could not listen on `addr`.
+    #[cfg(feature = "server")]
+    Bind {
+        /// The address asked for, as given.
+        addr: String,
+        /// The underlying error.
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for Error {
@@ -36,6 +53,24 @@ impl fmt::Display for Error {
                 path.display()
             ),
             Error::Compress(source) => write!(f, "cannot gzip the heap profile: {source}"),
+            Error::UnknownSampleType(name) => write!(
+                f,
+                "unknown sample type {name:?}; use alloc_objects, alloc_space, inuse_objects or inuse_space"
+            ),
+            #[cfg(feature = "flamegraph")]
+            Error::Flamegraph(source) => write!(f, "cannot render the flamegraph: {source}"),
+            #[cfg(feature = "server")]
+            Error::NotLoopback(addr) => write!(
+                f,
+                "refusing to serve heap profiles on {addr}, which is not a loopback address: anyone who can \
+                 connect would see the program's code and allocations; use 127.0.0.1 or [::1], or call \
+                 serve_non_loopback to expose them on purpose"
+            ),
+            #[cfg(feature = "server")]
+            Error::Bind { addr, source } => write!(
+                f,
+                "cannot serve heap profiles on {addr}: {source}; choose a free port, or port 0 for any"
+            ),
         }
     }
 }
@@ -43,8 +78,14 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::NotInstalled => None,
+            Error::NotInstalled | Error::UnknownSampleType(_) => None,
             Error::Write { source, .. } | Error::Compress(source) => Some(source),
+            #[cfg(feature = "flamegraph")]
+            Error::Flamegraph(source) => Some(source),
+            #[cfg(feature = "server")]
+            Error::NotLoopback(_) => None,
+            #[cfg(feature = "server")]
+            Error::Bind { source, .. } => Some(source),
         }
     }
 }

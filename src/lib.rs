@@ -56,24 +56,122 @@
 //! The allocator never panics, never recurses into itself (the profiler's own memory passes straight through
 //! to the inner allocator, unsampled), holds no lock while capturing a stack, and takes no lock on the fast
 //! path or on the free of an unsampled pointer.
+//!
+//! # Where users look: `/debug/pprof`
+//!
+//! [`http::handle`] answers Go's `/debug/pprof/heap` and `/debug/pprof/allocs` requests in any HTTP
+//! framework (snippets for axum and hyper are in [`http`]); with the `server` feature, `serve` runs a small
+//! server of its own, on a loopback address unless told otherwise:
+//!
+//! ```no_run
+//! # #[cfg(feature = "server")]
+//! # fn main() -> Result<(), heap_sampler::Error> {
+//! let server = heap_sampler::serve("127.0.0.1:6060")?; // stops when dropped
+//! # Ok(()) }
+//! # #[cfg(not(feature = "server"))] fn main() {}
+//! ```
+//!
+//! ```text
+//! go tool pprof http://127.0.0.1:6060/debug/pprof/heap                 # inuse_space: what holds memory now
+//! go tool pprof http://127.0.0.1:6060/debug/pprof/allocs               # alloc_space: all allocation since start
+//! go tool pprof http://127.0.0.1:6060/debug/pprof/allocs?seconds=30    # alloc_space during the next 30 s
+//! go tool pprof -http=: http://127.0.0.1:6060/debug/pprof/heap         # the web UI, flamegraph included
+//! ```
+//!
+//! Both endpoints serve the same four sample types; `heap` shows `inuse_space` by default (leaks, caches,
+//! bloat: memory that is still held), `allocs` shows `alloc_space` (churn: where the allocator's work goes,
+//! freed or not), as in Go. `?debug=1` gives [`report`]'s text, `?format=folded` folded stacks,
+//! `?format=svg` a flamegraph.
+//!
+//! Continuous profilers scrape the same endpoint. Parca (`parca.yaml`):
+//!
+//! ```yaml
+//! scrape_configs:
+//!   - job_name: my-service
+//!     scrape_interval: 10s
+//!     static_configs:
+//!       - targets: ["127.0.0.1:6060"]
+//!     profiling_config:
+//!       pprof_config:
+//!         memory: { enabled: true, path: /debug/pprof/allocs }
+//!         process_cpu: { enabled: false }
+//!         goroutine: { enabled: false }
+//!         block: { enabled: false }
+//!         mutex: { enabled: false }
+//! ```
+//!
+//! Pyroscope, through Grafana Alloy:
+//!
+//! ```text
+//! pyroscope.scrape "my_service" {
+//!   targets    = [{"__address__" = "127.0.0.1:6060", "service_name" = "my-service"}]
+//!   forward_to = [pyroscope.write.default.receiver]
+//!   profiling_config {
+//!     profile.memory      { enabled = true, path = "/debug/pprof/allocs" }
+//!     profile.process_cpu { enabled = false }
+//!     profile.goroutine   { enabled = false }
+//!     profile.block       { enabled = false }
+//!     profile.mutex       { enabled = false }
+//!   }
+//! }
+//! ```
+//!
+//! # Flamegraphs and folded stacks
+//!
+//! [`folded_stacks`] gives the profile as folded stacks (`main;app::load;app::parse 1048576`), the input of
+//! flamegraph tools and diffing scripts; `flamegraph_svg` (feature `flamegraph`, inferno) renders them, for
+//! `inuse_space`, `alloc_space` or the object counts ([`SampleType`]).
+//!
+//! # Configuration by environment
+//!
+//! For operators who cannot rebuild the program. Read once when the process starts, before `main`, also in
+//! programs that only install [`SamplingAllocator`]. An invalid value is reported once on stderr, naming the
+//! variable and the default used instead; the program runs on. Empty counts as unset.
+//!
+//! | variable | unit | default | example | effect |
+//! | --- | --- | --- | --- | --- |
+//! | `HEAP_SAMPLER_RATE` | bytes; binary suffixes `K`/`KiB`, `M`/`MiB`, `G`/`GiB` | the program's rate (512 KiB) | `64KiB` | sample rate from the start (0 = off, 1 = every allocation); a later [`set_sample_rate`] call wins |
+//! | `HEAP_SAMPLER_DUMP_AT_EXIT` | path | none | `/var/tmp/app.heap.pb.gz` | writes a profile there when the process exits (`main` returns or `exit` is called; not on a signal or abort) |
+//! | `HEAP_SAMPLER_DUMP_DIR` | directory | none | `/var/tmp/app-heap` | writes `heap-sampler-<UTC time>-<pid>-<n>.pb.gz` there periodically (created if missing) |
+//! | `HEAP_SAMPLER_DUMP_INTERVAL` | seconds, or a duration | `60` | `5m` | time between periodic profiles |
+//! | `HEAP_SAMPLER_DUMP_KEEP` | files | `10` | `24` | periodic profiles kept: older ones are removed |
+//!
+//! Profiles are written to a temporary file and renamed into place, so a reader never sees half of one.
+//! Periodic profiles are written by a thread started before `main`; a process forked later has none.
 
 mod allocator;
+mod config;
+mod delta;
 mod error;
+#[cfg(feature = "flamegraph")]
+mod flamegraph;
+mod folded;
 mod fork;
+pub mod http;
 mod lock;
 mod pprof;
 mod report;
+mod sample_type;
 mod sampler;
+#[cfg(feature = "server")]
+mod server;
 mod stack;
 mod table;
 
 use std::path::Path;
 
 pub use allocator::SamplingAllocator;
+pub use delta::dump_delta_profile;
 pub use error::Error;
+#[cfg(feature = "flamegraph")]
+pub use flamegraph::flamegraph_svg;
+pub use folded::folded_stacks;
 pub use pprof::proto;
 pub use report::{Site, report, top_sites};
+pub use sample_type::SampleType;
 pub use sampler::{DEFAULT_SAMPLE_RATE, sample_rate, set_sample_rate, set_seed};
+#[cfg(feature = "server")]
+pub use server::{ProfileServer, serve, serve_non_loopback};
 pub use stack::{
     DEFAULT_STACK_DEPTH, MAX_STACK_DEPTH, Unwinder, max_stack_depth, set_max_stack_depth,
     set_unwinder, unwinder,

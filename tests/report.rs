@@ -1,28 +1,8 @@
 //! The text report of the channels example names `foo`'s four allocating lines.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-/// The example's binary: `cargo test` builds the examples next to the test binaries' `deps` directory; a
-/// filtered run (`cargo test --test report`) does not, so build it then.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("examples")
-        .join(name);
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", name])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo");
-        assert!(status.success(), "cargo build --example {name} failed");
-    }
-    path
-}
+use std::process::Command;
 
 #[test]
 fn channels_report_lists_the_four_queue_lines() {
@@ -41,7 +21,7 @@ fn channels_report_lists_the_four_queue_lines() {
     std::fs::create_dir_all(&dir).unwrap();
     // 2,000 calls allocate about 15 MB on each of the smallest lines: ~30 samples each at 512 KiB, so every
     // line is sampled (a line is missed with probability e^-30).
-    let out = Command::new(example("channels"))
+    let out = Command::new(common::example("channels"))
         .arg("2000")
         .current_dir(&dir)
         .output()

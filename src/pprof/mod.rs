@@ -14,7 +14,7 @@ use prost::Message;
 use crate::Error;
 use crate::lock::{self, Lock};
 use crate::sampler::{self, Guard};
-use crate::table::buckets;
+use crate::table::buckets::{self, BucketSnapshot};
 use symbols::Resolved;
 
 /// Dumps run one at a time: they share the symbol and build-ID caches, which only they lock.
@@ -38,31 +38,55 @@ pub(crate) unsafe fn release_locks() {
 /// Runs `f` on a symbolized snapshot of the bucket table, inside the profiler guard (nothing it allocates is
 /// sampled) and with no table lock held.
 pub(crate) fn with_snapshot<R>(f: impl FnOnce(&Resolved) -> R) -> Result<R, Error> {
+    with_resolved(None, f)
+}
+
+/// Runs `f` on the symbolized `buckets` (e.g. the difference of two snapshots), as [`with_snapshot`].
+pub(crate) fn with_buckets<R>(
+    buckets: &[BucketSnapshot],
+    f: impl FnOnce(&Resolved) -> R,
+) -> Result<R, Error> {
+    with_resolved(Some(buckets), f)
+}
+
+fn with_resolved<R>(
+    buckets: Option<&[BucketSnapshot]>,
+    f: impl FnOnce(&Resolved) -> R,
+) -> Result<R, Error> {
     if !sampler::installed() {
         return Err(Error::NotInstalled);
     }
     let _guard = Guard::enter();
     let _dump = DUMP.lock();
-    let snapshot = buckets::snapshot();
-    let resolved = symbols::resolve(&snapshot);
+    let resolved = match buckets {
+        Some(buckets) => symbols::resolve(buckets),
+        None => symbols::resolve(&buckets::snapshot()),
+    };
     Ok(f(&resolved))
 }
 
 /// The profile of the bucket table as a [`proto::Profile`] message.
 pub(crate) fn profile() -> Result<proto::Profile, Error> {
-    with_snapshot(|resolved| {
-        let mappings = mappings::read();
-        let time_nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-        let comments = [format!("heap-sampler {}", env!("CARGO_PKG_VERSION"))];
-        let header = builder::Header {
-            rate: sampler::sample_rate(),
-            time_nanos,
-            comments: &comments,
-        };
-        builder::build(resolved, &mappings, &header)
-    })
+    with_snapshot(build)
+}
+
+/// The profile of `buckets` as a [`proto::Profile`] message.
+pub(crate) fn profile_of(buckets: &[BucketSnapshot]) -> Result<proto::Profile, Error> {
+    with_buckets(buckets, build)
+}
+
+fn build(resolved: &Resolved) -> proto::Profile {
+    let mappings = mappings::read();
+    let time_nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let comments = [format!("heap-sampler {}", env!("CARGO_PKG_VERSION"))];
+    let header = builder::Header {
+        rate: sampler::sample_rate(),
+        time_nanos,
+        comments: &comments,
+    };
+    builder::build(resolved, &mappings, &header)
 }
 
 /// Encodes and gzips a profile.

@@ -67,12 +67,17 @@ impl Counts {
         .map(whole)
     }
 
-    /// The average size of the allocations counted, in bytes, rounded; 0 if none.
+    /// The average size of the allocations counted, in bytes, rounded: of those allocated or, when none were
+    /// (a delta profile's bucket that only holds memory), of those in use; 0 if none.
     pub(crate) fn average_size(&self) -> i64 {
-        if self.alloc_objects == 0 {
+        let (objects, space) = match self.alloc_objects {
+            0 => (self.inuse_objects, self.inuse_space),
+            _ => (self.alloc_objects, self.alloc_space),
+        };
+        if objects == 0 {
             return 0;
         }
-        (self.alloc_space as f64 / self.alloc_objects as f64).round() as i64
+        (space as f64 / objects as f64).round() as i64
     }
 }
 

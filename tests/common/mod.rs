@@ -304,10 +304,15 @@ pub fn go() -> Option<PathBuf> {
 
 /// Runs `go tool pprof ARGS`, returning stdout; panics with stderr if it fails.
 pub fn pprof(go: &PathBuf, args: &[&str]) -> String {
+    pprof_saving_to(go, args, &std::env::temp_dir())
+}
+
+/// As [`pprof`], with `save_dir` as `PPROF_TMPDIR`: where pprof saves a profile it fetched from a URL.
+pub fn pprof_saving_to(go: &PathBuf, args: &[&str], save_dir: &std::path::Path) -> String {
     let out = Command::new(go)
         .args(["tool", "pprof"])
         .args(args)
-        .env("PPROF_TMPDIR", std::env::temp_dir())
+        .env("PPROF_TMPDIR", save_dir)
         .output()
         .expect("run go tool pprof");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -316,6 +321,27 @@ pub fn pprof(go: &PathBuf, args: &[&str]) -> String {
         "go tool pprof {args:?} failed:\n{stderr}"
     );
     String::from_utf8_lossy(&out.stdout).into_owned() + &stderr
+}
+
+/// The binary of example `name`: `cargo test` builds the examples next to the test binaries' `deps`
+/// directory; a filtered run (`cargo test --test report`) does not, so build it then.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("examples")
+        .join(name);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "cargo build --example {name} failed");
+    }
+    path
 }
 
 /// A fresh directory under the system temporary directory.
@@ -337,10 +363,21 @@ pub fn is_child() -> bool {
 /// captured), under a hard timeout. On timeout, prints every thread's stack (gdb), kills the child and
 /// panics. Returns the child's stdout and stderr; panics if it did not exit 0.
 pub fn run_child(test: &str, timeout: std::time::Duration) -> (String, String) {
+    run_child_with_env(test, &[], timeout)
+}
+
+/// As [`run_child`], with the variables `env` set in the child's environment (for what a process reads at
+/// start).
+pub fn run_child_with_env(
+    test: &str,
+    env: &[(&str, &str)],
+    timeout: std::time::Duration,
+) -> (String, String) {
     use std::process::Stdio;
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(CHILD, "1")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

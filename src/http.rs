@@ -1,0 +1,481 @@
+//! Go-compatible `/debug/pprof/heap` and `/debug/pprof/allocs` endpoints, for any HTTP framework.
+//!
+//! [`handle`] takes a request's path and query string and returns the [`Response`]: status, content type and
+//! body. Mount it where Go programs have theirs, and the tools that already read Go services read this one:
+//!
+//! ```text
+//! go tool pprof http://127.0.0.1:6060/debug/pprof/heap            # what holds memory now
+//! go tool pprof http://127.0.0.1:6060/debug/pprof/allocs          # where allocation work went, since start
+//! go tool pprof http://127.0.0.1:6060/debug/pprof/allocs?seconds=30   # ... during the next 30 s
+//! curl http://127.0.0.1:6060/debug/pprof/heap?debug=1             # top sites as text
+//! curl -o heap.svg http://127.0.0.1:6060/debug/pprof/heap?format=svg  # flamegraph (feature `flamegraph`)
+//! ```
+//!
+//! # Endpoints
+//!
+//! Both serve the same profile, with its four sample types; they differ in the default view, as in Go:
+//!
+//! | path | default sample type | answers |
+//! | --- | --- | --- |
+//! | `…/heap` | `inuse_space` | what holds memory now: allocations not yet freed (leaks, caches, bloat) |
+//! | `…/allocs` | `alloc_space` | where the allocator's work goes: every allocation since start, freed or not (churn) |
+//! | `…/` | | an HTML index of the two |
+//!
+//! The last path segment names the profile, so the handler can be mounted under any prefix.
+//!
+//! # Query parameters
+//!
+//! | parameter | meaning |
+//! | --- | --- |
+//! | `seconds=N` | a delta profile: `alloc_*` counted during the next `N` seconds (the response waits that long), `inuse_*` as at the end; `duration_nanos` is the window. As Go's, except that Go also subtracts in-use values |
+//! | `debug=1` | the top sites as text ([`crate::report`]'s format) instead of pprof; not with `seconds`, as in Go |
+//! | `format=folded` | folded stacks as text ([`crate::folded_stacks`]), for flamegraph and diff tools |
+//! | `format=svg` | a flamegraph SVG (`flamegraph_svg`; feature `flamegraph`, else 501) |
+//! | `format=proto` | gzipped pprof, the default |
+//! | `sample_index=T` | the sample type shown or made default: `alloc_objects`, `alloc_space`, `inuse_objects`, `inuse_space` |
+//!
+//! `seconds` also applies to `format=folded` and `format=svg`. Other parameters (such as Go's `gc`) are
+//! ignored, as Go does. An invalid value gets status 400 and a message that says what is accepted.
+//!
+//! # Mounting it
+//!
+//! [`handle`] blocks: for `seconds=N` for N seconds, otherwise for the few milliseconds a dump takes (the
+//! first one symbolizes, ~0.2 s). In async servers call it from a blocking task. With axum 0.8:
+//!
+//! ```ignore
+//! use axum::{Router, http::{StatusCode, Uri, header}, response::IntoResponse, routing::get};
+//!
+//! async fn pprof(uri: Uri) -> impl IntoResponse {
+//!     let (path, query) = (uri.path().to_owned(), uri.query().unwrap_or("").to_owned());
+//!     let r = tokio::task::spawn_blocking(move || heap_sampler::http::handle(&path, &query))
+//!         .await
+//!         .expect("profile handler panicked");
+//!     (StatusCode::from_u16(r.status).expect("valid status"), [(header::CONTENT_TYPE, r.content_type)], r.body)
+//! }
+//!
+//! let app: Router = Router::new().route("/debug/pprof/{*profile}", get(pprof));
+//! ```
+//!
+//! With hyper 1 (and `http-body-util`):
+//!
+//! ```ignore
+//! use http_body_util::Full;
+//! use hyper::{Request, Response, body::{Bytes, Incoming}};
+//!
+//! async fn pprof(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::http::Error> {
+//!     let (path, query) = (req.uri().path().to_owned(), req.uri().query().unwrap_or("").to_owned());
+//!     let r = tokio::task::spawn_blocking(move || heap_sampler::http::handle(&path, &query))
+//!         .await
+//!         .expect("profile handler panicked");
+//!     let mut response = Response::builder().status(r.status);
+//!     for (name, value) in r.headers() {
+//!         response = response.header(name, value);
+//!     }
+//!     response.body(Full::new(Bytes::from(r.body)))
+//! }
+//! // served with hyper::server::conn::http1::Builder::new().serve_connection(io, service_fn(pprof))
+//! ```
+//!
+//! Or, with the `server` feature, `heap_sampler::serve` runs a small server of its own.
+//!
+//! Profiles show the program's code and its allocation patterns: serve them on loopback, or behind the
+//! authentication of the rest of the service's admin endpoints.
+
+use std::borrow::Cow;
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::Error;
+use crate::delta::Delta;
+use crate::pprof::{self, symbols::Resolved};
+use crate::report::{self, Site};
+use crate::sample_type::{self, SampleType};
+use crate::sampler::Guard;
+
+/// What to send back: status, content type and body. Headers as Go's `net/http/pprof` sets them are in
+/// [`Response::headers`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Response {
+    /// HTTP status code: 200, 400 for an invalid parameter, 404 for an unknown profile, 500 when no profile
+    /// can be taken, 501 for a format this build lacks.
+    pub status: u16,
+    /// The `Content-Type`: `application/octet-stream` for pprof, `image/svg+xml` for flamegraphs,
+    /// `text/plain; charset=utf-8` for text, folded stacks and errors, `text/html; charset=utf-8` for the index.
+    pub content_type: &'static str,
+    /// The `Content-Disposition` of a pprof download (`attachment; filename="heap"`), as Go sends it.
+    pub content_disposition: Option<String>,
+    /// The body: gzipped pprof, SVG, or UTF-8 text.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The response headers as `(name, value)` pairs, as Go sets them: `Content-Type`,
+    /// `X-Content-Type-Options: nosniff`, `Content-Disposition` for pprof downloads, and `X-Go-Pprof: 1` on
+    /// errors, which tells `go tool pprof` to print the message of the body.
+    pub fn headers(&self) -> Vec<(&'static str, &str)> {
+        let mut headers = vec![
+            ("Content-Type", self.content_type),
+            ("X-Content-Type-Options", "nosniff"),
+        ];
+        if let Some(disposition) = &self.content_disposition {
+            headers.push(("Content-Disposition", disposition));
+        }
+        if self.status >= 400 {
+            headers.push(("X-Go-Pprof", "1"));
+        }
+        headers
+    }
+
+    fn ok(content_type: &'static str, body: Vec<u8>) -> Response {
+        Response {
+            status: 200,
+            content_type,
+            content_disposition: None,
+            body,
+        }
+    }
+
+    fn error(status: u16, message: &str) -> Response {
+        Response {
+            status,
+            content_type: TEXT,
+            content_disposition: None,
+            body: format!("{message}\n").into_bytes(),
+        }
+    }
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// Answers a request for `path` (e.g. `/debug/pprof/heap`) with query string `query` (without the `?`, e.g.
+/// `seconds=30`; `""` for none), as Go's `net/http/pprof` does for its heap and allocs profiles. See the
+/// [module documentation](self) for the paths and parameters. Blocks for `seconds`, if given.
+///
+/// Never fails: errors become responses (400 for an invalid parameter, with a message; 500 when no
+/// [`crate::SamplingAllocator`] is installed). The profiler's own work for the request is not sampled.
+pub fn handle(path: &str, query: &str) -> Response {
+    let _guard = Guard::enter();
+    crate::fork::register_fork_handlers();
+    let endpoint = match path.rsplit('/').next().unwrap_or("") {
+        "heap" => Endpoint::Heap,
+        "allocs" => Endpoint::Allocs,
+        "" => return index(),
+        other => {
+            return Response::error(
+                404,
+                &format!("unknown profile {other:?}: this server has heap and allocs"),
+            );
+        }
+    };
+    let request = match Request::parse(endpoint, query) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    match request.serve() {
+        Ok(response) => response,
+        Err(error) => Response::error(500, &format!("failed to collect profile: {error}")),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Heap,
+    Allocs,
+}
+
+impl Endpoint {
+    fn name(self) -> &'static str {
+        match self {
+            Endpoint::Heap => "heap",
+            Endpoint::Allocs => "allocs",
+        }
+    }
+
+    fn default_sample_type(self) -> SampleType {
+        match self {
+            Endpoint::Heap => SampleType::InuseSpace,
+            Endpoint::Allocs => SampleType::AllocSpace,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Proto,
+    Text,
+    Folded,
+    Svg,
+}
+
+/// A parsed request for a profile.
+#[derive(Debug, PartialEq, Eq)]
+struct Request {
+    endpoint: Endpoint,
+    seconds: Option<u64>,
+    format: Format,
+    sample_type: SampleType,
+}
+
+impl Request {
+    /// Parses the query as Go's handler does (the first value of each parameter counts; an empty value is
+    /// no value), with a 400 response for an invalid one.
+    fn parse(endpoint: Endpoint, query: &str) -> Result<Request, Response> {
+        let mut params: HashMap<Cow<'_, str>, Cow<'_, str>> = HashMap::new();
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            params.entry(key).or_insert(value);
+        }
+        let param = |name: &str| {
+            params
+                .get(name)
+                .map(|v| v.as_ref())
+                .filter(|v| !v.is_empty())
+        };
+        let bad = |message: &str| Response::error(400, message);
+
+        let seconds = match param("seconds") {
+            None => None,
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    return Err(bad(
+                        r#"invalid value for "seconds" - must be a positive integer"#,
+                    ));
+                }
+            },
+        };
+        let debug = match param("debug") {
+            None => 0,
+            Some(v) => v
+                .parse::<u32>()
+                .map_err(|_| bad(r#"invalid value for "debug" - must be 0 (pprof) or 1 (text)"#))?,
+        };
+        let format = match param("format") {
+            None if debug > 0 => Format::Text,
+            None | Some("proto") => Format::Proto,
+            Some("folded") => Format::Folded,
+            Some("svg") => Format::Svg,
+            Some(_) => {
+                return Err(bad(
+                    r#"invalid value for "format" - must be proto, folded or svg"#,
+                ));
+            }
+        };
+        if debug > 0 && format != Format::Text {
+            return Err(bad("debug and format params are incompatible"));
+        }
+        if debug > 0 && seconds.is_some() {
+            return Err(bad("seconds and debug params are incompatible"));
+        }
+        let sample_type = match param("sample_index") {
+            None => endpoint.default_sample_type(),
+            Some(v) => v
+                .parse::<SampleType>()
+                .map_err(|e| bad(&format!(r#"invalid value for "sample_index" - {e}"#)))?,
+        };
+        Ok(Request {
+            endpoint,
+            seconds,
+            format,
+            sample_type,
+        })
+    }
+
+    fn serve(&self) -> Result<Response, Error> {
+        if self.format == Format::Svg && !cfg!(feature = "flamegraph") {
+            // Said at once, before any window is waited for.
+            return self.svg("");
+        }
+        let window = match self.seconds {
+            Some(seconds) => Some(Delta::collect(Duration::from_secs(seconds))?),
+            None => None,
+        };
+        let with_resolved = |f: &mut dyn FnMut(&Resolved)| match &window {
+            Some(delta) => pprof::with_buckets(&delta.buckets, f),
+            None => pprof::with_snapshot(f),
+        };
+        let t = self.sample_type;
+        match self.format {
+            Format::Proto => {
+                let mut profile = match &window {
+                    Some(delta) => delta.profile(t)?,
+                    None => pprof::profile()?,
+                };
+                sample_type::set_default(&mut profile, t);
+                let mut response =
+                    Response::ok("application/octet-stream", pprof::encode(&profile)?);
+                let suffix = if window.is_some() { "-delta" } else { "" };
+                response.content_disposition = Some(format!(
+                    r#"attachment; filename="{}{suffix}""#,
+                    self.endpoint.name()
+                ));
+                Ok(response)
+            }
+            Format::Text => {
+                let mut text = String::new();
+                with_resolved(&mut |resolved| {
+                    let mut sites = report::sites(resolved);
+                    sites.sort_by_key(|site| Reverse(site_value(site, t)));
+                    text = report::render(&sites, crate::sample_rate(), sites.len());
+                })?;
+                Ok(Response::ok(TEXT, text.into_bytes()))
+            }
+            Format::Folded | Format::Svg => {
+                let mut folded = String::new();
+                with_resolved(&mut |resolved| folded = crate::folded::render(resolved, t))?;
+                if self.format == Format::Folded {
+                    return Ok(Response::ok(TEXT, folded.into_bytes()));
+                }
+                self.svg(&folded)
+            }
+        }
+    }
+
+    #[cfg(feature = "flamegraph")]
+    fn svg(&self, folded: &str) -> Result<Response, Error> {
+        let mut title = format!("{}: {}", self.endpoint.name(), self.sample_type);
+        if let Some(seconds) = self.seconds {
+            let _ = write!(title, ", delta over {seconds} s");
+        }
+        let svg = crate::flamegraph::render(folded, self.sample_type, &title)?;
+        Ok(Response::ok("image/svg+xml", svg))
+    }
+
+    #[cfg(not(feature = "flamegraph"))]
+    fn svg(&self, _folded: &str) -> Result<Response, Error> {
+        Ok(Response::error(
+            501,
+            "format=svg needs heap-sampler's `flamegraph` feature; use format=folded with a flamegraph \
+             tool, or build with features = [\"flamegraph\"]",
+        ))
+    }
+}
+
+fn site_value(site: &Site, t: SampleType) -> i64 {
+    match t {
+        SampleType::AllocObjects => site.alloc_objects,
+        SampleType::AllocSpace => site.alloc_space,
+        SampleType::InuseObjects => site.inuse_objects,
+        SampleType::InuseSpace => site.inuse_space,
+    }
+}
+
+/// The index page: the two profiles, their views, and how to read them with `go tool pprof`.
+fn index() -> Response {
+    let mut html = String::from(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>/debug/pprof/</title></head><body>\n",
+    );
+    let _ = writeln!(
+        html,
+        "<h1>heap-sampler {}</h1>\n<p>Sample rate {}. Read with <code>go tool pprof \
+         http://HOST/debug/pprof/heap</code>; add <code>?seconds=30</code> to <code>allocs</code> for the \
+         next 30 seconds only.</p>\n<table>",
+        env!("CARGO_PKG_VERSION"),
+        report::human_bytes(i64::try_from(crate::sample_rate()).unwrap_or(i64::MAX))
+    );
+    for (name, about) in [
+        (
+            "heap",
+            "what holds memory now: allocations not yet freed (inuse_space)",
+        ),
+        (
+            "allocs",
+            "where allocation work goes: all allocations since start, freed or not (alloc_space)",
+        ),
+    ] {
+        let _ = writeln!(
+            html,
+            "<tr><td><a href=\"{name}\">{name}</a></td><td><a href=\"{name}?debug=1\">top</a></td>\
+             <td><a href=\"{name}?format=svg\">flamegraph</a></td><td><a href=\"{name}?format=folded\">folded</a>\
+             </td><td>{about}</td></tr>"
+        );
+    }
+    html.push_str("</table>\n</body></html>\n");
+    Response::ok("text/html; charset=utf-8", html.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(endpoint: Endpoint, query: &str) -> Result<Request, String> {
+        Request::parse(endpoint, query)
+            .map_err(|r| format!("{} {}", r.status, String::from_utf8_lossy(&r.body).trim()))
+    }
+
+    #[test]
+    fn queries_parse_as_go_reads_them() {
+        assert_eq!(
+            parse(Endpoint::Allocs, "seconds=30&gc=1&seconds=5"),
+            Ok(Request {
+                endpoint: Endpoint::Allocs,
+                seconds: Some(30),
+                format: Format::Proto,
+                sample_type: SampleType::AllocSpace,
+            })
+        );
+        let text = parse(Endpoint::Heap, "debug=1&seconds=").unwrap();
+        assert_eq!(
+            (text.format, text.seconds, text.sample_type),
+            (Format::Text, None, SampleType::InuseSpace)
+        );
+        let folded = parse(Endpoint::Heap, "format=folded&sample_index=alloc_objects").unwrap();
+        assert_eq!(
+            (folded.format, folded.sample_type),
+            (Format::Folded, SampleType::AllocObjects)
+        );
+        assert_eq!(
+            parse(Endpoint::Heap, "debug=0").unwrap().format,
+            Format::Proto
+        );
+    }
+
+    #[test]
+    fn bad_parameters_are_explained() {
+        for (query, message) in [
+            (
+                "seconds=0",
+                r#"400 invalid value for "seconds" - must be a positive integer"#,
+            ),
+            (
+                "seconds=-3",
+                r#"400 invalid value for "seconds" - must be a positive integer"#,
+            ),
+            (
+                "seconds=1.5",
+                r#"400 invalid value for "seconds" - must be a positive integer"#,
+            ),
+            (
+                "debug=x",
+                r#"400 invalid value for "debug" - must be 0 (pprof) or 1 (text)"#,
+            ),
+            (
+                "format=png",
+                r#"400 invalid value for "format" - must be proto, folded or svg"#,
+            ),
+            (
+                "debug=1&seconds=2",
+                "400 seconds and debug params are incompatible",
+            ),
+            (
+                "debug=1&format=svg",
+                "400 debug and format params are incompatible",
+            ),
+        ] {
+            assert_eq!(
+                parse(Endpoint::Heap, query),
+                Err(message.to_string()),
+                "{query}"
+            );
+        }
+        let sample = parse(Endpoint::Heap, "sample_index=space").unwrap_err();
+        assert!(
+            sample.starts_with(
+                r#"400 invalid value for "sample_index" - unknown sample type "space""#
+            ),
+            "{sample}"
+        );
+    }
+}
