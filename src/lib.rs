@@ -59,17 +59,25 @@
 mod allocator;
 mod error;
 mod fork;
+mod labels;
 mod lock;
+mod peak;
 mod pprof;
 mod report;
 mod sampler;
 mod stack;
 mod table;
+mod totals;
 
 use std::path::Path;
 
 pub use allocator::SamplingAllocator;
 pub use error::Error;
+pub use labels::{
+    DEFAULT_MAX_LABEL_SETS, LabelGuard, LabelSet, Labeled, enter_labels, labeled,
+    set_max_label_sets, with_labels,
+};
+pub use peak::{dump_peak_profile, write_peak_profile};
 pub use pprof::proto;
 pub use report::{Site, report, top_sites};
 pub use sampler::{DEFAULT_SAMPLE_RATE, sample_rate, set_sample_rate, set_seed};
@@ -109,25 +117,50 @@ pub fn write_profile(path: impl AsRef<Path>) -> Result<(), Error> {
     })
 }
 
-/// The profiler's own figures: how much it sampled and how much memory its tables hold. Cheap (a few relaxed
-/// loads), fit to export as metrics every second.
+/// Heap estimates and the profiler's own figures. Cheap to read (a few dozen relaxed loads, no lock, no
+/// allocation), fit to export as metrics every second (see `examples/prometheus.rs`).
+///
+/// The heap estimates are sums of the same weights as the profile, so they carry the same noise: relative
+/// standard error at most `sqrt(rate / bytes)`; exact in exact mode ([`set_sample_rate`]`(1)`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
     /// The sample rate in force, in bytes.
     pub sample_rate: usize,
+    /// Estimated bytes allocated and not yet freed: the `inuse_space` of the whole profile.
+    pub inuse_bytes: u64,
+    /// Estimated objects allocated and not yet freed: the `inuse_objects` of the whole profile.
+    pub inuse_objects: u64,
+    /// Estimated bytes allocated since the program started: the `alloc_space` of the whole profile.
+    pub alloc_bytes: u64,
+    /// Estimated objects allocated since the program started: the `alloc_objects` of the whole profile.
+    pub alloc_objects: u64,
+    /// The highest [`Stats::inuse_bytes`] seen; [`dump_peak_profile`] shows what made it up (within a
+    /// margin, see there).
+    pub peak_inuse_bytes: u64,
+    /// How many times the counts at a peak were copied for [`dump_peak_profile`] (bounded: see there).
+    pub peak_copies: u64,
     /// Sampled allocations since the program started.
     pub samples: u64,
     /// Sampled allocations not yet freed.
     pub live_samples: usize,
-    /// Buckets (distinct stacks) in the table.
+    /// Buckets (distinct stacks and label sets) in the table.
     pub buckets: usize,
     /// The cap on buckets (see [`set_max_buckets`]).
     pub max_buckets: usize,
     /// Approximate bytes held by the bucket table.
     pub table_bytes: usize,
-    /// Samples charged to the overflow bucket because the table was full.
+    /// Approximate bytes of memory the profiler holds: the bucket table, the live sampled allocations, the
+    /// free filter, the label sets and the copy of the peak (not the symbol caches that dumps fill).
+    pub profiler_bytes: usize,
+    /// Samples charged to the overflow bucket because the table was full: their stacks (and labels) are
+    /// dropped, their weight is kept.
     pub overflow_samples: u64,
+    /// Samples taken in a label scope whose label set was not kept because the cap on label sets was reached
+    /// (see [`set_max_label_sets`]): their labels are dropped, their stack and weight are kept.
+    pub dropped_labels: u64,
+    /// Distinct label sets interned (see [`LabelSet`]).
+    pub label_sets: usize,
     /// Frees (and reallocations) of sampled allocations, which subtracted their weight.
     pub sampled_frees: u64,
     /// Frees of unsampled pointers that shared a filter slot with a live sampled allocation and so looked the
@@ -137,17 +170,32 @@ pub struct Stats {
     pub filter_bytes: usize,
 }
 
-/// The profiler's own figures (see [`Stats`]).
+/// Heap estimates and the profiler's own figures (see [`Stats`]).
 pub fn stats() -> Stats {
     let table = table::buckets::table_stats();
+    let heap = totals::totals();
+    let live_samples = table::live::live_count();
     Stats {
         sample_rate: sample_rate(),
+        inuse_bytes: heap.inuse_bytes,
+        inuse_objects: heap.inuse_objects,
+        alloc_bytes: heap.alloc_bytes,
+        alloc_objects: heap.alloc_objects,
+        peak_inuse_bytes: peak::highest(),
+        peak_copies: peak::copies(),
         samples: table.samples,
-        live_samples: table::live::live_count(),
+        live_samples,
         buckets: table.buckets,
         max_buckets: table.max_buckets,
         table_bytes: table.bytes,
+        profiler_bytes: table.bytes
+            + table::live::entry_bytes(live_samples)
+            + table::live::FILTER_BYTES
+            + labels::label_bytes()
+            + peak::copy_bytes(),
         overflow_samples: table.overflow_samples,
+        dropped_labels: labels::dropped_samples(),
+        label_sets: labels::label_sets(),
         sampled_frees: table::live::sampled_frees(),
         filter_false_positives: table::live::false_positives(),
         filter_bytes: table::live::FILTER_BYTES,

@@ -14,7 +14,7 @@ use prost::Message;
 use crate::Error;
 use crate::lock::{self, Lock};
 use crate::sampler::{self, Guard};
-use crate::table::buckets;
+use crate::table::buckets::{self, BucketSnapshot};
 use symbols::Resolved;
 
 /// Dumps run one at a time: they share the symbol and build-ID caches, which only they lock.
@@ -38,31 +38,49 @@ pub(crate) unsafe fn release_locks() {
 /// Runs `f` on a symbolized snapshot of the bucket table, inside the profiler guard (nothing it allocates is
 /// sampled) and with no table lock held.
 pub(crate) fn with_snapshot<R>(f: impl FnOnce(&Resolved) -> R) -> Result<R, Error> {
+    with_buckets(|| (buckets::snapshot(), ()), |resolved, ()| f(resolved))
+}
+
+/// Runs `f` on the symbolized buckets that `take` returns (with what else it returns), both inside the
+/// profiler guard and under the dump lock.
+pub(crate) fn with_buckets<T, R>(
+    take: impl FnOnce() -> (Vec<BucketSnapshot>, T),
+    f: impl FnOnce(&Resolved, T) -> R,
+) -> Result<R, Error> {
     if !sampler::installed() {
         return Err(Error::NotInstalled);
     }
     let _guard = Guard::enter();
     let _dump = DUMP.lock();
-    let snapshot = buckets::snapshot();
+    let (snapshot, extra) = take();
     let resolved = symbols::resolve(&snapshot);
-    Ok(f(&resolved))
+    Ok(f(&resolved, extra))
 }
 
 /// The profile of the bucket table as a [`proto::Profile`] message.
 pub(crate) fn profile() -> Result<proto::Profile, Error> {
     with_snapshot(|resolved| {
-        let mappings = mappings::read();
         let time_nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-        let comments = [format!("heap-sampler {}", env!("CARGO_PKG_VERSION"))];
-        let header = builder::Header {
-            rate: sampler::sample_rate(),
-            time_nanos,
-            comments: &comments,
-        };
-        builder::build(resolved, &mappings, &header)
+        build(resolved, time_nanos, &[version_comment()])
     })
+}
+
+/// The first comment of every profile: who wrote it.
+pub(crate) fn version_comment() -> String {
+    format!("heap-sampler {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Builds the profile of `resolved`, with the process's mappings and the sample rate in force.
+pub(crate) fn build(resolved: &Resolved, time_nanos: i64, comments: &[String]) -> proto::Profile {
+    let mappings = mappings::read();
+    let header = builder::Header {
+        rate: sampler::sample_rate(),
+        time_nanos,
+        comments,
+    };
+    builder::build(resolved, &mappings, &header)
 }
 
 /// Encodes and gzips a profile.
