@@ -50,6 +50,54 @@
 //! frames with the default DWARF unwinder, about 0.2 µs with [`Unwinder::FramePointer`] in programs built with
 //! frame pointers (see [`set_unwinder`]).
 //!
+//! # Labels
+//!
+//! Allocations sampled inside a label scope carry its key/value labels, as pprof string labels (the way Go's
+//! `pprof.Do` labels CPU profiles; Go's heap profiles have none), so a profile can be broken down by tenant,
+//! endpoint or component: `go tool pprof -tags heap.pb.gz`, `go tool pprof -tagfocus=tenant=acme -top
+//! heap.pb.gz`. Scopes nest (inner labels add to outer ones) and belong to the current thread:
+//!
+//! ```
+//! let cache = heap_sampler::with_labels(&[("component", "cache")], || vec![0u8; 1 << 20]);
+//! {
+//!     let _scope = heap_sampler::enter_labels(&[("tenant", "acme")]);
+//!     let _buffer = vec![0u8; 4096]; // labeled tenant=acme
+//! }
+//! # drop(cache);
+//! ```
+//!
+//! A scope is per thread, so it must not be held across `.await`: the task may move to another thread, and
+//! other tasks run on this one meanwhile. Wrap the future instead; the labels are entered around each poll,
+//! wherever it runs:
+//!
+//! ```
+//! # async fn handle(request: &str) -> usize { request.len() }
+//! async fn serve(tenant: &str, request: &str) -> usize {
+//!     heap_sampler::labeled(&[("tenant", tenant)], handle(request)).await
+//! }
+//! ```
+//!
+//! A thread spawned inside a scope starts without labels: pass it [`LabelSet::current`] and enter that. The
+//! allocator reads the thread's label set only when it samples an allocation; unsampled allocations cost
+//! exactly what they cost without labels. Entering a scope from pairs interns the set (a lock and a hash map
+//! lookup, outside the allocator); a [`LabelSet`] built once enters with a single thread-local store. Sets
+//! are kept for the life of the process, so give labels few distinct values (see [`set_max_label_sets`]).
+//!
+//! # The peak
+//!
+//! [`dump_peak_profile`] is the profile at the highest estimated in-use bytes so far, by stack and labels, with
+//! the peak's time and size in its comments: what was live just before memory came down. Written out
+//! periodically (with the metrics, say), the last file before an out-of-memory kill shows the highest peak
+//! recorded until then: what filled memory on the way up.
+//! The counts at a peak are copied at most `ln(1 + P / (128 · rate)) / ln(33/32)` times for a peak of `P`
+//! bytes (92 times for 1 GiB at the default rate), see [`dump_peak_profile`].
+//!
+//! # Metrics
+//!
+//! [`stats`] gives the estimated in-use and allocated bytes and objects, the peak, and the profiler's own
+//! figures, from relaxed loads only, cheap enough to export every second; `examples/prometheus.rs` writes
+//! them in Prometheus text format.
+//!
 //! # Safety of the profiled program
 //!
 //! The allocator never panics, never recurses into itself (the profiler's own memory passes straight through
