@@ -87,6 +87,7 @@ fn peak_profile_keeps_phase_one_after_it_is_freed() {
     let _serial = common::serial();
 
     heap_sampler::set_sample_rate(64 << 10);
+    heap_sampler::set_seed(2024);
     let copies_before = heap_sampler::stats().peak_copies;
     let teeth = sawtooth(256);
     let copies = heap_sampler::stats().peak_copies - copies_before;
@@ -100,7 +101,6 @@ fn peak_profile_keeps_phase_one_after_it_is_freed() {
 
     const RATE: usize = heap_sampler::DEFAULT_SAMPLE_RATE;
     heap_sampler::set_sample_rate(RATE);
-    heap_sampler::set_seed(2024);
     let a = phase_one_a(512);
     let b = phase_one_b(320);
     let c = phase_one_c(192);
