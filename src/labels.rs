@@ -78,7 +78,8 @@ pub fn set_max_label_sets(sets: usize) {
 ///
 /// let tenant = LabelSet::new(&[("tenant", "acme")]);
 /// let both = tenant.with(&[("handler", "upload")]);
-/// assert_eq!(both.pairs(), [("handler".to_string(), "upload".to_string()), ("tenant".to_string(), "acme".to_string())]);
+/// let pairs = [("handler", "upload"), ("tenant", "acme")].map(|(k, v)| (k.to_string(), v.to_string()));
+/// assert_eq!(both.pairs(), pairs);
 /// let sum: usize = both.scope(|| vec![1u8; 4096].len());
 /// assert_eq!(sum, 4096);
 /// ```
