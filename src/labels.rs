@@ -71,7 +71,8 @@ pub fn set_max_label_sets(sets: usize) {
 /// enter. Sets are built on top of another set (usually the current one): later pairs replace earlier ones
 /// with the same key.
 ///
-/// Keys that are empty or `bytes` (the numeric label of the allocation size in heap profiles) are ignored.
+/// Pairs with an empty key or value (pprof cannot tell an empty string label from a numeric one) and pairs
+/// with the key `bytes` (the numeric label of the allocation size in heap profiles) are ignored.
 ///
 /// ```
 /// use heap_sampler::LabelSet;
@@ -250,7 +251,7 @@ pub(crate) fn pairs(set: LabelSet) -> Pairs {
 fn intern(parent: u32, labels: &[(&str, &str)]) -> u32 {
     let labels = labels
         .iter()
-        .filter(|(key, _)| !key.is_empty() && *key != BYTES_KEY);
+        .filter(|(key, value)| !key.is_empty() && !value.is_empty() && *key != BYTES_KEY);
     if parent == DROPPED || labels.clone().next().is_none() {
         return parent;
     }
@@ -318,4 +319,50 @@ pub(crate) fn hold_locks() {
 pub(crate) unsafe fn release_locks() {
     // SAFETY: forwarded from this function's contract.
     unsafe { lock::release(&REGISTRY) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn sets_are_interned_merged_and_sorted() {
+        let a = LabelSet::new(&[("unit-b", "2"), ("unit-a", "1")]);
+        assert_eq!(a, LabelSet::new(&[("unit-a", "1"), ("unit-b", "2")]));
+        assert_eq!(a.pairs(), owned(&[("unit-a", "1"), ("unit-b", "2")]));
+        assert_eq!(
+            a.with(&[("unit-a", "3")]).pairs(),
+            owned(&[("unit-a", "3"), ("unit-b", "2")])
+        );
+        assert_eq!(a.with(&[]), a);
+        assert_eq!(
+            LabelSet::new(&[("", "x"), ("unit-k", ""), ("bytes", "9")]),
+            LabelSet::EMPTY
+        );
+    }
+
+    #[test]
+    fn scopes_nest_and_restore() {
+        let outer = LabelSet::new(&[("unit-scope", "outer")]);
+        assert_eq!(LabelSet::current(), LabelSet::EMPTY);
+        let guard = outer.enter();
+        let inner = with_labels(&[("unit-scope", "inner")], || {
+            assert_eq!(
+                LabelSet::current().pairs(),
+                owned(&[("unit-scope", "inner")])
+            );
+            LabelSet::current()
+        });
+        assert_ne!(inner, outer);
+        assert_eq!(LabelSet::current(), outer);
+        drop(guard);
+        assert_eq!(LabelSet::current(), LabelSet::EMPTY);
+    }
 }
