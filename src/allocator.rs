@@ -6,6 +6,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use crate::sampler::{self, DEFAULT_SAMPLE_RATE, Guard};
 use crate::stack::Stack;
 use crate::table::{Weight, buckets, live};
+use crate::{labels, peak, totals};
 
 /// A global allocator that samples the allocations of an inner allocator into a heap profile.
 ///
@@ -44,7 +45,8 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         &self.inner
     }
 
-    /// Records a sampled allocation of `size` bytes at `ptr` (non-null), before `ptr` reaches the program.
+    /// Records a sampled allocation of `size` bytes at `ptr` (non-null), before `ptr` reaches the program:
+    /// in the bucket of its stack and the thread's labels, in the live table, and in the heap totals.
     #[cold]
     #[inline(never)]
     fn track(ptr: *mut u8, size: usize, rate: usize) {
@@ -52,8 +54,9 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         crate::fork::register_fork_handlers();
         let stack = Stack::capture(Self::track as fn(*mut u8, usize, usize) as usize);
         let weight = Weight::of(size, rate);
-        let bucket = buckets::record_alloc(&stack, weight);
+        let bucket = buckets::record_alloc(&stack, labels::for_sample(), weight);
         live::insert(ptr, live::LiveEntry { bucket, weight });
+        peak::after_alloc(totals::on_alloc(weight));
     }
 
     /// Forgets `ptr` if it was sampled, returning what it recorded (bucket counts are not yet changed).
@@ -65,10 +68,13 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         live::remove(ptr)
     }
 
+    /// Subtracts a freed sampled allocation from the heap totals and from its bucket; a free that ends a peak
+    /// of the in-use estimate first copies the buckets as they are at the peak.
     #[cold]
     #[inline(never)]
     fn record_free(entry: live::LiveEntry) {
         if let Some(_guard) = Guard::enter() {
+            peak::before_free(totals::on_free(entry.weight));
             buckets::record_free(entry.bucket, entry.weight);
         }
     }

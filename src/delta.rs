@@ -71,14 +71,25 @@ pub(crate) fn subtract(
     before: &[BucketSnapshot],
     after: Vec<BucketSnapshot>,
 ) -> Vec<BucketSnapshot> {
-    let earlier: HashMap<(&[usize], bool, bool), &Counts> = before
+    // A bucket is a stack with a label set: the same stack under other labels is another bucket.
+    let earlier: HashMap<_, &Counts> = before
         .iter()
-        .map(|b| ((b.frames.as_slice(), b.truncated, b.overflow), &b.counts))
+        .map(|b| {
+            (
+                (b.frames.as_slice(), b.truncated, b.overflow, b.labels),
+                &b.counts,
+            )
+        })
         .collect();
     after
         .into_iter()
         .filter_map(|mut bucket| {
-            let key = (bucket.frames.as_slice(), bucket.truncated, bucket.overflow);
+            let key = (
+                bucket.frames.as_slice(),
+                bucket.truncated,
+                bucket.overflow,
+                bucket.labels,
+            );
             if let Some(&prior) = earlier.get(&key) {
                 let counts = &mut bucket.counts;
                 counts.alloc_objects = counts.alloc_objects.saturating_sub(prior.alloc_objects);
@@ -109,12 +120,18 @@ pub fn dump_delta_profile(window: Duration) -> Result<Vec<u8>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::LabelSet;
 
     fn bucket(frames: &[usize], counts: [u128; 4]) -> BucketSnapshot {
+        labeled_bucket(frames, LabelSet::default(), counts)
+    }
+
+    fn labeled_bucket(frames: &[usize], labels: LabelSet, counts: [u128; 4]) -> BucketSnapshot {
         BucketSnapshot {
             frames: frames.to_vec(),
             truncated: false,
             overflow: false,
+            labels,
             counts: Counts {
                 alloc_objects: counts[0],
                 alloc_space: counts[1],
@@ -173,5 +190,22 @@ mod tests {
         truncated.truncated = true;
         let delta = subtract(&[bucket(&[1], [1, 8, 1, 8])], vec![truncated]);
         assert_eq!(delta[0].counts.alloc_space, 8);
+    }
+
+    #[test]
+    fn the_same_stack_under_other_labels_is_another_bucket() {
+        let a = LabelSet::new(&[("tenant", "delta-a")]);
+        let b = LabelSet::new(&[("tenant", "delta-b")]);
+        let before = [labeled_bucket(&[7], a, [5, 500, 5, 500])];
+        let after = vec![
+            labeled_bucket(&[7], a, [6, 600, 6, 600]),
+            labeled_bucket(&[7], b, [2, 200, 2, 200]),
+        ];
+        let delta = subtract(&before, after);
+        let counts: Vec<(LabelSet, u128, u128)> = delta
+            .iter()
+            .map(|b| (b.labels, b.counts.alloc_space, b.counts.inuse_space))
+            .collect();
+        assert_eq!(counts, [(a, 100, 600), (b, 200, 200)]);
     }
 }

@@ -18,7 +18,10 @@ pub(crate) fn register_fork_handlers() {
 
 extern "C" fn before_fork() {
     crate::sampler::Guard::hold_across_fork();
+    // In the order every other path takes them: the dump lock, the label registry, the peak, the tables.
     crate::pprof::hold_locks();
+    crate::labels::hold_locks();
+    crate::peak::hold_locks();
     crate::table::hold_locks();
 }
 
@@ -26,6 +29,8 @@ extern "C" fn after_fork() {
     // SAFETY: this thread took these locks in `before_fork`, or is the child's only thread.
     unsafe {
         crate::table::release_locks();
+        crate::peak::release_locks();
+        crate::labels::release_locks();
         crate::pprof::release_locks();
     }
     crate::sampler::Guard::release_after_fork();

@@ -293,7 +293,9 @@ impl Request {
             None => None,
         };
         let with_resolved = |f: &mut dyn FnMut(&Resolved)| match &window {
-            Some(delta) => pprof::with_buckets(&delta.buckets, f),
+            Some(delta) => {
+                pprof::with_buckets(|| (Cow::Borrowed(&delta.buckets[..]), ()), |r, ()| f(r))
+            }
             None => pprof::with_snapshot(f),
         };
         let t = self.sample_type;

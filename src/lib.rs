@@ -51,6 +51,54 @@
 //! seen, and about 0.2 µs with [`Unwinder::FramePointer`] in programs built with frame pointers (see
 //! [`set_unwinder`]).
 //!
+//! # Labels
+//!
+//! Allocations sampled inside a label scope carry its key/value labels, as pprof string labels (the way Go's
+//! `pprof.Do` labels CPU profiles; Go's heap profiles have none), so a profile can be broken down by tenant,
+//! endpoint or component: `go tool pprof -tags heap.pb.gz`, `go tool pprof -tagfocus=tenant=acme -top
+//! heap.pb.gz`. Scopes nest (inner labels add to outer ones) and belong to the current thread:
+//!
+//! ```
+//! let cache = heap_sampler::with_labels(&[("component", "cache")], || vec![0u8; 1 << 20]);
+//! {
+//!     let _scope = heap_sampler::enter_labels(&[("tenant", "acme")]);
+//!     let _buffer = vec![0u8; 4096]; // labeled tenant=acme
+//! }
+//! # drop(cache);
+//! ```
+//!
+//! A scope is per thread, so it must not be held across `.await`: the task may move to another thread, and
+//! other tasks run on this one meanwhile. Wrap the future instead; the labels are entered around each poll,
+//! wherever it runs:
+//!
+//! ```
+//! # async fn handle(request: &str) -> usize { request.len() }
+//! async fn serve(tenant: &str, request: &str) -> usize {
+//!     heap_sampler::labeled(&[("tenant", tenant)], handle(request)).await
+//! }
+//! ```
+//!
+//! A thread spawned inside a scope starts without labels: pass it [`LabelSet::current`] and enter that. The
+//! allocator reads the thread's label set only when it samples an allocation; unsampled allocations cost
+//! exactly what they cost without labels. Entering a scope from pairs interns the set (a lock and a hash map
+//! lookup, outside the allocator); a [`LabelSet`] built once enters with a single thread-local store. Sets
+//! are kept for the life of the process, so give labels few distinct values (see [`set_max_label_sets`]).
+//!
+//! # The peak
+//!
+//! [`dump_peak_profile`] is the profile at the highest estimated in-use bytes so far, by stack and labels, with
+//! the peak's time and size in its comments: what was live just before memory came down. Written out
+//! periodically (with the metrics, say), the last file before an out-of-memory kill shows the highest peak
+//! recorded until then: what filled memory on the way up.
+//! The counts at a peak are copied at most `ln(1 + P / (128 · rate)) / ln(33/32)` times for a peak of `P`
+//! bytes (92 times for 1 GiB at the default rate), see [`dump_peak_profile`].
+//!
+//! # Metrics
+//!
+//! [`stats`] gives the estimated in-use and allocated bytes and objects, the peak, and the profiler's own
+//! figures, from relaxed loads only, cheap enough to export every second; `examples/prometheus.rs` writes
+//! them in Prometheus text format.
+//!
 //! # Safety of the profiled program
 //!
 //! The allocator never panics, never recurses into itself (the profiler's own memory passes straight through
@@ -148,7 +196,9 @@ mod flamegraph;
 mod folded;
 mod fork;
 pub mod http;
+mod labels;
 mod lock;
+mod peak;
 mod pprof;
 mod report;
 mod sample_type;
@@ -157,6 +207,7 @@ mod sampler;
 mod server;
 mod stack;
 mod table;
+mod totals;
 
 use std::path::Path;
 
@@ -166,6 +217,11 @@ pub use error::Error;
 #[cfg(feature = "flamegraph")]
 pub use flamegraph::flamegraph_svg;
 pub use folded::folded_stacks;
+pub use labels::{
+    DEFAULT_MAX_LABEL_SETS, LabelGuard, LabelSet, Labeled, enter_labels, labeled,
+    set_max_label_sets, with_labels,
+};
+pub use peak::{dump_peak_profile, write_peak_profile};
 pub use pprof::proto;
 pub use report::{Site, report, top_sites};
 pub use sample_type::SampleType;
@@ -208,25 +264,50 @@ pub fn write_profile(path: impl AsRef<Path>) -> Result<(), Error> {
     })
 }
 
-/// The profiler's own figures: how much it sampled and how much memory its tables hold. Cheap (a few relaxed
-/// loads), fit to export as metrics every second.
+/// Heap estimates and the profiler's own figures. Cheap to read (a few dozen relaxed loads, no lock, no
+/// allocation), fit to export as metrics every second (see `examples/prometheus.rs`).
+///
+/// The heap estimates are sums of the same weights as the profile, so they carry the same noise: relative
+/// standard error at most `sqrt(rate / bytes)`; exact in exact mode ([`set_sample_rate`]`(1)`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
     /// The sample rate in force, in bytes.
     pub sample_rate: usize,
+    /// Estimated bytes allocated and not yet freed: the `inuse_space` of the whole profile.
+    pub inuse_bytes: u64,
+    /// Estimated objects allocated and not yet freed: the `inuse_objects` of the whole profile.
+    pub inuse_objects: u64,
+    /// Estimated bytes allocated since the program started: the `alloc_space` of the whole profile.
+    pub alloc_bytes: u64,
+    /// Estimated objects allocated since the program started: the `alloc_objects` of the whole profile.
+    pub alloc_objects: u64,
+    /// The highest [`Stats::inuse_bytes`] seen; [`dump_peak_profile`] shows what made it up (within a
+    /// margin, see there).
+    pub peak_inuse_bytes: u64,
+    /// How many times the counts at a peak were copied for [`dump_peak_profile`] (bounded: see there).
+    pub peak_copies: u64,
     /// Sampled allocations since the program started.
     pub samples: u64,
     /// Sampled allocations not yet freed.
     pub live_samples: usize,
-    /// Buckets (distinct stacks) in the table.
+    /// Buckets (distinct stacks and label sets) in the table.
     pub buckets: usize,
     /// The cap on buckets (see [`set_max_buckets`]).
     pub max_buckets: usize,
     /// Approximate bytes held by the bucket table.
     pub table_bytes: usize,
-    /// Samples charged to the overflow bucket because the table was full.
+    /// Approximate bytes of memory the profiler holds: the bucket table, the live sampled allocations, the
+    /// free filter, the label sets and the copy of the peak (not the symbol caches that dumps fill).
+    pub profiler_bytes: usize,
+    /// Samples charged to the overflow bucket because the table was full: their stacks (and labels) are
+    /// dropped, their weight is kept.
     pub overflow_samples: u64,
+    /// Samples taken in a label scope whose label set was not kept because the cap on label sets was reached
+    /// (see [`set_max_label_sets`]): their labels are dropped, their stack and weight are kept.
+    pub dropped_labels: u64,
+    /// Distinct label sets interned (see [`LabelSet`]).
+    pub label_sets: usize,
     /// Frees (and reallocations) of sampled allocations, which subtracted their weight.
     pub sampled_frees: u64,
     /// Frees of unsampled pointers that shared a filter slot with a live sampled allocation and so looked the
@@ -237,17 +318,32 @@ pub struct Stats {
     pub filter_bytes: usize,
 }
 
-/// The profiler's own figures (see [`Stats`]).
+/// Heap estimates and the profiler's own figures (see [`Stats`]).
 pub fn stats() -> Stats {
     let table = table::buckets::table_stats();
+    let heap = totals::totals();
+    let live_samples = table::live::live_count();
     Stats {
         sample_rate: sample_rate(),
+        inuse_bytes: heap.inuse_bytes,
+        inuse_objects: heap.inuse_objects,
+        alloc_bytes: heap.alloc_bytes,
+        alloc_objects: heap.alloc_objects,
+        peak_inuse_bytes: peak::highest(),
+        peak_copies: peak::copies(),
         samples: table.samples,
-        live_samples: table::live::live_count(),
+        live_samples,
         buckets: table.buckets,
         max_buckets: table.max_buckets,
         table_bytes: table.bytes,
+        profiler_bytes: table.bytes
+            + table::live::entry_bytes(live_samples)
+            + table::live::FILTER_BYTES
+            + labels::label_bytes()
+            + peak::copy_bytes(),
         overflow_samples: table.overflow_samples,
+        dropped_labels: labels::dropped_samples(),
+        label_sets: labels::label_sets(),
         sampled_frees: table::live::sampled_frees(),
         filter_false_positives: table::live::false_positives(),
         filter_bytes: table::live::FILTER_BYTES,

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use super::mappings::MappingInfo;
 use super::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 use super::symbols::{Frame, Resolved};
+use crate::labels::{self, LabelSet};
 
 /// The four sample types, in the order of every sample's values.
 pub(crate) const SAMPLE_TYPES: [(&str, &str); 4] = [
@@ -47,7 +48,8 @@ pub(crate) struct Header<'a> {
 }
 
 /// Assembles the profile. Values are already unbiased estimates (as Go writes them); `bytes` is a numeric
-/// label with the sample's average allocation size, as Go's heap profiles carry.
+/// label with the sample's average allocation size, as Go's heap profiles carry, and a sample's label set
+/// gives string labels (key and `str`), as Go's `pprof.Do` labels give in CPU profiles.
 pub(crate) fn build(resolved: &Resolved, mappings: &[MappingInfo], header: &Header<'_>) -> Profile {
     let mut strings = Strings::new();
     let sample_type = SAMPLE_TYPES
@@ -121,18 +123,33 @@ pub(crate) fn build(resolved: &Resolved, mappings: &[MappingInfo], header: &Head
         .collect();
 
     let bytes_key = strings.id("bytes");
+    let mut string_labels: HashMap<LabelSet, Vec<Label>> = HashMap::new();
     let sample = resolved
         .samples
         .iter()
-        .map(|s| Sample {
-            location_id: s.locations.iter().map(|&i| i as u64 + 1).collect(),
-            label: vec![Label {
+        .map(|s| {
+            let mut label = vec![Label {
                 key: bytes_key,
                 str: 0,
                 num: s.counts.average_size(),
                 num_unit: bytes_key,
-            }],
-            value: s.counts.values().to_vec(),
+            }];
+            label.extend_from_slice(string_labels.entry(s.labels).or_insert_with(|| {
+                labels::pairs(s.labels)
+                    .iter()
+                    .map(|(key, value)| Label {
+                        key: strings.id(key),
+                        str: strings.id(value),
+                        num: 0,
+                        num_unit: 0,
+                    })
+                    .collect()
+            }));
+            Sample {
+                location_id: s.locations.iter().map(|&i| i as u64 + 1).collect(),
+                label,
+                value: s.counts.values().to_vec(),
+            }
         })
         .collect();
 

@@ -5,6 +5,7 @@ pub(crate) mod mappings;
 pub mod proto;
 pub(crate) mod symbols;
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use flate2::Compression;
@@ -38,53 +39,60 @@ pub(crate) unsafe fn release_locks() {
 /// Runs `f` on a symbolized snapshot of the bucket table, inside the profiler guard (nothing it allocates is
 /// sampled) and with no table lock held.
 pub(crate) fn with_snapshot<R>(f: impl FnOnce(&Resolved) -> R) -> Result<R, Error> {
-    with_resolved(None, f)
+    with_buckets(
+        || (Cow::Owned(buckets::snapshot()), ()),
+        |resolved, ()| f(resolved),
+    )
 }
 
-/// Runs `f` on the symbolized `buckets` (e.g. the difference of two snapshots), as [`with_snapshot`].
-pub(crate) fn with_buckets<R>(
-    buckets: &[BucketSnapshot],
-    f: impl FnOnce(&Resolved) -> R,
-) -> Result<R, Error> {
-    with_resolved(Some(buckets), f)
-}
-
-fn with_resolved<R>(
-    buckets: Option<&[BucketSnapshot]>,
-    f: impl FnOnce(&Resolved) -> R,
+/// Runs `f` on the symbolized buckets that `take` returns (a snapshot, the difference of two, the copy at
+/// the peak), with what else it returns; both inside the profiler guard and under the dump lock.
+pub(crate) fn with_buckets<'a, T, R>(
+    take: impl FnOnce() -> (Cow<'a, [BucketSnapshot]>, T),
+    f: impl FnOnce(&Resolved, T) -> R,
 ) -> Result<R, Error> {
     if !sampler::installed() {
         return Err(Error::NotInstalled);
     }
     let _guard = Guard::enter();
     let _dump = DUMP.lock();
-    let resolved = match buckets {
-        Some(buckets) => symbols::resolve(buckets),
-        None => symbols::resolve(&buckets::snapshot()),
-    };
-    Ok(f(&resolved))
+    let (buckets, extra) = take();
+    let resolved = symbols::resolve(&buckets);
+    Ok(f(&resolved, extra))
+}
+
+/// The time now, in nanoseconds since the Unix epoch, as pprof's `time_nanos`.
+pub(crate) fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// The profile of the bucket table as a [`proto::Profile`] message.
 pub(crate) fn profile() -> Result<proto::Profile, Error> {
-    with_snapshot(build)
+    with_snapshot(|resolved| build(resolved, now_nanos(), &[version_comment()]))
 }
 
-/// The profile of `buckets` as a [`proto::Profile`] message.
+/// The profile of `buckets` (e.g. the difference of two snapshots) as a [`proto::Profile`] message.
 pub(crate) fn profile_of(buckets: &[BucketSnapshot]) -> Result<proto::Profile, Error> {
-    with_buckets(buckets, build)
+    with_buckets(
+        || (Cow::Borrowed(buckets), ()),
+        |resolved, ()| build(resolved, now_nanos(), &[version_comment()]),
+    )
 }
 
-fn build(resolved: &Resolved) -> proto::Profile {
+/// The first comment of every profile: who wrote it.
+pub(crate) fn version_comment() -> String {
+    format!("heap-sampler {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Builds the profile of `resolved`, with the process's mappings and the sample rate in force.
+pub(crate) fn build(resolved: &Resolved, time_nanos: i64, comments: &[String]) -> proto::Profile {
     let mappings = mappings::read();
-    let time_nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-    let comments = [format!("heap-sampler {}", env!("CARGO_PKG_VERSION"))];
     let header = builder::Header {
         rate: sampler::sample_rate(),
         time_nanos,
-        comments: &comments,
+        comments,
     };
     builder::build(resolved, &mappings, &header)
 }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::labels::LabelSet;
 use crate::lock::Lock;
 use crate::table::buckets::{BucketSnapshot, Counts};
 
@@ -40,11 +41,12 @@ pub(crate) struct ResolvedLocation {
     pub(crate) frames: Vec<Frame>,
 }
 
-/// One stack of the profile and its counts.
+/// One stack and label set of the profile, and its counts.
 #[derive(Clone, Debug)]
 pub(crate) struct ResolvedSample {
     /// Indexes into [`Resolved::locations`], innermost first.
     pub(crate) locations: Vec<usize>,
+    pub(crate) labels: LabelSet,
     pub(crate) counts: Counts,
 }
 
@@ -141,15 +143,15 @@ fn frames_of(cache: &mut HashMap<usize, Arc<[Frame]>>, ip: usize) -> Arc<[Frame]
         .clone()
 }
 
-/// Symbolizes `buckets`: one location per distinct return address, one sample per distinct trimmed stack.
-/// Must run inside the profiler guard.
+/// Symbolizes `buckets`: one location per distinct return address, one sample per distinct trimmed stack and
+/// label set. Must run inside the profiler guard.
 pub(crate) fn resolve(buckets: &[BucketSnapshot]) -> Resolved {
     let mut cache = CACHE.lock();
     let cache = cache.get_or_insert_with(HashMap::new);
     let mut resolved = Resolved::default();
     let mut location_of: HashMap<usize, usize> = HashMap::new();
     let mut marker_of: HashMap<&'static str, usize> = HashMap::new();
-    let mut sample_of: HashMap<Vec<usize>, usize> = HashMap::new();
+    let mut sample_of: HashMap<(Vec<usize>, LabelSet), usize> = HashMap::new();
 
     for bucket in buckets {
         let mut stack = Vec::with_capacity(bucket.frames.len() + 1);
@@ -197,12 +199,14 @@ pub(crate) fn resolve(buckets: &[BucketSnapshot]) -> Resolved {
             });
             stack.push(index);
         }
-        match sample_of.get(&stack) {
+        let key = (stack, bucket.labels);
+        match sample_of.get(&key) {
             Some(&i) => resolved.samples[i].counts.merge(&bucket.counts),
             None => {
-                sample_of.insert(stack.clone(), resolved.samples.len());
+                sample_of.insert(key.clone(), resolved.samples.len());
                 resolved.samples.push(ResolvedSample {
-                    locations: stack,
+                    locations: key.0,
+                    labels: bucket.labels,
                     counts: bucket.counts,
                 });
             }

@@ -5,6 +5,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::collections::HashMap;
 
 use super::{Lock, STRIPES, Weight, WordHasher};
+use crate::labels::LabelSet;
 use crate::lock;
 use crate::stack::Stack;
 
@@ -111,6 +112,7 @@ impl BucketId {
 struct Bucket {
     frames: Box<[usize]>,
     truncated: bool,
+    labels: LabelSet,
     /// Next bucket of this stripe with the same hash, or `u32::MAX`.
     next: u32,
     counts: Counts,
@@ -136,16 +138,19 @@ static OVERFLOW: Lock<Counts> = Lock::new(Counts {
     inuse_space: 0,
 });
 
-/// Adds a sampled allocation to the bucket of `stack`, creating the bucket if needed. Must run inside the
-/// profiler guard (it may allocate).
-pub(crate) fn record_alloc(stack: &Stack, weight: Weight) -> BucketId {
+/// Adds a sampled allocation to the bucket of `stack` and `labels`, creating the bucket if needed. Must run
+/// inside the profiler guard (it may allocate).
+pub(crate) fn record_alloc(stack: &Stack, labels: LabelSet, weight: Weight) -> BucketId {
     SAMPLES.fetch_add(1, Relaxed);
-    let hash = stack.hash();
+    let hash = stack.hash() ^ u64::from(labels.id()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let stripe_no = (hash as usize) & (STRIPES - 1);
     let mut stripe = TABLE[stripe_no].lock();
     let mut slot = stripe.index.get(&hash).copied().unwrap_or(u32::MAX);
     while let Some(bucket) = stripe.buckets.get_mut(slot as usize) {
-        if bucket.truncated == stack.truncated() && *bucket.frames == *stack.frames() {
+        if bucket.labels == labels
+            && bucket.truncated == stack.truncated()
+            && *bucket.frames == *stack.frames()
+        {
             bucket.counts.add(weight);
             return BucketId::new(stripe_no, slot as usize);
         }
@@ -171,6 +176,7 @@ pub(crate) fn record_alloc(stack: &Stack, weight: Weight) -> BucketId {
     stripe.buckets.push(Bucket {
         frames: stack.frames().into(),
         truncated: stack.truncated(),
+        labels,
         next,
         counts,
     });
@@ -210,6 +216,8 @@ pub(crate) struct BucketSnapshot {
     pub(crate) frames: Vec<usize>,
     pub(crate) truncated: bool,
     pub(crate) overflow: bool,
+    /// The labels of the allocations counted (empty for the overflow bucket).
+    pub(crate) labels: LabelSet,
     pub(crate) counts: Counts,
 }
 
@@ -223,19 +231,103 @@ pub(crate) fn snapshot() -> Vec<BucketSnapshot> {
             frames: b.frames.to_vec(),
             truncated: b.truncated,
             overflow: false,
+            labels: b.labels,
             counts: b.counts,
         }));
     }
     let overflow = *OVERFLOW.lock();
+    push_overflow(&mut out, overflow);
+    out
+}
+
+fn push_overflow(out: &mut Vec<BucketSnapshot>, overflow: Counts) {
     if overflow != Counts::default() {
         out.push(BucketSnapshot {
             frames: Vec::new(),
             truncated: false,
             overflow: true,
+            labels: LabelSet::EMPTY,
             counts: overflow,
         });
     }
-    out
+}
+
+/// The counts of every bucket at one moment, without their stacks (see [`crate::peak`]): a flat copy, stripe
+/// by stripe, that reuses its memory when it is taken again.
+#[derive(Clone)]
+pub(crate) struct CountsCopy {
+    /// The buckets of stripe 0, then of stripe 1, …, each stripe in bucket order.
+    counts: Vec<Counts>,
+    /// How many buckets each stripe had.
+    lens: [u32; STRIPES],
+    overflow: Counts,
+}
+
+impl CountsCopy {
+    pub(crate) const fn new() -> CountsCopy {
+        CountsCopy {
+            counts: Vec::new(),
+            lens: [0; STRIPES],
+            overflow: Counts {
+                alloc_objects: 0,
+                alloc_space: 0,
+                inuse_objects: 0,
+                inuse_space: 0,
+            },
+        }
+    }
+
+    /// Copies the counts of every bucket now, one stripe at a time (each stripe is locked only while it is
+    /// copied). Must run inside the profiler guard: it allocates when the table has grown since the last copy.
+    pub(crate) fn take(&mut self) {
+        self.counts.clear();
+        self.counts.reserve(BUCKETS.load(Relaxed));
+        for (stripe, len) in TABLE.iter().zip(self.lens.iter_mut()) {
+            let stripe = stripe.lock();
+            self.counts.extend(stripe.buckets.iter().map(|b| b.counts));
+            *len = stripe.buckets.len() as u32;
+        }
+        self.overflow = *OVERFLOW.lock();
+    }
+
+    /// The in-use bytes of the copy, in [`super::UNITS`].
+    pub(crate) fn inuse_space(&self) -> u128 {
+        self.counts
+            .iter()
+            .chain([&self.overflow])
+            .fold(0u128, |sum, c| sum.saturating_add(c.inuse_space))
+    }
+
+    /// Bytes of memory the copy holds.
+    pub(crate) fn bytes(&self) -> usize {
+        self.counts.capacity() * size_of::<Counts>()
+    }
+
+    /// The copied counts with the stacks and labels of their buckets, as [`snapshot`] gives them. Must run
+    /// inside the profiler guard.
+    pub(crate) fn snapshot(&self) -> Vec<BucketSnapshot> {
+        let mut out = Vec::with_capacity(self.counts.len() + 1);
+        let mut counts = self.counts.iter();
+        for (stripe, &len) in TABLE.iter().zip(self.lens.iter()) {
+            let stripe = stripe.lock();
+            // Buckets are only ever appended: the first `len` are those copied.
+            for (b, &counts) in stripe
+                .buckets
+                .iter()
+                .zip(counts.by_ref().take(len as usize))
+            {
+                out.push(BucketSnapshot {
+                    frames: b.frames.to_vec(),
+                    truncated: b.truncated,
+                    overflow: false,
+                    labels: b.labels,
+                    counts,
+                });
+            }
+        }
+        push_overflow(&mut out, self.overflow);
+        out
+    }
 }
 
 /// Sizes of the bucket table, for [`crate::stats`].

@@ -129,6 +129,12 @@ pub(super) unsafe fn release_locks() {
     unsafe { LIVE.iter().for_each(|stripe| lock::release(stripe)) }
 }
 
+/// Approximate bytes of the live map holding `live` entries (key, entry and control byte; the map's spare
+/// capacity is not counted).
+pub(crate) fn entry_bytes(live: usize) -> usize {
+    live.saturating_mul(size_of::<(usize, LiveEntry)>() + 1)
+}
+
 /// The number of live sampled allocations.
 pub(crate) fn live_count() -> usize {
     LIVE_COUNT.load(Relaxed)

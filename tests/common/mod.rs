@@ -423,3 +423,36 @@ pub fn run_child_with_env(
     );
     (stdout, stderr)
 }
+
+/// The string labels of a sample, as `(key, value)`.
+pub fn labels_of<'a>(
+    p: &'a Profile,
+    sample: &heap_sampler::proto::Sample,
+) -> Vec<(&'a str, &'a str)> {
+    sample
+        .label
+        .iter()
+        .filter(|l| l.str != 0)
+        .map(|l| (string(p, l.key), string(p, l.str)))
+        .collect()
+}
+
+/// Values summed by the value of string label `key`, over the samples that carry it.
+pub fn by_label(p: &Profile, key: &str) -> HashMap<String, Values> {
+    let mut out: HashMap<String, Values> = HashMap::new();
+    for sample in &p.sample {
+        for (k, v) in labels_of(p, sample) {
+            if k == key {
+                out.entry(v.to_string()).or_default().add(&sample.value);
+            }
+        }
+    }
+    out
+}
+
+/// The standard deviation, in bytes, of the estimated bytes of `count` allocations of `size` bytes each at
+/// sample rate `rate`: `sqrt(count · size² · (1 − p) / p)`, p = 1 − e^(−size/rate) (see src/sampler.rs).
+pub fn sigma_bytes(size: usize, count: usize, rate: usize) -> f64 {
+    let p = -(-(size as f64) / rate as f64).exp_m1();
+    (count as f64 * (size as f64).powi(2) * (1.0 - p) / p).sqrt()
+}
