@@ -205,6 +205,7 @@ mod sample_type;
 mod sampler;
 #[cfg(feature = "server")]
 mod server;
+mod shard;
 mod stack;
 mod table;
 mod totals;

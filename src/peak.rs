@@ -64,7 +64,10 @@ static PEAK: Lock<Peak> = Lock::new(Peak {
 
 /// After a sampled allocation: `inuse` is the estimated in-use bytes with it.
 pub(crate) fn after_alloc(inuse: u64) {
-    HIGHEST.fetch_max(inuse, Relaxed);
+    // Read first: new highs are rare, and a load leaves the line shared between cores.
+    if inuse > HIGHEST.load(Relaxed) {
+        HIGHEST.fetch_max(inuse, Relaxed);
+    }
 }
 
 /// Before the free of a sampled allocation is subtracted from its bucket: `inuse` is the estimated in-use

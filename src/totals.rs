@@ -1,16 +1,19 @@
 //! Running estimates for the whole heap: bytes and objects allocated since the start and still in use, summed
 //! over every sampled allocation with the same weights as its bucket. Updated on the slow paths only (a
-//! sampled allocation, the free of a sampled allocation); read by [`crate::stats`] with one relaxed load each,
-//! and by the peak tracker.
+//! sampled allocation, the free of a sampled allocation), in the updating thread's shard (see
+//! [`crate::shard`]), but for the in-use bytes, which the peak tracker compares on every sample and so are
+//! kept in one place; read by [`crate::stats`] with a few relaxed loads per shard.
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
+use crate::shard::{self, Padded, SHARDS};
 use crate::table::Weight;
 
 /// A sum of weights kept exactly without a lock: whole units in `whole`, the fraction (2^-32 units, as
 /// weights) in `fraction`, with the carry (or borrow) of the fraction applied to `whole` by the update that
 /// wraps it. Adding and then subtracting the same weights returns both words to their start, so in-use sums
-/// return to exactly zero; reading `whole` alone is off by less than one unit, plus updates in flight.
+/// return to exactly zero. A shard's sum may go below zero (a free on another thread than the allocation),
+/// in two's complement: only the total over the shards is meaningful.
 struct Sum {
     whole: AtomicU64,
     fraction: AtomicU32,
@@ -24,7 +27,7 @@ impl Sum {
         }
     }
 
-    /// Adds `units` (2^-32 units); returns the sum's whole part after the addition.
+    /// Adds `units` (2^-32 units); returns the whole part after the addition.
     fn add(&self, units: u128) -> u64 {
         let (whole, fraction) = split(units);
         let carry = u64::from(
@@ -37,17 +40,27 @@ impl Sum {
         self.whole.fetch_add(delta, Relaxed).wrapping_add(delta)
     }
 
-    /// Subtracts `units` (2^-32 units); returns the sum's whole part before the subtraction.
+    /// Subtracts `units` (2^-32 units); returns the whole part before the subtraction.
     fn sub(&self, units: u128) -> u64 {
         let (whole, fraction) = split(units);
         let borrow = u64::from(self.fraction.fetch_sub(fraction, Relaxed) < fraction);
-        clamp(self.whole.fetch_sub(whole.wrapping_add(borrow), Relaxed))
+        self.whole.fetch_sub(whole.wrapping_add(borrow), Relaxed)
     }
 
-    /// The whole part. Updates in flight on other threads can make it dip below zero for an instant, in
-    /// two's complement: read as 0.
-    fn get(&self) -> u64 {
-        clamp(self.whole.load(Relaxed))
+    /// The sum in 2^-32 units, modulo 2^96.
+    fn raw(&self) -> u128 {
+        u128::from(self.whole.load(Relaxed)) << 32 | u128::from(self.fraction.load(Relaxed))
+    }
+}
+
+/// The whole part of a total of [`Sum::raw`] values: a total below zero (for an instant, with updates in
+/// flight) reads as 0.
+fn whole_of(raw_total: u128) -> u64 {
+    let total = raw_total & ((1 << 96) - 1);
+    if total >> 95 == 1 {
+        0
+    } else {
+        u64::try_from(total >> 32).unwrap_or(u64::MAX)
     }
 }
 
@@ -55,32 +68,47 @@ fn split(units: u128) -> (u64, u32) {
     (u64::try_from(units >> 32).unwrap_or(u64::MAX), units as u32)
 }
 
-fn clamp(whole: u64) -> u64 {
-    if whole > i64::MAX as u64 { 0 } else { whole }
+/// One shard's sums.
+struct Sums {
+    alloc_objects: Sum,
+    alloc_bytes: Sum,
+    inuse_objects: Sum,
 }
 
-static ALLOC_OBJECTS: Sum = Sum::new();
-static ALLOC_BYTES: Sum = Sum::new();
-static INUSE_OBJECTS: Sum = Sum::new();
+static SUMS: [Padded<Sums>; SHARDS] = [const {
+    Padded(Sums {
+        alloc_objects: Sum::new(),
+        alloc_bytes: Sum::new(),
+        inuse_objects: Sum::new(),
+    })
+}; SHARDS];
+
+/// The estimated in-use bytes, in one place: the figure the peak tracker compares on every sample.
 static INUSE_BYTES: Sum = Sum::new();
 
 /// Adds a sampled allocation; returns the estimated in-use bytes after it.
 pub(crate) fn on_alloc(weight: Weight) -> u64 {
-    ALLOC_OBJECTS.add(weight.objects);
-    ALLOC_BYTES.add(weight.bytes);
-    INUSE_OBJECTS.add(weight.objects);
+    let sums = &SUMS[shard::index()].0;
+    sums.alloc_objects.add(weight.objects);
+    sums.alloc_bytes.add(weight.bytes);
+    sums.inuse_objects.add(weight.objects);
     clamp(INUSE_BYTES.add(weight.bytes))
 }
 
 /// Subtracts a freed sampled allocation; returns the estimated in-use bytes before it.
 pub(crate) fn on_free(weight: Weight) -> u64 {
-    INUSE_OBJECTS.sub(weight.objects);
-    INUSE_BYTES.sub(weight.bytes)
+    SUMS[shard::index()].0.inuse_objects.sub(weight.objects);
+    clamp(INUSE_BYTES.sub(weight.bytes))
 }
 
 /// The estimated in-use bytes.
 pub(crate) fn inuse_bytes() -> u64 {
-    INUSE_BYTES.get()
+    clamp(INUSE_BYTES.whole.load(Relaxed))
+}
+
+/// A figure below zero for an instant (updates in flight on other threads), in two's complement: read as 0.
+fn clamp(bytes: u64) -> u64 {
+    if bytes > i64::MAX as u64 { 0 } else { bytes }
 }
 
 /// Whole-heap estimates, in bytes and objects.
@@ -92,11 +120,16 @@ pub(crate) struct Totals {
 }
 
 pub(crate) fn totals() -> Totals {
+    let total = |sum: fn(&Sums) -> &Sum| {
+        whole_of(SUMS.iter().fold(0u128, |total, shard| {
+            total.wrapping_add(sum(&shard.0).raw())
+        }))
+    };
     Totals {
-        alloc_objects: ALLOC_OBJECTS.get(),
-        alloc_bytes: ALLOC_BYTES.get(),
-        inuse_objects: INUSE_OBJECTS.get(),
-        inuse_bytes: INUSE_BYTES.get(),
+        alloc_objects: total(|s| &s.alloc_objects),
+        alloc_bytes: total(|s| &s.alloc_bytes),
+        inuse_objects: total(|s| &s.inuse_objects),
+        inuse_bytes: inuse_bytes(),
     }
 }
 
@@ -109,19 +142,34 @@ mod tests {
         let sum = Sum::new();
         // 2.75 units, four times: 11 whole, fraction back to 0.
         let w = (2u128 << 32) | (3 << 30);
-        let after: Vec<u64> = (0..4).map(|_| sum.add(w)).collect();
-        assert_eq!(after, [2, 5, 8, 11]);
-        assert_eq!(sum.fraction.load(Relaxed), 0);
-        let before: Vec<u64> = (0..4).map(|_| sum.sub(w)).collect();
-        assert_eq!(before, [11, 8, 5, 2]);
-        assert_eq!((sum.get(), sum.fraction.load(Relaxed)), (0, 0));
-        // A transient dip below zero reads as 0.
-        sum.sub(1 << 32);
-        assert_eq!(sum.get(), 0);
-        sum.add(1 << 32);
+        for _ in 0..4 {
+            sum.add(w);
+        }
+        assert_eq!(sum.raw(), 11 << 32);
+        for _ in 0..3 {
+            sum.sub(w);
+        }
+        assert_eq!(sum.raw(), (2 << 32) | (3 << 30));
+        sum.sub(w);
         assert_eq!(
             (sum.whole.load(Relaxed), sum.fraction.load(Relaxed)),
             (0, 0)
         );
+    }
+
+    #[test]
+    fn totals_over_shards_below_zero_cancel() {
+        // One shard added what another subtracted (an allocation and its free on two threads).
+        let (a, b) = (Sum::new(), Sum::new());
+        let w = (5u128 << 32) | (1 << 31);
+        a.add(w);
+        a.add(w);
+        b.sub(w);
+        assert_eq!(whole_of(a.raw().wrapping_add(b.raw())), 5);
+        b.sub(w);
+        assert_eq!(whole_of(a.raw().wrapping_add(b.raw())), 0);
+        // A total below zero, for an instant, reads as 0.
+        b.sub(1 << 32);
+        assert_eq!(whole_of(a.raw().wrapping_add(b.raw())), 0);
     }
 }

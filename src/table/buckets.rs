@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use super::{Lock, STRIPES, Weight, WordHasher};
 use crate::labels::LabelSet;
 use crate::lock;
+use crate::shard::Counter;
 use crate::stack::Stack;
 
 /// Default cap on the number of buckets (distinct stacks), about 40 MiB of table at the default depth.
@@ -15,7 +16,7 @@ pub const DEFAULT_MAX_BUCKETS: usize = 65_536;
 static MAX_BUCKETS: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_BUCKETS);
 static BUCKETS: AtomicUsize = AtomicUsize::new(0);
 static TABLE_BYTES: AtomicUsize = AtomicUsize::new(0);
-static SAMPLES: AtomicU64 = AtomicU64::new(0);
+static SAMPLES: Counter = Counter::new();
 static OVERFLOW_SAMPLES: AtomicU64 = AtomicU64::new(0);
 
 /// Sets the cap on the number of buckets. Once it is reached, sampled allocations from new stacks are charged
@@ -141,7 +142,7 @@ static OVERFLOW: Lock<Counts> = Lock::new(Counts {
 /// Adds a sampled allocation to the bucket of `stack` and `labels`, creating the bucket if needed. Must run
 /// inside the profiler guard (it may allocate).
 pub(crate) fn record_alloc(stack: &Stack, labels: LabelSet, weight: Weight) -> BucketId {
-    SAMPLES.fetch_add(1, Relaxed);
+    SAMPLES.increment();
     let hash = stack.hash() ^ u64::from(labels.id()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let stripe_no = (hash as usize) & (STRIPES - 1);
     let mut stripe = TABLE[stripe_no].lock();
@@ -343,7 +344,7 @@ pub(crate) fn table_stats() -> TableStats {
     TableStats {
         buckets: BUCKETS.load(Relaxed),
         bytes: TABLE_BYTES.load(Relaxed),
-        samples: SAMPLES.load(Relaxed),
+        samples: SAMPLES.get(),
         overflow_samples: OVERFLOW_SAMPLES.load(Relaxed),
         max_buckets: MAX_BUCKETS.load(Relaxed),
     }

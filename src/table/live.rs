@@ -11,12 +11,13 @@
 //! find a stale entry.
 
 use core::hash::BuildHasherDefault;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::collections::HashMap;
 
 use super::buckets::BucketId;
 use super::{Lock, STRIPES, Weight, WordHasher};
 use crate::lock;
+use crate::shard::Counter;
 
 const FILTER_BITS: u32 = 18;
 /// 2^18 slots: with `L` live sampled allocations, a free of an unsampled pointer reaches a lock with
@@ -27,9 +28,9 @@ const FILTER_SLOTS: usize = 1 << FILTER_BITS;
 static FILTER: [AtomicU64; FILTER_SLOTS / 64] = [const { AtomicU64::new(0) }; FILTER_SLOTS / 64];
 /// Live sampled pointers per slot, changed only under the slot's stripe lock (untouched pages cost nothing).
 static COUNTS: [AtomicU32; FILTER_SLOTS] = [const { AtomicU32::new(0) }; FILTER_SLOTS];
-static LIVE_COUNT: AtomicUsize = AtomicUsize::new(0);
-static SAMPLED_FREES: AtomicU64 = AtomicU64::new(0);
-static FALSE_POSITIVES: AtomicU64 = AtomicU64::new(0);
+static LIVE_COUNT: Counter = Counter::new();
+static SAMPLED_FREES: Counter = Counter::new();
+static FALSE_POSITIVES: Counter = Counter::new();
 
 /// The memory of the filter, in bytes: the bits every free reads and the counts behind them.
 pub(crate) const FILTER_BYTES: usize = size_of_val(&FILTER) + size_of_val(&COUNTS);
@@ -82,7 +83,7 @@ pub(crate) fn insert(ptr: *mut u8, entry: LiveEntry) {
         if count == 1 {
             FILTER[slot / 64].fetch_or(1 << (slot % 64), Relaxed);
         }
-        LIVE_COUNT.fetch_add(1, Relaxed);
+        LIVE_COUNT.increment();
     }
 }
 
@@ -93,7 +94,7 @@ pub(crate) fn remove(ptr: *mut u8) -> Option<LiveEntry> {
     let slot = slot(ptr);
     let mut map = stripe(slot).lock();
     let Some(entry) = map.remove(&ptr) else {
-        FALSE_POSITIVES.fetch_add(1, Relaxed);
+        FALSE_POSITIVES.increment();
         return None;
     };
     // Under the stripe lock, as in `insert`.
@@ -103,19 +104,19 @@ pub(crate) fn remove(ptr: *mut u8) -> Option<LiveEntry> {
         FILTER[slot / 64].fetch_and(!(1 << (slot % 64)), Relaxed);
     }
     drop(map);
-    LIVE_COUNT.fetch_sub(1, Relaxed);
-    SAMPLED_FREES.fetch_add(1, Relaxed);
+    LIVE_COUNT.decrement();
+    SAMPLED_FREES.increment();
     Some(entry)
 }
 
 /// Frees (and reallocations) of sampled allocations so far.
 pub(crate) fn sampled_frees() -> u64 {
-    SAMPLED_FREES.load(Relaxed)
+    SAMPLED_FREES.get()
 }
 
 /// Frees of unsampled pointers whose filter slot was in use, so that they looked the pointer up in vain.
 pub(crate) fn false_positives() -> u64 {
-    FALSE_POSITIVES.load(Relaxed)
+    FALSE_POSITIVES.get()
 }
 
 pub(super) fn hold_locks() {
@@ -137,7 +138,7 @@ pub(crate) fn entry_bytes(live: usize) -> usize {
 
 /// The number of live sampled allocations.
 pub(crate) fn live_count() -> usize {
-    LIVE_COUNT.load(Relaxed)
+    LIVE_COUNT.get() as usize
 }
 
 #[cfg(test)]
