@@ -141,6 +141,8 @@ static CONFIGURE: extern "C" fn() = configure;
 /// The process constructor: reads the environment once and applies it.
 extern "C" fn configure() {
     let Some(_guard) = Guard::enter() else { return };
+    // Before any thread but this one exists: no fork can find a profiler lock held from here on.
+    crate::fork::register_fork_handlers();
     let config = Config::parse(getenv, warn);
     if let Some(rate) = config.rate {
         crate::set_sample_rate(rate);

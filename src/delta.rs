@@ -31,7 +31,6 @@ impl Delta {
     /// # Errors
     /// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator (before waiting).
     pub(crate) fn collect(window: Duration) -> Result<Delta, Error> {
-        crate::fork::register_fork_handlers();
         let (before, start) = snapshot()?;
         std::thread::sleep(window);
         let (after, end) = snapshot()?;

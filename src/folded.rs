@@ -22,7 +22,6 @@ use crate::sample_type::SampleType;
 /// # Errors
 /// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator.
 pub fn folded_stacks(sample_type: SampleType) -> Result<String, Error> {
-    crate::fork::register_fork_handlers();
     pprof::with_snapshot(|resolved| render(resolved, sample_type))
 }
 

@@ -158,7 +158,6 @@ const TEXT: &str = "text/plain; charset=utf-8";
 /// [`crate::SamplingAllocator`] is installed). The profiler's own work for the request is not sampled.
 pub fn handle(path: &str, query: &str) -> Response {
     let _guard = Guard::enter();
-    crate::fork::register_fork_handlers();
     let endpoint = match path.rsplit('/').next().unwrap_or("") {
         "heap" => Endpoint::Heap,
         "allocs" => Endpoint::Allocs,

@@ -248,7 +248,6 @@ pub use table::buckets::{DEFAULT_MAX_BUCKETS, set_max_buckets};
 /// [`Error::NotInstalled`] when no [`SamplingAllocator`] is the global allocator; [`Error::Compress`] if gzip
 /// fails.
 pub fn dump_profile() -> Result<Vec<u8>, Error> {
-    fork::register_fork_handlers();
     pprof::encode(&pprof::profile()?)
 }
 

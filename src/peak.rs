@@ -39,7 +39,7 @@ use crate::pprof::{self, proto};
 use crate::report::human_bytes;
 use crate::table::UNITS;
 use crate::table::buckets::CountsCopy;
-use crate::{fork, sampler, totals};
+use crate::{sampler, totals};
 
 /// The highest estimated in-use bytes seen after a sampled allocation.
 static HIGHEST: AtomicU64 = AtomicU64::new(0);
@@ -133,7 +133,6 @@ pub(crate) fn copy_bytes() -> usize {
 /// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator; [`Error::Compress`]
 /// if gzip fails.
 pub fn dump_peak_profile() -> Result<Vec<u8>, Error> {
-    fork::register_fork_handlers();
     pprof::encode(&profile()?)
 }
 

@@ -152,7 +152,6 @@ pub(crate) fn render(sites: &[Site], rate: usize, top: usize) -> String {
 /// # Errors
 /// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator.
 pub fn top_sites() -> Result<Vec<Site>, Error> {
-    crate::fork::register_fork_handlers();
     crate::pprof::with_snapshot(sites)
 }
 
@@ -162,7 +161,6 @@ pub fn top_sites() -> Result<Vec<Site>, Error> {
 /// # Errors
 /// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator.
 pub fn report(top: usize) -> Result<String, Error> {
-    crate::fork::register_fork_handlers();
     let rate = crate::sample_rate();
     crate::pprof::with_snapshot(|resolved| render(&sites(resolved), rate, top))
 }
