@@ -9,15 +9,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use crate::Error;
-use crate::sampler::Guard;
 
 /// Requests answered at once; more get 503. A delta profile holds its request for its window.
 const MAX_IN_FLIGHT: usize = 8;
 
 /// A running profile server: serves [`crate::http::handle`] on its address until [`ProfileServer::stop`] or
 /// drop. Each request runs on a thread of its own, so a `seconds=30` delta does not hold up a `heap`
-/// request; what those threads allocate is not sampled. tiny_http reads requests on threads of its own,
-/// whose buffers (a few KiB per connection) are sampled like the rest of the program.
+/// request. The server's threads, and tiny_http's, are sampled like the rest of the program (a few KiB per
+/// connection, freed when it closes); building a profile itself is not.
 #[derive(Debug)]
 pub struct ProfileServer {
     addr: SocketAddr,
@@ -76,8 +75,6 @@ fn start(addr: &str, loopback_only: bool) -> Result<ProfileServer, Error> {
     let thread = std::thread::Builder::new()
         .name("heap-sampler-http".into())
         .spawn(move || {
-            // The server's work is the profiler's: none of it is sampled.
-            let _guard = Guard::enter();
             let in_flight = Arc::new(AtomicUsize::new(0));
             while let Ok(request) = server.recv() {
                 dispatch(request, &in_flight);
@@ -115,7 +112,6 @@ fn dispatch(request: tiny_http::Request, in_flight: &Arc<AtomicUsize>) {
         .name("heap-sampler-http-request".into())
         .spawn(move || {
             let _counted = counted;
-            let _guard = Guard::enter();
             respond(request);
         });
 }
