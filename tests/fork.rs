@@ -50,41 +50,80 @@ fn forked_children_allocate_and_dump_while_threads_hold_profiler_locks() {
             }
         });
         std::thread::sleep(Duration::from_millis(200));
-        let mut hung = 0;
-        let mut failed = 0;
-        for _ in 0..300 {
-            // SAFETY: the child only allocates, dumps and calls _exit; malloc and our allocator are fork-safe.
-            let pid = unsafe { libc::fork() };
-            if pid == 0 {
-                // SAFETY: _exit ends the child without running the parent's destructors or test harness.
-                unsafe { libc::_exit(in_child()) };
-            }
-            assert!(pid > 0, "fork failed");
-            let started = Instant::now();
-            let mut status = 0;
-            loop {
-                // SAFETY: waiting on our own child.
-                if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-                    failed += i32::from(!libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0);
-                    break;
-                }
-                if started.elapsed() > Duration::from_secs(5) {
-                    hung += 1;
-                    // SAFETY: killing and reaping our own child.
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
-                        libc::waitpid(pid, &mut status, 0);
-                    }
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+        let outcome = fork_children(300, in_child);
         stop.store(true, Ordering::Relaxed);
-        assert_eq!(
-            (hung, failed),
-            (0, 0),
-            "forked children that hung, that failed"
+        assert_eq!(outcome, (0, 0), "forked children that hung, that failed");
+    });
+}
+
+/// Forks `count` children that run `child` and `_exit` with its status, one at a time; returns how many hung
+/// (killed after 5 s) and how many failed.
+fn fork_children(count: usize, child: fn() -> i32) -> (usize, usize) {
+    let (mut hung, mut failed) = (0, 0);
+    for _ in 0..count {
+        // SAFETY: the child only runs `child` (allocations, dumps, labels) and calls _exit; malloc and our
+        // allocator are fork-safe.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: _exit ends the child without running the parent's destructors or test harness.
+            unsafe { libc::_exit(child()) };
+        }
+        assert!(pid > 0, "fork failed");
+        let started = Instant::now();
+        let mut status = 0;
+        loop {
+            // SAFETY: waiting on our own child.
+            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                failed += usize::from(!libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0);
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                hung += 1;
+                // SAFETY: killing and reaping our own child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    (hung, failed)
+}
+
+/// With sampling off (nothing sampled, nothing dumped), threads entering new label sets hold the label
+/// registry's lock often: a child forked meanwhile must still enter labels. The fork handlers are in place
+/// from process start, not from the first sample.
+#[test]
+fn forked_children_enter_labels_with_sampling_off() {
+    if !common::is_child() {
+        common::run_child(
+            "forked_children_enter_labels_with_sampling_off",
+            Duration::from_secs(120),
         );
+        return;
+    }
+    heap_sampler::set_sample_rate(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for t in 0..2 {
+            let stop = &stop;
+            s.spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // A new value each time (past the cap of label sets, still through the registry).
+                    heap_sampler::with_labels(&[("request", &format!("{t}-{n}"))], || ());
+                    n += 1;
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let outcome = fork_children(300, || {
+            heap_sampler::with_labels(&[("child", "yes")], || black_box(vec![0u8; 64]));
+            0
+        });
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(outcome, (0, 0), "forked children that hung, that failed");
     });
 }
