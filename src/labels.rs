@@ -159,7 +159,9 @@ pub fn with_labels<R>(labels: &[(&str, &str)], f: impl FnOnce() -> R) -> R {
 }
 
 /// Adds `labels` to the current thread's labels until the returned guard is dropped (the guard form of
-/// [`with_labels`]).
+/// [`with_labels`]). Guards must be dropped in the reverse order of their creation, as scopes nest: each
+/// restores the labels that were current when it was created, so dropping an outer guard before an inner
+/// one leaves the outer labels in force after both.
 ///
 /// ```
 /// let _scope = heap_sampler::enter_labels(&[("component", "cache")]);

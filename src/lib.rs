@@ -56,7 +56,8 @@
 //! Allocations sampled inside a label scope carry its key/value labels, as pprof string labels (the way Go's
 //! `pprof.Do` labels CPU profiles; Go's heap profiles have none), so a profile can be broken down by tenant,
 //! endpoint or component: `go tool pprof -tags heap.pb.gz`, `go tool pprof -tagfocus=tenant=acme -top
-//! heap.pb.gz`. Scopes nest (inner labels add to outer ones) and belong to the current thread:
+//! heap.pb.gz`. Scopes nest (inner labels add to outer ones; guards are dropped innermost first) and belong
+//! to the current thread:
 //!
 //! ```
 //! let cache = heap_sampler::with_labels(&[("component", "cache")], || vec![0u8; 1 << 20]);
