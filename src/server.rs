@@ -92,12 +92,12 @@ fn start(addr: &str, loopback_only: bool) -> Result<ProfileServer, Error> {
 fn dispatch(request: tiny_http::Request, in_flight: &Arc<AtomicUsize>) {
     if in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
         in_flight.fetch_sub(1, Ordering::Relaxed);
-        let _ = request.respond(
-            tiny_http::Response::from_string(format!(
+        let _ = request.respond(error_response(
+            503,
+            format!(
                 "{MAX_IN_FLIGHT} profile requests are in progress; retry when one has finished\n"
-            ))
-            .with_status_code(503),
-        );
+            ),
+        ));
         return;
     }
     /// Counts the request out when its thread ends, or when it cannot start.
@@ -116,14 +116,27 @@ fn dispatch(request: tiny_http::Request, in_flight: &Arc<AtomicUsize>) {
         });
 }
 
+/// A plain-text error with `X-Go-Pprof: 1`, so that `go tool pprof` prints its message (as for the
+/// handler's own errors).
+fn error_response(status: u16, message: String) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
+    let mut response = tiny_http::Response::from_string(message).with_status_code(status);
+    for (name, value) in [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("X-Go-Pprof", "1"),
+    ] {
+        if let Ok(header) = tiny_http::Header::from_bytes(name, value) {
+            response.add_header(header);
+        }
+    }
+    response
+}
+
 fn respond(request: tiny_http::Request) {
     if !matches!(
         request.method(),
         tiny_http::Method::Get | tiny_http::Method::Head
     ) {
-        let _ = request.respond(
-            tiny_http::Response::from_string("profiles are read with GET\n").with_status_code(405),
-        );
+        let _ = request.respond(error_response(405, "profiles are read with GET\n".into()));
         return;
     }
     let url = request.url().to_string();

@@ -286,6 +286,10 @@ fn the_server_stays_on_loopback_and_stops_cleanly() {
     );
     let post = request(addr, "POST /debug/pprof/heap HTTP/1.0\r\n\r\n");
     assert!(post.starts_with("HTTP/1.0 405"), "{post}");
+    assert!(
+        post.contains("X-Go-Pprof: 1"),
+        "go tool pprof prints the message: {post}"
+    );
 
     let taken = heap_sampler::serve(&addr.to_string()).expect_err("port in use");
     assert!(taken.to_string().contains("choose a free port"), "{taken}");
