@@ -292,7 +292,8 @@ pub struct Stats {
     pub samples: u64,
     /// Sampled allocations not yet freed.
     pub live_samples: usize,
-    /// Buckets (distinct stacks and label sets) in the table.
+    /// Buckets in the table: distinct stacks and label sets, per group of threads that sampled them (see
+    /// [`set_max_buckets`]).
     pub buckets: usize,
     /// The cap on buckets (see [`set_max_buckets`]).
     pub max_buckets: usize,

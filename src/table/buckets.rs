@@ -1,4 +1,10 @@
 //! Buckets: cumulative and in-use counts per captured stack, in a lock-striped table.
+//!
+//! A stack's stripe is its hash plus an offset of the sampling thread's shard (see [`crate::shard`]), so
+//! threads sampling the same stack (the workers of a pool) each count in a bucket of their own, under a lock
+//! of their own: one shared bucket made two threads sampling one stack pay for each other's lock and counts
+//! (a third more per sample, measured). Copies of the table merge the buckets of one stack and label set
+//! back into one.
 
 use core::hash::BuildHasherDefault;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -7,7 +13,7 @@ use std::collections::HashMap;
 use super::{Lock, STRIPES, Weight, WordHasher};
 use crate::labels::LabelSet;
 use crate::lock;
-use crate::shard::Counter;
+use crate::shard::{self, Counter, SHARDS};
 use crate::stack::Stack;
 
 /// Default cap on the number of buckets (distinct stacks), about 40 MiB of table at the default depth.
@@ -22,7 +28,9 @@ static OVERFLOW_SAMPLES: AtomicU64 = AtomicU64::new(0);
 /// Sets the cap on the number of buckets. Once it is reached, sampled allocations from new stacks are charged
 /// to a single overflow bucket (shown as `[bucket table full]` in profiles) and counted in
 /// [`crate::Stats::overflow_samples`]: totals stay right, attribution of the excess is lost. Existing buckets
-/// keep counting. Lowering the cap below the current count only stops growth.
+/// keep counting. Lowering the cap below the current count only stops growth. A bucket is a stack and label
+/// set as counted by one group of threads: a stack sampled on many threads takes up to 16 buckets (merged
+/// into one in profiles).
 pub fn set_max_buckets(buckets: usize) {
     MAX_BUCKETS.store(buckets, Relaxed);
 }
@@ -144,7 +152,8 @@ static OVERFLOW: Lock<Counts> = Lock::new(Counts {
 pub(crate) fn record_alloc(stack: &Stack, labels: LabelSet, weight: Weight) -> BucketId {
     SAMPLES.increment();
     let hash = stack.hash() ^ u64::from(labels.id()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let stripe_no = (hash as usize) & (STRIPES - 1);
+    let stripe_no =
+        (hash as usize).wrapping_add(shard::index() * (STRIPES / SHARDS)) & (STRIPES - 1);
     let mut stripe = TABLE[stripe_no].lock();
     let mut slot = stripe.index.get(&hash).copied().unwrap_or(u32::MAX);
     while let Some(bucket) = stripe.buckets.get_mut(slot as usize) {
@@ -236,9 +245,28 @@ pub(crate) fn snapshot() -> Vec<BucketSnapshot> {
             counts: b.counts,
         }));
     }
+    let mut out = merge_threads(out);
     let overflow = *OVERFLOW.lock();
     push_overflow(&mut out, overflow);
     out
+}
+
+/// Merges the buckets that threads of different shards keep for one stack and label set into one, in a
+/// fixed order (by label set, then stack).
+fn merge_threads(mut buckets: Vec<BucketSnapshot>) -> Vec<BucketSnapshot> {
+    buckets.sort_unstable_by(|a, b| {
+        (a.labels.id(), a.truncated, &a.frames).cmp(&(b.labels.id(), b.truncated, &b.frames))
+    });
+    buckets.dedup_by(|later, kept| {
+        let same = later.labels == kept.labels
+            && later.truncated == kept.truncated
+            && later.frames == kept.frames;
+        if same {
+            kept.counts.merge(&later.counts);
+        }
+        same
+    });
+    buckets
 }
 
 fn push_overflow(out: &mut Vec<BucketSnapshot>, overflow: Counts) {
@@ -326,6 +354,7 @@ impl CountsCopy {
                 });
             }
         }
+        let mut out = merge_threads(out);
         push_overflow(&mut out, self.overflow);
         out
     }
