@@ -7,7 +7,7 @@
 //! non-negative estimate that a flamegraph or `go tool pprof` can show as it is.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::Error;
 use crate::pprof::{self, proto};
@@ -37,9 +37,7 @@ impl Delta {
         let _guard = Guard::enter();
         Ok(Delta {
             buckets: subtract(&before, after),
-            time_nanos: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+            time_nanos: pprof::now_nanos(),
             duration_nanos: i64::try_from(end.duration_since(start).as_nanos()).unwrap_or(i64::MAX),
         })
     }

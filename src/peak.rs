@@ -94,9 +94,7 @@ fn take(inuse: u64, bar: fn(u64) -> u64) {
         return;
     }
     peak.copy.take();
-    peak.time_nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    peak.time_nanos = pprof::now_nanos();
     LEVEL.store(inuse, Relaxed);
     COPIES.fetch_add(1, Relaxed);
     COPY_BYTES.store(peak.copy.bytes(), Relaxed);

@@ -246,48 +246,50 @@ pub(crate) fn hash_frames(frames: &[usize], truncated: bool) -> u64 {
     h ^ (h >> 33)
 }
 
+/// Reads a register of the calling frame on x86_64 or aarch64 (named for each), or evaluates `$otherwise`.
+macro_rules! read_register {
+    ($x86_64:literal, $aarch64:literal, $otherwise:expr) => {{
+        let value: usize;
+        // SAFETY: reads a register, nothing else.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            core::arch::asm!(
+                concat!("mov {}, ", $x86_64),
+                out(reg) value,
+                options(nomem, nostack, preserves_flags)
+            );
+        }
+        // SAFETY: reads a register, nothing else.
+        #[cfg(target_arch = "aarch64")]
+        unsafe {
+            core::arch::asm!(
+                concat!("mov {}, ", $aarch64),
+                out(reg) value,
+                options(nomem, nostack, preserves_flags)
+            );
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            value = $otherwise;
+        }
+        value
+    }};
+}
+
 /// The stack pointer, read from its register: the address of a local would not do, as AddressSanitizer
 /// can move locals to a heap-allocated fake stack.
 #[inline(always)]
 fn stack_pointer() -> usize {
-    let sp: usize;
-    // SAFETY: reads a register, nothing else.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags));
-    }
-    // SAFETY: reads a register, nothing else.
-    #[cfg(target_arch = "aarch64")]
-    unsafe {
-        core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags));
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
+    read_register!("rsp", "sp", {
         let here = 0u8;
-        sp = &here as *const u8 as usize;
-    }
-    sp
+        &here as *const u8 as usize
+    })
 }
 
 /// The frame pointer register of the calling frame (0 where frame pointers are not supported).
 #[inline(always)]
 fn frame_pointer() -> usize {
-    let fp: usize;
-    // SAFETY: reads a register, nothing else.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        core::arch::asm!("mov {}, rbp", out(reg) fp, options(nomem, nostack, preserves_flags));
-    }
-    // SAFETY: reads a register, nothing else.
-    #[cfg(target_arch = "aarch64")]
-    unsafe {
-        core::arch::asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags));
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        fp = 0;
-    }
-    fp
+    read_register!("rbp", "x29", 0)
 }
 
 #[cfg(all(test, target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
