@@ -315,8 +315,8 @@ pub struct Stats {
     /// Frees of unsampled pointers that shared a filter slot with a live sampled allocation and so looked the
     /// pointer up under a lock in vain (about `live_samples / 2^18` of all frees).
     pub filter_false_positives: u64,
-    /// Bytes of the free filter: 2^18 bits that every free reads (32 KiB) and the 2^18 counts behind them,
-    /// touched only by sampled allocations (only touched pages are resident).
+    /// Bytes of the free filter: 2^18 bits (32 KiB), one 512-byte block per stripe of the live table, of
+    /// which every free reads one bit (only touched pages are resident).
     pub filter_bytes: usize,
 }
 

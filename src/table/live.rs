@@ -2,38 +2,44 @@
 //!
 //! Every free must ask "was this pointer sampled?", and almost every answer is no. A filter answers that
 //! without a lock: bit `slot(ptr)` of `FILTER` is set while some live sampled pointer hashes to the slot, so
-//! a clear bit means "not sampled" with certainty (one relaxed load from a 32 KiB array, small enough to stay
-//! in cache). A set bit (a sampled pointer, or another pointer sharing its slot) goes on to the striped map.
-//! How many live sampled pointers share each slot is counted in `COUNTS`, touched only by sampled
-//! allocations and their frees; all pointers of a slot belong to one stripe, whose lock orders the updates
-//! of the slot's count and bit. Entries are inserted before the sampled pointer is returned to the program
-//! and removed before the memory goes back to the inner allocator, so an address reused at once can never
-//! find a stale entry.
+//! a clear bit means "not sampled" with certainty (one relaxed load). A set bit (a sampled pointer, or
+//! another pointer sharing its slot) goes on to the striped table. The table is keyed by slot: all live
+//! pointers of a slot have the same hash and one stripe, so the free that removes a slot's last pointer sees
+//! that it was the last, and clears the bit, under the lock that every update of the slot takes. Entries
+//! are inserted before the sampled pointer is returned to the program and removed before the memory goes
+//! back to the inner allocator, so an address reused at once can never find a stale entry.
+//!
+//! A pointer's stripe comes from its 4 MiB region of the address space, and each stripe owns one contiguous
+//! block of the filter. Allocators hand each thread memory from regions of its own (glibc's per-thread
+//! arenas, jemalloc's arenas, mimalloc's segments), so a thread's sampled allocations and frees mostly touch
+//! stripes and filter blocks that no other core writes.
 
-use core::hash::BuildHasherDefault;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::collections::HashMap;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use hashbrown::HashTable;
 
 use super::buckets::BucketId;
-use super::{Lock, STRIPES, Weight, WordHasher};
+use super::{Lock, STRIPES, Weight};
 use crate::lock;
-use crate::shard::Counter;
+use crate::shard::Padded;
 
-const FILTER_BITS: u32 = 18;
-/// 2^18 slots: with `L` live sampled allocations, a free of an unsampled pointer reaches a lock with
-/// probability about `L / 2^18`.
-const FILTER_SLOTS: usize = 1 << FILTER_BITS;
+/// Pointers in one 2^22-byte (4 MiB) region of the address space share a stripe.
+const REGION_BITS: u32 = 22;
+const STRIPE_BITS: u32 = STRIPES.trailing_zeros();
+/// Slots per stripe: 2^12, a 512-byte block of the filter.
+const SLOT_BITS: u32 = 12;
+/// 2^18 slots: with `L` live sampled allocations spread over the stripes, a free of an unsampled pointer
+/// reaches a lock with probability about `L / 2^18`. (A stripe holding many more than 2^12 live pointers,
+/// only at small sample rates, has several per slot, which share one hash in its table.)
+const FILTER_SLOTS: usize = STRIPES << SLOT_BITS;
+const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
 
-/// One bit per slot, set while the slot's count is not zero: the only part of the filter a free reads.
+/// One bit per slot, set while the stripe's table holds a pointer of the slot, changed only under the
+/// stripe's lock: the only part of the filter a free reads.
 static FILTER: [AtomicU64; FILTER_SLOTS / 64] = [const { AtomicU64::new(0) }; FILTER_SLOTS / 64];
-/// Live sampled pointers per slot, changed only under the slot's stripe lock (untouched pages cost nothing).
-static COUNTS: [AtomicU32; FILTER_SLOTS] = [const { AtomicU32::new(0) }; FILTER_SLOTS];
-static LIVE_COUNT: Counter = Counter::new();
-static SAMPLED_FREES: Counter = Counter::new();
-static FALSE_POSITIVES: Counter = Counter::new();
 
-/// The memory of the filter, in bytes: the bits every free reads and the counts behind them.
-pub(crate) const FILTER_BYTES: usize = size_of_val(&FILTER) + size_of_val(&COUNTS);
+/// The memory of the filter, in bytes.
+pub(crate) const FILTER_BYTES: usize = size_of_val(&FILTER);
 
 /// A live sampled allocation: where its weight went and what it was.
 #[derive(Clone, Copy, Debug)]
@@ -42,25 +48,57 @@ pub(crate) struct LiveEntry {
     pub(crate) weight: Weight,
 }
 
-type LiveMap = HashMap<usize, LiveEntry, BuildHasherDefault<WordHasher>>;
-
-static LIVE: [Lock<LiveMap>; STRIPES] =
-    [const { Lock::new(HashMap::with_hasher(BuildHasherDefault::new())) }; STRIPES];
-
-#[inline(always)]
-fn mix(ptr: usize) -> u64 {
-    // Allocations are at least 8-aligned: drop the low bits that are always zero, then spread.
-    ((ptr as u64) >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+/// A live sampled pointer and what it recorded.
+struct Live {
+    ptr: usize,
+    entry: LiveEntry,
 }
 
+/// A stripe: its live sampled pointers, hashed by slot ([`table_hash`]), and its counts, all on the lock's
+/// cache line. The counts change only under the lock (so without read-modify-write instructions) and are
+/// read without it.
+struct Stripe {
+    table: Lock<HashTable<Live>>,
+    live: AtomicU64,
+    sampled_frees: AtomicU64,
+    false_positives: AtomicU64,
+}
+
+static LIVE: [Padded<Stripe>; STRIPES] = [const {
+    Padded(Stripe {
+        table: Lock::new(HashTable::new()),
+        live: AtomicU64::new(0),
+        sampled_frees: AtomicU64::new(0),
+        false_positives: AtomicU64::new(0),
+    })
+}; STRIPES];
+
+/// Adds `delta` (wrapping) to a count that only the holder of its stripe's lock changes.
+fn bump(count: &AtomicU64, delta: u64) {
+    count.store(count.load(Relaxed).wrapping_add(delta), Relaxed);
+}
+
+/// The slot of `ptr`: its region's stripe in the high bits, a hash of the pointer in the low ones.
 #[inline(always)]
 fn slot(ptr: usize) -> usize {
-    (mix(ptr) >> (64 - FILTER_BITS)) as usize
+    let stripe = ((ptr >> REGION_BITS) as u64).wrapping_mul(MIX) >> (64 - STRIPE_BITS);
+    // Allocations are at least 8-aligned: drop the low bits that are always zero, then spread. Two windows
+    // of the product, folded, spread strided pointers as evenly as random ones (the top bits alone clump
+    // some strides, 1 KiB among them).
+    let mixed = ((ptr >> 3) as u64).wrapping_mul(MIX);
+    let within = (mixed >> (64 - SLOT_BITS) ^ mixed >> (52 - SLOT_BITS)) & ((1 << SLOT_BITS) - 1);
+    (stripe << SLOT_BITS | within) as usize
+}
+
+/// The hash of a slot's pointers in their stripe's table.
+fn table_hash(slot: usize) -> u64 {
+    let h = (slot as u64).wrapping_mul(MIX);
+    h ^ h >> 32
 }
 
 /// The stripe of a slot: every pointer of the slot is in it, so its lock orders the slot's updates.
-fn stripe(slot: usize) -> &'static Lock<LiveMap> {
-    &LIVE[slot & (STRIPES - 1)]
+fn stripe(slot: usize) -> &'static Stripe {
+    &LIVE[slot >> SLOT_BITS].0
 }
 
 /// Whether `ptr` may be a live sampled allocation. `false` is certain; `true` needs [`remove`] to tell.
@@ -75,16 +113,30 @@ pub(crate) fn maybe_sampled(ptr: *mut u8) -> bool {
 pub(crate) fn insert(ptr: *mut u8, entry: LiveEntry) {
     let ptr = ptr as usize;
     let slot = slot(ptr);
-    let mut map = stripe(slot).lock();
-    if map.insert(ptr, entry).is_none() {
-        // Under the stripe lock: no other thread changes this slot's count or bit meanwhile.
-        let count = COUNTS[slot].load(Relaxed).saturating_add(1);
-        COUNTS[slot].store(count, Relaxed);
-        if count == 1 {
-            FILTER[slot / 64].fetch_or(1 << (slot % 64), Relaxed);
+    let hash = table_hash(slot);
+    let stripe = stripe(slot);
+    let mut table = stripe.table.lock();
+    let mut slot_in_use = false;
+    for live in table.iter_hash_mut(hash) {
+        if live.ptr == ptr {
+            // Recorded already (only if the inner allocator returned a live block twice): keep one entry.
+            live.entry = entry;
+            return;
         }
-        LIVE_COUNT.increment();
+        slot_in_use |= slot_of_live(live) == slot;
     }
+    table.insert_unique(hash, Live { ptr, entry }, |live| {
+        table_hash(slot_of_live(live))
+    });
+    if !slot_in_use {
+        // Under the stripe lock: no other thread changes this slot's bit meanwhile.
+        FILTER[slot / 64].fetch_or(1 << (slot % 64), Relaxed);
+    }
+    bump(&stripe.live, 1);
+}
+
+fn slot_of_live(live: &Live) -> usize {
+    slot(live.ptr)
 }
 
 /// Removes `ptr` if it is a live sampled allocation and returns what it recorded. Must run inside the
@@ -92,53 +144,65 @@ pub(crate) fn insert(ptr: *mut u8, entry: LiveEntry) {
 pub(crate) fn remove(ptr: *mut u8) -> Option<LiveEntry> {
     let ptr = ptr as usize;
     let slot = slot(ptr);
-    let mut map = stripe(slot).lock();
-    let Some(entry) = map.remove(&ptr) else {
-        FALSE_POSITIVES.increment();
+    let hash = table_hash(slot);
+    let stripe = stripe(slot);
+    let mut table = stripe.table.lock();
+    let Ok(found) = table.find_entry(hash, |live| live.ptr == ptr) else {
+        bump(&stripe.false_positives, 1);
         return None;
     };
-    // Under the stripe lock, as in `insert`.
-    let count = COUNTS[slot].load(Relaxed).saturating_sub(1);
-    COUNTS[slot].store(count, Relaxed);
-    if count == 0 {
+    let (live, _) = found.remove();
+    // Under the stripe lock, as in `insert`: the slot's last pointer clears its bit.
+    if table
+        .find(hash, |other| slot_of_live(other) == slot)
+        .is_none()
+    {
         FILTER[slot / 64].fetch_and(!(1 << (slot % 64)), Relaxed);
     }
-    drop(map);
-    LIVE_COUNT.decrement();
-    SAMPLED_FREES.increment();
-    Some(entry)
+    bump(&stripe.live, 1u64.wrapping_neg());
+    bump(&stripe.sampled_frees, 1);
+    Some(live.entry)
 }
 
 /// Frees (and reallocations) of sampled allocations so far.
 pub(crate) fn sampled_frees() -> u64 {
-    SAMPLED_FREES.get()
+    sum(|stripe| &stripe.sampled_frees)
 }
 
 /// Frees of unsampled pointers whose filter slot was in use, so that they looked the pointer up in vain.
 pub(crate) fn false_positives() -> u64 {
-    FALSE_POSITIVES.get()
+    sum(|stripe| &stripe.false_positives)
 }
 
 pub(super) fn hold_locks() {
-    LIVE.iter().for_each(lock::hold);
+    LIVE.iter().for_each(|stripe| lock::hold(&stripe.0.table));
 }
 
 /// # Safety
 /// As [`lock::release`].
 pub(super) unsafe fn release_locks() {
     // SAFETY: forwarded from this function's contract.
-    unsafe { LIVE.iter().for_each(|stripe| lock::release(stripe)) }
+    unsafe {
+        LIVE.iter()
+            .for_each(|stripe| lock::release(&stripe.0.table))
+    }
 }
 
-/// Approximate bytes of the live map holding `live` entries (key, entry and control byte; the map's spare
+/// Approximate bytes of the live tables holding `live` entries (entry and control byte; the tables' spare
 /// capacity is not counted).
 pub(crate) fn entry_bytes(live: usize) -> usize {
-    live.saturating_mul(size_of::<(usize, LiveEntry)>() + 1)
+    live.saturating_mul(size_of::<Live>() + 1)
 }
 
 /// The number of live sampled allocations.
 pub(crate) fn live_count() -> usize {
-    LIVE_COUNT.get() as usize
+    sum(|stripe| &stripe.live) as usize
+}
+
+fn sum(count: fn(&Stripe) -> &AtomicU64) -> u64 {
+    LIVE.iter().fold(0u64, |sum, stripe| {
+        sum.wrapping_add(count(&stripe.0).load(Relaxed))
+    })
 }
 
 #[cfg(test)]
@@ -168,7 +232,8 @@ mod tests {
 
     #[test]
     fn a_slot_stays_marked_while_any_of_its_pointers_is_live() {
-        let ptrs = sharing_a_slot(3, 0x7000_0000_0000);
+        // 40 pointers with one hash in the stripe's table: more than one 16-wide probe group.
+        let ptrs = sharing_a_slot(40, 0x7000_0000_0000);
         for &ptr in &ptrs {
             insert(ptr as *mut u8, entry());
         }
@@ -179,7 +244,27 @@ mod tests {
             let others_live = i + 1 < ptrs.len();
             assert_eq!(maybe_sampled(ptr as *mut u8), others_live);
         }
-        assert_eq!(COUNTS[slot(ptrs[0])].load(Relaxed), 0);
+    }
+
+    #[test]
+    fn pointers_of_a_region_share_a_stripe_and_slots_spread_within_it() {
+        let region = 0x7f12_3440_0000usize;
+        let slots: Vec<usize> = (0..4096).map(|i| slot(region + 1024 * i)).collect();
+        let stripe_of = |slot: usize| slot >> SLOT_BITS;
+        assert!(slots.iter().all(|&s| stripe_of(s) == stripe_of(slots[0])));
+        // 4,096 pointers 1 KiB apart over the stripe's 4,096 slots: as randomly placed, 4,096·(1 − 1/e) ≈
+        // 2,589 slots in use, with a standard deviation near 20.
+        let mut distinct = slots.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(distinct.len() > 2_400, "{} distinct slots", distinct.len());
+        // Regions land on every stripe.
+        let mut stripes: Vec<usize> = (0..1024)
+            .map(|r| stripe_of(slot(r << REGION_BITS)))
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        assert_eq!(stripes.len(), STRIPES);
     }
 
     #[test]
@@ -203,6 +288,5 @@ mod tests {
             }
         });
         assert!(!maybe_sampled(ptrs[0] as *mut u8));
-        assert_eq!(COUNTS[slot(ptrs[0])].load(Relaxed), 0);
     }
 }
