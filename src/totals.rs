@@ -1,114 +1,130 @@
 //! Running estimates for the whole heap: bytes and objects allocated since the start and still in use, summed
-//! over every sampled allocation with the same weights as its bucket. Updated on the slow paths only (a
-//! sampled allocation, the free of a sampled allocation), in the updating thread's shard (see
-//! [`crate::shard`]), but for the in-use bytes, which the peak tracker compares on every sample and so are
-//! kept in one place; read by [`crate::stats`] with a few relaxed loads per shard.
+//! over every sampled allocation with the weights of its bucket, rounded to 1/256 object and to the byte.
+//! Updated on the slow paths only (a sampled allocation, the free of a sampled allocation), in the updating
+//! thread's shard (see [`crate::shard`]), but for the in-use bytes, which the peak tracker compares on every
+//! sample and so are kept in one place; read by [`crate::stats`] with a few relaxed loads per shard.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::shard::{self, Padded, SHARDS};
 use crate::table::Weight;
 
-/// A sum of weights kept exactly without a lock: whole units in `whole`, the fraction (2^-32 units, as
-/// weights) in `fraction`, with the carry (or borrow) of the fraction applied to `whole` by the update that
-/// wraps it. Adding and then subtracting the same weights returns both words to their start, so in-use sums
-/// return to exactly zero. A shard's sum may go below zero (a free on another thread than the allocation),
-/// in two's complement: only the total over the shards is meaningful.
-struct Sum {
-    whole: AtomicU64,
-    fraction: AtomicU32,
+/// Objects are summed in 1/256ths (a sample's 1/p rounded to that; 2^56 objects before a sum wraps), bytes in
+/// 2^-16 bytes (size/p rounded to that), close enough to the buckets' 2^-32 that the in-use bytes the peak
+/// tracker compares agree with the bucket counts to the byte. A free subtracts the same rounded figures its
+/// allocation added, so in-use sums return to exactly zero, and allocated and in-use bytes grow alike.
+/// Each update is one atomic addition per sum.
+const OBJECT_FRACTION_BITS: u32 = 8;
+const BYTE_FRACTION_BITS: u32 = 16;
+
+/// A weight as the sums count it: objects in 1/256ths, bytes in 2^-16.
+struct Rounded {
+    objects: u64,
+    byte_units: u64,
 }
 
-impl Sum {
-    const fn new() -> Sum {
-        Sum {
-            whole: AtomicU64::new(0),
-            fraction: AtomicU32::new(0),
+fn rounded(weight: Weight) -> Rounded {
+    // From 2^-32 units to 2^-`bits`, rounded to nearest.
+    let to = |units: u128, bits: u32| {
+        let shift = 32 - bits;
+        u64::try_from((units + (1 << (shift - 1))) >> shift).unwrap_or(u64::MAX)
+    };
+    Rounded {
+        objects: to(weight.objects, OBJECT_FRACTION_BITS),
+        byte_units: to(weight.bytes, BYTE_FRACTION_BITS),
+    }
+}
+
+/// A sum of byte units that only grows, wider than a word: `low` takes every addition and `high` counts its
+/// wraps, so an update is one atomic addition but once in 2^64 units (2^48 bytes). For an instant after such
+/// a wrap, before `high` catches up, a read is 2^48 bytes short.
+struct Wide {
+    low: AtomicU64,
+    high: AtomicU64,
+}
+
+impl Wide {
+    const fn new() -> Wide {
+        Wide {
+            low: AtomicU64::new(0),
+            high: AtomicU64::new(0),
         }
     }
 
-    /// Adds `units` (2^-32 units); returns the whole part after the addition.
-    fn add(&self, units: u128) -> u64 {
-        let (whole, fraction) = split(units);
-        let carry = u64::from(
-            self.fraction
-                .fetch_add(fraction, Relaxed)
-                .checked_add(fraction)
-                .is_none(),
-        );
-        let delta = whole.wrapping_add(carry);
-        self.whole.fetch_add(delta, Relaxed).wrapping_add(delta)
+    fn add(&self, units: u64) {
+        if self
+            .low
+            .fetch_add(units, Relaxed)
+            .checked_add(units)
+            .is_none()
+        {
+            self.high.fetch_add(1, Relaxed);
+        }
     }
 
-    /// Subtracts `units` (2^-32 units); returns the whole part before the subtraction.
-    fn sub(&self, units: u128) -> u64 {
-        let (whole, fraction) = split(units);
-        let borrow = u64::from(self.fraction.fetch_sub(fraction, Relaxed) < fraction);
-        self.whole.fetch_sub(whole.wrapping_add(borrow), Relaxed)
-    }
-
-    /// The sum in 2^-32 units, modulo 2^96.
-    fn raw(&self) -> u128 {
-        u128::from(self.whole.load(Relaxed)) << 32 | u128::from(self.fraction.load(Relaxed))
+    fn get(&self) -> u128 {
+        loop {
+            let high = self.high.load(Relaxed);
+            let low = self.low.load(Relaxed);
+            if self.high.load(Relaxed) == high {
+                return u128::from(high) << 64 | u128::from(low);
+            }
+        }
     }
 }
 
-/// The whole part of a total of [`Sum::raw`] values: a total below zero (for an instant, with updates in
-/// flight) reads as 0.
-fn whole_of(raw_total: u128) -> u64 {
-    let total = raw_total & ((1 << 96) - 1);
-    if total >> 95 == 1 {
-        0
-    } else {
-        u64::try_from(total >> 32).unwrap_or(u64::MAX)
-    }
-}
-
-fn split(units: u128) -> (u64, u32) {
-    (u64::try_from(units >> 32).unwrap_or(u64::MAX), units as u32)
-}
-
-/// One shard's sums.
+/// One shard's sums. A shard's freed objects may exceed its allocated ones (frees on another thread than
+/// the allocations): only the totals over the shards are meaningful, and they are taken modulo 2^64.
 struct Sums {
-    alloc_objects: Sum,
-    alloc_bytes: Sum,
-    inuse_objects: Sum,
+    alloc_objects: AtomicU64,
+    alloc_bytes: Wide,
+    freed_objects: AtomicU64,
 }
 
 static SUMS: [Padded<Sums>; SHARDS] = [const {
     Padded(Sums {
-        alloc_objects: Sum::new(),
-        alloc_bytes: Sum::new(),
-        inuse_objects: Sum::new(),
+        alloc_objects: AtomicU64::new(0),
+        alloc_bytes: Wide::new(),
+        freed_objects: AtomicU64::new(0),
     })
 }; SHARDS];
 
-/// The estimated in-use bytes, in one place: the figure the peak tracker compares on every sample.
-static INUSE_BYTES: Sum = Sum::new();
+/// The estimated in-use bytes, in 2^-16 bytes, in one place: the figure the peak tracker compares on every
+/// sample.
+static INUSE_UNITS: AtomicU64 = AtomicU64::new(0);
 
 /// Adds a sampled allocation; returns the estimated in-use bytes after it.
 pub(crate) fn on_alloc(weight: Weight) -> u64 {
+    let add = rounded(weight);
     let sums = &SUMS[shard::index()].0;
-    sums.alloc_objects.add(weight.objects);
-    sums.alloc_bytes.add(weight.bytes);
-    sums.inuse_objects.add(weight.objects);
-    clamp(INUSE_BYTES.add(weight.bytes))
+    sums.alloc_objects.fetch_add(add.objects, Relaxed);
+    sums.alloc_bytes.add(add.byte_units);
+    let units = INUSE_UNITS.fetch_add(add.byte_units, Relaxed);
+    inuse_bytes_of(units.wrapping_add(add.byte_units))
 }
 
 /// Subtracts a freed sampled allocation; returns the estimated in-use bytes before it.
 pub(crate) fn on_free(weight: Weight) -> u64 {
-    SUMS[shard::index()].0.inuse_objects.sub(weight.objects);
-    clamp(INUSE_BYTES.sub(weight.bytes))
+    let sub = rounded(weight);
+    let sums = &SUMS[shard::index()].0;
+    sums.freed_objects.fetch_add(sub.objects, Relaxed);
+    inuse_bytes_of(INUSE_UNITS.fetch_sub(sub.byte_units, Relaxed))
 }
 
 /// The estimated in-use bytes.
 pub(crate) fn inuse_bytes() -> u64 {
-    clamp(INUSE_BYTES.whole.load(Relaxed))
+    inuse_bytes_of(INUSE_UNITS.load(Relaxed))
 }
 
-/// A figure below zero for an instant (updates in flight on other threads), in two's complement: read as 0.
-fn clamp(bytes: u64) -> u64 {
-    if bytes > i64::MAX as u64 { 0 } else { bytes }
+/// Bytes, rounded, of a sum in 2^-16 bytes; a sum below zero for an instant (updates in flight on other
+/// threads), in two's complement, reads as 0.
+fn inuse_bytes_of(units: u64) -> u64 {
+    (clamp(units) + (1 << (BYTE_FRACTION_BITS - 1))) >> BYTE_FRACTION_BITS
+}
+
+/// A figure below zero for an instant, in two's complement: read as 0.
+fn clamp(figure: u64) -> u64 {
+    if figure > i64::MAX as u64 { 0 } else { figure }
 }
 
 /// Whole-heap estimates, in bytes and objects.
@@ -120,15 +136,27 @@ pub(crate) struct Totals {
 }
 
 pub(crate) fn totals() -> Totals {
-    let total = |sum: fn(&Sums) -> &Sum| {
-        whole_of(SUMS.iter().fold(0u128, |total, shard| {
-            total.wrapping_add(sum(&shard.0).raw())
-        }))
+    let total = |sum: fn(&Sums) -> &AtomicU64| {
+        SUMS.iter().fold(0u64, |total, shard| {
+            total.wrapping_add(sum(&shard.0).load(Relaxed))
+        })
     };
+    let alloc_objects = total(|s| &s.alloc_objects);
+    // Freed objects are read after allocated ones: a free counted meanwhile can only lower the figure, and
+    // one below zero for an instant reads as 0.
+    let freed_objects = total(|s| &s.freed_objects);
     Totals {
-        alloc_objects: total(|s| &s.alloc_objects),
-        alloc_bytes: total(|s| &s.alloc_bytes),
-        inuse_objects: total(|s| &s.inuse_objects),
+        alloc_objects: alloc_objects >> OBJECT_FRACTION_BITS,
+        alloc_bytes: u64::try_from(
+            (SUMS
+                .iter()
+                .map(|shard| shard.0.alloc_bytes.get())
+                .sum::<u128>()
+                + (1 << (BYTE_FRACTION_BITS - 1)))
+                >> BYTE_FRACTION_BITS,
+        )
+        .unwrap_or(u64::MAX),
+        inuse_objects: clamp(alloc_objects.wrapping_sub(freed_objects)) >> OBJECT_FRACTION_BITS,
         inuse_bytes: inuse_bytes(),
     }
 }
@@ -136,40 +164,68 @@ pub(crate) fn totals() -> Totals {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::table::UNITS;
 
-    #[test]
-    fn sums_carry_and_borrow_exactly() {
-        let sum = Sum::new();
-        // 2.75 units, four times: 11 whole, fraction back to 0.
-        let w = (2u128 << 32) | (3 << 30);
-        for _ in 0..4 {
-            sum.add(w);
+    fn weight(objects: f64, bytes: f64) -> Weight {
+        Weight {
+            objects: (objects * UNITS) as u128,
+            bytes: (bytes * UNITS) as u128,
         }
-        assert_eq!(sum.raw(), 11 << 32);
-        for _ in 0..3 {
-            sum.sub(w);
-        }
-        assert_eq!(sum.raw(), (2 << 32) | (3 << 30));
-        sum.sub(w);
-        assert_eq!(
-            (sum.whole.load(Relaxed), sum.fraction.load(Relaxed)),
-            (0, 0)
-        );
     }
 
     #[test]
-    fn totals_over_shards_below_zero_cancel() {
-        // One shard added what another subtracted (an allocation and its free on two threads).
-        let (a, b) = (Sum::new(), Sum::new());
-        let w = (5u128 << 32) | (1 << 31);
-        a.add(w);
-        a.add(w);
-        b.sub(w);
-        assert_eq!(whole_of(a.raw().wrapping_add(b.raw())), 5);
-        b.sub(w);
-        assert_eq!(whole_of(a.raw().wrapping_add(b.raw())), 0);
-        // A total below zero, for an instant, reads as 0.
-        b.sub(1 << 32);
-        assert_eq!(whole_of(a.raw().wrapping_add(b.raw())), 0);
+    fn weights_round_to_the_nearest_unit() {
+        let r = rounded(weight(1.0, 48.0));
+        assert_eq!((r.objects, r.byte_units), (256, 48 << 16));
+        // 1.582 objects → 405 / 256 (404.99 rounds up).
+        let r = rounded(weight(1.582, 2.5));
+        assert_eq!((r.objects, r.byte_units), (405, 5 << 15));
+        let r = rounded(weight(1.0 / 1024.0, 1.0 / 200_000.0));
+        assert_eq!((r.objects, r.byte_units), (0, 0));
+    }
+
+    #[test]
+    fn wide_sums_carry_into_the_high_word() {
+        let sum = Wide::new();
+        sum.add(u64::MAX - 5);
+        sum.add(10);
+        assert_eq!(sum.get(), u128::from(u64::MAX) + 5);
+        sum.add(u64::MAX);
+        assert_eq!(sum.get(), 2 * u128::from(u64::MAX) + 5);
+    }
+
+    #[test]
+    fn in_use_objects_return_to_zero_whichever_shard_frees() {
+        // One shard allocated what another freed (an allocation and its free on two threads).
+        let (a, b) = (
+            Sums {
+                alloc_objects: AtomicU64::new(0),
+                alloc_bytes: Wide::new(),
+                freed_objects: AtomicU64::new(0),
+            },
+            Sums {
+                alloc_objects: AtomicU64::new(0),
+                alloc_bytes: Wide::new(),
+                freed_objects: AtomicU64::new(0),
+            },
+        );
+        let objects = rounded(weight(3.7, 100.0)).objects;
+        a.alloc_objects.fetch_add(objects, Relaxed);
+        a.alloc_objects.fetch_add(objects, Relaxed);
+        b.freed_objects.fetch_add(objects, Relaxed);
+        let inuse = |a: &Sums, b: &Sums| {
+            let alloc = a
+                .alloc_objects
+                .load(Relaxed)
+                .wrapping_add(b.alloc_objects.load(Relaxed));
+            let freed = a
+                .freed_objects
+                .load(Relaxed)
+                .wrapping_add(b.freed_objects.load(Relaxed));
+            alloc.wrapping_sub(freed)
+        };
+        assert_eq!(inuse(&a, &b), objects);
+        b.freed_objects.fetch_add(objects, Relaxed);
+        assert_eq!(inuse(&a, &b), 0);
     }
 }
