@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use super::{Lock, STRIPES, Weight, WordHasher};
 use crate::labels::LabelSet;
 use crate::lock;
-use crate::shard::{self, Counter, SHARDS};
+use crate::shard::{self, Padded, SHARDS};
 use crate::stack::Stack;
 
 /// Default cap on the number of buckets (distinct stacks), about 40 MiB of table at the default depth.
@@ -22,7 +22,6 @@ pub const DEFAULT_MAX_BUCKETS: usize = 65_536;
 static MAX_BUCKETS: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_BUCKETS);
 static BUCKETS: AtomicUsize = AtomicUsize::new(0);
 static TABLE_BYTES: AtomicUsize = AtomicUsize::new(0);
-static SAMPLES: Counter = Counter::new();
 static OVERFLOW_SAMPLES: AtomicU64 = AtomicU64::new(0);
 
 /// Sets the cap on the number of buckets. Once it is reached, sampled allocations from new stacks are charged
@@ -133,12 +132,26 @@ struct Stripe {
     buckets: Vec<Bucket>,
 }
 
-static TABLE: [Lock<Stripe>; STRIPES] = [const {
-    Lock::new(Stripe {
-        index: HashMap::with_hasher(BuildHasherDefault::new()),
-        buckets: Vec::new(),
+/// A stripe and its count of sampled allocations, on cache lines of their own. The count changes only under
+/// the lock (without a locked instruction) and is read without it.
+struct StripeLine {
+    stripe: Lock<Stripe>,
+    samples: AtomicU64,
+}
+
+static TABLE: [Padded<StripeLine>; STRIPES] = [const {
+    Padded(StripeLine {
+        stripe: Lock::new(Stripe {
+            index: HashMap::with_hasher(BuildHasherDefault::new()),
+            buckets: Vec::new(),
+        }),
+        samples: AtomicU64::new(0),
     })
 }; STRIPES];
+
+fn stripes() -> impl Iterator<Item = &'static Lock<Stripe>> {
+    TABLE.iter().map(|line| &line.0.stripe)
+}
 
 static OVERFLOW: Lock<Counts> = Lock::new(Counts {
     alloc_objects: 0,
@@ -150,11 +163,13 @@ static OVERFLOW: Lock<Counts> = Lock::new(Counts {
 /// Adds a sampled allocation to the bucket of `stack` and `labels`, creating the bucket if needed. Must run
 /// inside the profiler guard (it may allocate).
 pub(crate) fn record_alloc(stack: &Stack, labels: LabelSet, weight: Weight) -> BucketId {
-    SAMPLES.increment();
     let hash = stack.hash() ^ u64::from(labels.id()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let stripe_no =
         (hash as usize).wrapping_add(shard::index() * (STRIPES / SHARDS)) & (STRIPES - 1);
-    let mut stripe = TABLE[stripe_no].lock();
+    let line = &TABLE[stripe_no].0;
+    let mut stripe = line.stripe.lock();
+    line.samples
+        .store(line.samples.load(Relaxed).wrapping_add(1), Relaxed);
     let mut slot = stripe.index.get(&hash).copied().unwrap_or(u32::MAX);
     while let Some(bucket) = stripe.buckets.get_mut(slot as usize) {
         if bucket.labels == labels
@@ -199,13 +214,19 @@ pub(crate) fn record_free(id: BucketId, weight: Weight) {
         OVERFLOW.lock().sub(weight);
         return;
     }
-    if let Some(bucket) = TABLE[id.stripe()].lock().buckets.get_mut(id.index()) {
+    if let Some(bucket) = TABLE[id.stripe()]
+        .0
+        .stripe
+        .lock()
+        .buckets
+        .get_mut(id.index())
+    {
         bucket.counts.sub(weight);
     }
 }
 
 pub(super) fn hold_locks() {
-    TABLE.iter().for_each(lock::hold);
+    stripes().for_each(lock::hold);
     lock::hold(&OVERFLOW);
 }
 
@@ -215,7 +236,7 @@ pub(super) unsafe fn release_locks() {
     // SAFETY: forwarded from this function's contract.
     unsafe {
         lock::release(&OVERFLOW);
-        TABLE.iter().for_each(|stripe| lock::release(stripe));
+        stripes().for_each(|stripe| lock::release(stripe));
     }
 }
 
@@ -235,7 +256,7 @@ pub(crate) struct BucketSnapshot {
 /// the profiler guard.
 pub(crate) fn snapshot() -> Vec<BucketSnapshot> {
     let mut out = Vec::with_capacity(BUCKETS.load(Relaxed) + 1);
-    for stripe in &TABLE {
+    for stripe in stripes() {
         let stripe = stripe.lock();
         out.extend(stripe.buckets.iter().map(|b| BucketSnapshot {
             frames: b.frames.to_vec(),
@@ -311,7 +332,7 @@ impl CountsCopy {
     pub(crate) fn take(&mut self) {
         self.counts.clear();
         self.counts.reserve(BUCKETS.load(Relaxed));
-        for (stripe, len) in TABLE.iter().zip(self.lens.iter_mut()) {
+        for (stripe, len) in stripes().zip(self.lens.iter_mut()) {
             let stripe = stripe.lock();
             self.counts.extend(stripe.buckets.iter().map(|b| b.counts));
             *len = stripe.buckets.len() as u32;
@@ -337,7 +358,7 @@ impl CountsCopy {
     pub(crate) fn snapshot(&self) -> Vec<BucketSnapshot> {
         let mut out = Vec::with_capacity(self.counts.len() + 1);
         let mut counts = self.counts.iter();
-        for (stripe, &len) in TABLE.iter().zip(self.lens.iter()) {
+        for (stripe, &len) in stripes().zip(self.lens.iter()) {
             let stripe = stripe.lock();
             // Buckets are only ever appended: the first `len` are those copied.
             for (b, &counts) in stripe
@@ -373,7 +394,9 @@ pub(crate) fn table_stats() -> TableStats {
     TableStats {
         buckets: BUCKETS.load(Relaxed),
         bytes: TABLE_BYTES.load(Relaxed),
-        samples: SAMPLES.get(),
+        samples: TABLE.iter().fold(0u64, |sum, line| {
+            sum.wrapping_add(line.0.samples.load(Relaxed))
+        }),
         overflow_samples: OVERFLOW_SAMPLES.load(Relaxed),
         max_buckets: MAX_BUCKETS.load(Relaxed),
     }

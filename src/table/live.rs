@@ -28,6 +28,8 @@ const REGION_BITS: u32 = 22;
 const STRIPE_BITS: u32 = STRIPES.trailing_zeros();
 /// Slots per stripe: 2^12, a 512-byte block of the filter.
 const SLOT_BITS: u32 = 12;
+// A filter word's 64 slots belong to one stripe (see `set_filter_bit`).
+const _: () = assert!(SLOT_BITS >= 6);
 /// 2^18 slots: with `L` live sampled allocations spread over the stripes, a free of an unsampled pointer
 /// reaches a lock with probability about `L / 2^18`. (A stripe holding many more than 2^12 live pointers,
 /// only at small sample rates, has several per slot, which share one hash in its table.)
@@ -129,10 +131,19 @@ pub(crate) fn insert(ptr: *mut u8, entry: LiveEntry) {
         table_hash(slot_of_live(live))
     });
     if !slot_in_use {
-        // Under the stripe lock: no other thread changes this slot's bit meanwhile.
-        FILTER[slot / 64].fetch_or(1 << (slot % 64), Relaxed);
+        set_filter_bit(slot, true);
     }
     bump(&stripe.live, 1);
+}
+
+/// Sets or clears the filter bit of `slot`. The caller holds the slot's stripe lock, and a filter word's 64
+/// slots all belong to that one stripe, so no other thread writes the word meanwhile: a plain load and store,
+/// without a locked instruction, is enough.
+fn set_filter_bit(slot: usize, set: bool) {
+    let word = &FILTER[slot / 64];
+    let bit = 1 << (slot % 64);
+    let old = word.load(Relaxed);
+    word.store(if set { old | bit } else { old & !bit }, Relaxed);
 }
 
 fn slot_of_live(live: &Live) -> usize {
