@@ -71,10 +71,37 @@ impl Weight {
     /// The weight of a sampled allocation of `size` bytes taken at `rate` (see [`crate::sampler`]).
     pub(crate) fn of(size: usize, rate: usize) -> Weight {
         let (objects, bytes) = crate::sampler::weights(size, rate);
-        // `as` saturates; both values are finite and positive.
         Weight {
-            objects: (objects * UNITS).round() as u128,
-            bytes: (bytes * UNITS).round() as u128,
+            objects: to_units(objects),
+            bytes: to_units(bytes),
         }
+    }
+}
+
+/// `value` (finite, positive) in [`UNITS`], rounded to nearest. Below 2^63 units, as almost every weight
+/// is, the conversion is one instruction; `f64::round` and conversion to `u128` are library calls.
+fn to_units(value: f64) -> u128 {
+    let units = value * UNITS + 0.5;
+    if units < 9.223_372_036_854_775_808e18 {
+        u128::from(units as u64)
+    } else {
+        // `as` saturates.
+        units as u128
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_convert_to_units_rounded_on_both_sides_of_2_63() {
+        assert_eq!(to_units(1.0), 1 << 32);
+        assert_eq!(to_units(0.75), 3 << 30);
+        // 2.54 · 2^32 = 10,909,216,931.84: rounds up.
+        assert_eq!(to_units(2.54), 10_909_216_932);
+        // Above 2^63 units (2^31 bytes and more), through the wide conversion.
+        assert_eq!(to_units((1u64 << 40) as f64), 1 << 72);
+        assert_eq!(to_units(f64::MAX), u128::MAX);
     }
 }
