@@ -82,7 +82,7 @@ impl Weight {
 /// is, the conversion is one instruction; `f64::round` and conversion to `u128` are library calls.
 fn to_units(value: f64) -> u128 {
     let units = value * UNITS + 0.5;
-    if units < 9.223_372_036_854_775_808e18 {
+    if units < (1u64 << 63) as f64 {
         u128::from(units as u64)
     } else {
         // `as` saturates.
