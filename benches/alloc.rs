@@ -2,8 +2,9 @@
 //!
 //! - `pair/*`: one allocate + free pair through `System` ("bare") and through `SamplingAllocator<System>` at
 //!   rate 0 (off), 512 KiB (the default) and 4 KiB, for 16 B, 256 B, 4 KiB and 64 KiB, on 1 and 2 threads.
-//! - `free_filter/*`: unsampled pairs while 10,000 sampled allocations are live, with the filter's false
-//!   positive rate (frees that looked their pointer up in vain).
+//! - `free_filter/*`: unsampled allocations and frees of 16 B, 64 at a time, while 10,000 sampled allocations
+//!   of 512 KiB are live (as in a 5 GiB heap at the default rate), with the filter's false positive rate
+//!   (frees that looked their pointer up in vain).
 //! - `sampled/*`: one allocate + free pair that is always sampled (rate 1), with the allocation made 8, 32
 //!   and 128 frames deep: the cost of capturing a stack and recording it, with each unwinder (the
 //!   frame-pointer one needs `RUSTFLAGS="-C force-frame-pointers=yes"` to see whole stacks).
@@ -121,29 +122,47 @@ fn bench_pairs(c: &mut Criterion) {
     }
 }
 
-/// The free filter under load: 10,000 live sampled allocations (so 10,000 of the filter's 2^18 slots are in
-/// use), then unsampled allocate+free pairs (rate 0) through the wrapper, against the bare allocator.
+/// The free filter under load: 10,000 live sampled allocations of 512 KiB (5 GiB of address space, never
+/// touched, so hardly resident), as many as a 5 GiB heap holds at the default rate. Then unsampled
+/// allocations and frees of 16 B, 64 at a time so that the frees see many addresses, through the wrapper at
+/// rate 0 and through the bare allocator.
 fn bench_free_filter(c: &mut Criterion) {
-    let layout = Layout::from_size_align(16, 8).unwrap();
+    let big = Layout::from_size_align(512 << 10, 8).unwrap();
+    let small = Layout::from_size_align(16, 8).unwrap();
     heap_sampler::set_sample_rate(1);
     // SAFETY: non-zero size; freed below with the same layout.
-    let live: Vec<*mut u8> = (0..10_000)
-        .map(|_| unsafe { WRAPPED.alloc(layout) })
-        .collect();
+    let live: Vec<*mut u8> = (0..10_000).map(|_| unsafe { WRAPPED.alloc(big) }).collect();
     heap_sampler::set_sample_rate(0);
+    fn batches<A: GlobalAlloc>(allocator: &A, layout: Layout, iters: u64) -> Duration {
+        let mut batch = [std::ptr::null_mut::<u8>(); 64];
+        let start = Instant::now();
+        for _ in 0..iters.div_ceil(64) {
+            for slot in batch.iter_mut() {
+                // SAFETY: non-zero size; freed below with the same layout.
+                *slot = black_box(unsafe { allocator.alloc(layout) });
+            }
+            for &ptr in &batch {
+                if !ptr.is_null() {
+                    // SAFETY: allocated just above by `allocator` with `layout`.
+                    unsafe { allocator.dealloc(ptr, layout) };
+                }
+            }
+        }
+        start.elapsed()
+    }
     let mut group = c.benchmark_group("free_filter/10000_live");
     group
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500));
     group.bench_function("bare", |b| {
-        b.iter_custom(|iters| timed(None, layout, iters, 1))
+        b.iter_custom(|iters| batches(&System, small, iters))
     });
     let before = heap_sampler::stats();
-    let pairs = std::cell::Cell::new(0u64);
+    let frees = std::cell::Cell::new(0u64);
     group.bench_function("rate_0", |b| {
         b.iter_custom(|iters| {
-            pairs.set(pairs.get() + iters);
-            timed(Some(0), layout, iters, 1)
+            frees.set(frees.get() + iters.div_ceil(64) * 64);
+            batches(&WRAPPED, small, iters)
         })
     });
     group.finish();
@@ -153,13 +172,15 @@ fn bench_free_filter(c: &mut Criterion) {
         "free filter: {} live sampled allocations, {false_positives} lookups in vain over {} frees ({:.4} %), \
          filter {} KiB",
         after.live_samples,
-        pairs.get(),
-        100.0 * false_positives as f64 / pairs.get().max(1) as f64,
+        frees.get(),
+        100.0 * false_positives as f64 / frees.get().max(1) as f64,
         after.filter_bytes / 1024
     );
     for ptr in live {
-        // SAFETY: allocated above by WRAPPED with `layout`.
-        unsafe { WRAPPED.dealloc(ptr, layout) };
+        if !ptr.is_null() {
+            // SAFETY: allocated above by WRAPPED with `big`.
+            unsafe { WRAPPED.dealloc(ptr, big) };
+        }
     }
 }
 
