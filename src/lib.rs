@@ -313,7 +313,10 @@ pub struct Stats {
     /// Frees (and reallocations) of sampled allocations, which subtracted their weight.
     pub sampled_frees: u64,
     /// Frees of unsampled pointers that shared a filter slot with a live sampled allocation and so looked the
-    /// pointer up under a lock in vain (about `live_samples / 2^18` of all frees).
+    /// pointer up under a lock in vain. A free reads the filter block of its pointer's 4 MiB address region,
+    /// 4,096 slots shared with the regions that hash to the same block: about `live / 4096` of the frees
+    /// there look up in vain, `live` being the live sampled allocations of those regions (at the default
+    /// rate at most about 8 per region, so `live_samples / 2^18` for a heap spread over many regions).
     pub filter_false_positives: u64,
     /// Bytes of the free filter: 2^18 bits (32 KiB), one 512-byte block per stripe of the live table, of
     /// which every free reads one bit (only touched pages are resident).
