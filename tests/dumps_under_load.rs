@@ -120,7 +120,11 @@ fn dumps_under_load_are_fast_valid_and_consistent() {
         }
         stop.store(true, Ordering::Relaxed);
         eprintln!("slowest of 100 dumps under load: {slowest:?}");
-        assert!(slowest < Duration::from_secs(2), "a dump took {slowest:?}");
+        // The 2 s bound is for real builds; under AddressSanitizer the dumps are only checked for what they
+        // hold (the child's watchdog still bounds the whole test).
+        if !common::under_address_sanitizer() {
+            assert!(slowest < Duration::from_secs(2), "a dump took {slowest:?}");
+        }
         handles
             .into_iter()
             .map(|h| h.join().unwrap())

@@ -456,3 +456,10 @@ pub fn sigma_bytes(size: usize, count: usize, rate: usize) -> f64 {
     let p = -(-(size as f64) / rate as f64).exp_m1();
     (count as f64 * (size as f64).powi(2) * (1.0 - p) / p).sqrt()
 }
+
+/// Whether this run is under AddressSanitizer, which slows every allocation and memory access by an unknown
+/// factor, so that timings prove nothing: `.ci/run` sets `HEAP_SAMPLER_TEST_SANITIZER=address` for that run
+/// (the sanitizer's runtime exports nothing a test could look up).
+pub fn under_address_sanitizer() -> bool {
+    std::env::var_os("HEAP_SAMPLER_TEST_SANITIZER").is_some_and(|v| v == "address")
+}
