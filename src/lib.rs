@@ -46,10 +46,10 @@
 //! # Cost
 //!
 //! An allocation that is not sampled costs about 28 instructions more per allocate+free pair than the inner
-//! allocator (a thread-local countdown, and on free a filter bit found by two multiplies and read). A sampled one captures its stack:
-//! about 0.4 µs at 32 frames with the default DWARF unwinder, which remembers the unwind rule of every return
-//! address it has seen, and about 0.2 µs with [`Unwinder::FramePointer`] in programs built with frame
-//! pointers (see [`set_unwinder`]).
+//! allocator (a thread-local countdown, and on free a filter bit found by two multiplies and read). A
+//! sampled one captures its stack: about 0.4 µs at 32 frames with the default DWARF unwinder, which
+//! remembers the unwind rule of every return address it has seen, and about 0.2 µs with
+//! [`Unwinder::FramePointer`] in programs built with frame pointers (see [`set_unwinder`]).
 //!
 //! # Labels
 //!

@@ -1,8 +1,8 @@
 //! The sampled allocations that are still live, so that a free subtracts exactly what its allocation added.
 //!
 //! Every free must ask "was this pointer sampled?", and almost every answer is no. A filter answers that
-//! without a lock: bit `slot(ptr)` of `FILTER` is set while some live sampled pointer hashes to the slot, so
-//! a clear bit means "not sampled" with certainty (one relaxed load). A set bit (a sampled pointer, or
+//! without a lock: bit `slot_of(ptr)` of `FILTER` is set while some live sampled pointer hashes to the
+//! slot, so a clear bit means "not sampled" with certainty (one relaxed load). A set bit (a sampled pointer, or
 //! another pointer sharing its slot) goes on to the striped table. The table is keyed by slot: all live
 //! pointers of a slot have the same hash and one stripe, so the free that removes a slot's last pointer sees
 //! that it was the last, and clears the bit, under the lock that every update of the slot takes. Entries
@@ -82,7 +82,7 @@ fn bump(count: &AtomicU64, delta: u64) {
 
 /// The slot of `ptr`: its region's stripe in the high bits, a hash of the pointer in the low ones.
 #[inline(always)]
-fn slot(ptr: usize) -> usize {
+fn slot_of(ptr: usize) -> usize {
     let stripe = ((ptr >> REGION_BITS) as u64).wrapping_mul(MIX) >> (64 - STRIPE_BITS);
     // Allocations are at least 8-aligned: drop the low bits that are always zero, then spread. Two windows
     // of the product, folded, spread strided pointers about as evenly as random ones (the top bits alone
@@ -106,7 +106,7 @@ fn stripe(slot: usize) -> &'static Stripe {
 /// Whether `ptr` may be a live sampled allocation. `false` is certain; `true` needs [`remove`] to tell.
 #[inline(always)]
 pub(crate) fn maybe_sampled(ptr: *mut u8) -> bool {
-    let slot = slot(ptr as usize);
+    let slot = slot_of(ptr as usize);
     FILTER[slot / 64].load(Relaxed) >> (slot % 64) & 1 != 0
 }
 
@@ -114,7 +114,7 @@ pub(crate) fn maybe_sampled(ptr: *mut u8) -> bool {
 /// to the program.
 pub(crate) fn insert(ptr: *mut u8, entry: LiveEntry) {
     let ptr = ptr as usize;
-    let slot = slot(ptr);
+    let slot = slot_of(ptr);
     let hash = table_hash(slot);
     let stripe = stripe(slot);
     let mut table = stripe.table.lock();
@@ -125,10 +125,10 @@ pub(crate) fn insert(ptr: *mut u8, entry: LiveEntry) {
             live.entry = entry;
             return;
         }
-        slot_in_use |= slot_of_live(live) == slot;
+        slot_in_use |= slot_of(live.ptr) == slot;
     }
     table.insert_unique(hash, Live { ptr, entry }, |live| {
-        table_hash(slot_of_live(live))
+        table_hash(slot_of(live.ptr))
     });
     if !slot_in_use {
         set_filter_bit(slot, true);
@@ -146,15 +146,11 @@ fn set_filter_bit(slot: usize, set: bool) {
     word.store(if set { old | bit } else { old & !bit }, Relaxed);
 }
 
-fn slot_of_live(live: &Live) -> usize {
-    slot(live.ptr)
-}
-
 /// Removes `ptr` if it is a live sampled allocation and returns what it recorded. Must run inside the
 /// profiler guard, before the memory is given back to the inner allocator.
 pub(crate) fn remove(ptr: *mut u8) -> Option<LiveEntry> {
     let ptr = ptr as usize;
-    let slot = slot(ptr);
+    let slot = slot_of(ptr);
     let hash = table_hash(slot);
     let stripe = stripe(slot);
     let mut table = stripe.table.lock();
@@ -165,10 +161,10 @@ pub(crate) fn remove(ptr: *mut u8) -> Option<LiveEntry> {
     let (live, _) = found.remove();
     // Under the stripe lock, as in `insert`: the slot's last pointer clears its bit.
     if table
-        .find(hash, |other| slot_of_live(other) == slot)
+        .find(hash, |other| slot_of(other.ptr) == slot)
         .is_none()
     {
-        FILTER[slot / 64].fetch_and(!(1 << (slot % 64)), Relaxed);
+        set_filter_bit(slot, false);
     }
     bump(&stripe.live, 1u64.wrapping_neg());
     bump(&stripe.sampled_frees, 1);
@@ -233,10 +229,10 @@ mod tests {
 
     /// Pointers (fake, 16-aligned, never dereferenced) that all share one filter slot.
     fn sharing_a_slot(count: usize, base: usize) -> Vec<usize> {
-        let target = slot(base);
+        let target = slot_of(base);
         (0..)
             .map(|i| base + 16 * i)
-            .filter(|&ptr| slot(ptr) == target)
+            .filter(|&ptr| slot_of(ptr) == target)
             .take(count)
             .collect()
     }
@@ -260,7 +256,7 @@ mod tests {
     #[test]
     fn pointers_of_a_region_share_a_stripe_and_slots_spread_within_it() {
         let region = 0x7f12_3440_0000usize;
-        let slots: Vec<usize> = (0..4096).map(|i| slot(region + 1024 * i)).collect();
+        let slots: Vec<usize> = (0..4096).map(|i| slot_of(region + 1024 * i)).collect();
         let stripe_of = |slot: usize| slot >> SLOT_BITS;
         assert!(slots.iter().all(|&s| stripe_of(s) == stripe_of(slots[0])));
         // 4,096 pointers 1 KiB apart over the stripe's 4,096 slots: as randomly placed, 4,096·(1 − 1/e) ≈
@@ -271,7 +267,7 @@ mod tests {
         assert!(distinct.len() > 2_400, "{} distinct slots", distinct.len());
         // Regions land on every stripe.
         let mut stripes: Vec<usize> = (0..1024)
-            .map(|r| stripe_of(slot(r << REGION_BITS)))
+            .map(|r| stripe_of(slot_of(r << REGION_BITS)))
             .collect();
         stripes.sort_unstable();
         stripes.dedup();
