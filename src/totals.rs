@@ -1,5 +1,5 @@
 //! Running estimates for the whole heap: bytes and objects allocated since the start and still in use, summed
-//! over every sampled allocation with the weights of its bucket, rounded to 1/256 object and to the byte.
+//! over every sampled allocation with the weights of its bucket, rounded to 1/256 object and 2^-16 byte.
 //! Updated on the slow paths only (a sampled allocation, the free of a sampled allocation), in the updating
 //! thread's shard (see [`crate::shard`]), but for the in-use bytes, which the peak tracker compares on every
 //! sample and so are kept in one place; read by [`crate::stats`] with a few relaxed loads per shard.
@@ -11,7 +11,8 @@ use crate::table::Weight;
 
 /// Objects are summed in 1/256ths (a sample's 1/p rounded to that; 2^56 objects before a sum wraps), bytes in
 /// 2^-16 bytes (size/p rounded to that), close enough to the buckets' 2^-32 that the in-use bytes the peak
-/// tracker compares agree with the bucket counts to the byte. A free subtracts the same rounded figures its
+/// tracker compares differ from the bucket counts by at most N·2^-17 bytes over N live samples (8 bytes at a
+/// million). In-use bytes read up to 2^47 (128 TiB). A free subtracts the same rounded figures its
 /// allocation added, so in-use sums return to exactly zero, and allocated and in-use bytes grow alike.
 /// Each update is one atomic addition per sum.
 const OBJECT_FRACTION_BITS: u32 = 8;
@@ -36,8 +37,8 @@ fn rounded(weight: Weight) -> Rounded {
 }
 
 /// A sum of byte units that only grows, wider than a word: `low` takes every addition and `high` counts its
-/// wraps, so an update is one atomic addition but once in 2^64 units (2^48 bytes). For an instant after such
-/// a wrap, before `high` catches up, a read is 2^48 bytes short.
+/// wraps, so an update is one atomic addition but once in 2^64 units (2^48 bytes). For an instant around such
+/// a wrap a read may pair the words of before and after it, and be 2^48 bytes off.
 struct Wide {
     low: AtomicU64,
     high: AtomicU64,
