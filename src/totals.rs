@@ -36,7 +36,7 @@ fn rounded(weight: Weight) -> Rounded {
     }
 }
 
-/// A sum of byte units that only grows, wider than a word: `low` takes every addition and `high` counts its
+/// A sum of byte units that only grows (the freed bytes), wider than a word: `low` takes every addition and `high` counts its
 /// wraps, so an update is one atomic addition but once in 2^64 units (2^48 bytes). For an instant around such
 /// a wrap a read may pair the words of before and after it, and be 2^48 bytes off.
 struct Wide {
@@ -76,17 +76,19 @@ impl Wide {
 
 /// One shard's sums. A shard's freed objects may exceed its allocated ones (frees on another thread than
 /// the allocations): only the totals over the shards are meaningful, and they are taken modulo 2^64.
+/// Allocated bytes are not summed: they are the in-use bytes plus the freed ones, each rounded, so that
+/// while nothing is freed both grow by exactly the same whole bytes.
 struct Sums {
     alloc_objects: AtomicU64,
-    alloc_bytes: Wide,
     freed_objects: AtomicU64,
+    freed_bytes: Wide,
 }
 
 static SUMS: [Padded<Sums>; SHARDS] = [const {
     Padded(Sums {
         alloc_objects: AtomicU64::new(0),
-        alloc_bytes: Wide::new(),
         freed_objects: AtomicU64::new(0),
+        freed_bytes: Wide::new(),
     })
 }; SHARDS];
 
@@ -97,9 +99,10 @@ static INUSE_UNITS: AtomicU64 = AtomicU64::new(0);
 /// Adds a sampled allocation; returns the estimated in-use bytes after it.
 pub(crate) fn on_alloc(weight: Weight) -> u64 {
     let add = rounded(weight);
-    let sums = &SUMS[shard::index()].0;
-    sums.alloc_objects.fetch_add(add.objects, Relaxed);
-    sums.alloc_bytes.add(add.byte_units);
+    SUMS[shard::index()]
+        .0
+        .alloc_objects
+        .fetch_add(add.objects, Relaxed);
     let units = INUSE_UNITS.fetch_add(add.byte_units, Relaxed);
     inuse_bytes_of(units.wrapping_add(add.byte_units))
 }
@@ -109,6 +112,7 @@ pub(crate) fn on_free(weight: Weight) -> u64 {
     let sub = rounded(weight);
     let sums = &SUMS[shard::index()].0;
     sums.freed_objects.fetch_add(sub.objects, Relaxed);
+    sums.freed_bytes.add(sub.byte_units);
     inuse_bytes_of(INUSE_UNITS.fetch_sub(sub.byte_units, Relaxed))
 }
 
@@ -120,7 +124,7 @@ pub(crate) fn inuse_bytes() -> u64 {
 /// Bytes, rounded, of a sum in 2^-16 bytes; a sum below zero for an instant (updates in flight on other
 /// threads), in two's complement, reads as 0.
 fn inuse_bytes_of(units: u64) -> u64 {
-    (clamp(units) + (1 << (BYTE_FRACTION_BITS - 1))) >> BYTE_FRACTION_BITS
+    round(clamp(units), BYTE_FRACTION_BITS)
 }
 
 /// A figure below zero for an instant, in two's complement: read as 0.
@@ -146,20 +150,29 @@ pub(crate) fn totals() -> Totals {
     // Freed objects are read after allocated ones: a free counted meanwhile can only lower the figure, and
     // one below zero for an instant reads as 0.
     let freed_objects = total(|s| &s.freed_objects);
+    let freed_byte_units: u128 = SUMS.iter().map(|shard| shard.0.freed_bytes.get()).sum();
+    let inuse_objects = round(
+        clamp(alloc_objects.wrapping_sub(freed_objects)),
+        OBJECT_FRACTION_BITS,
+    );
+    let inuse_bytes = inuse_bytes();
+    // Allocated = in use + freed, each rounded: while nothing is freed, both grow alike.
     Totals {
-        alloc_objects: alloc_objects >> OBJECT_FRACTION_BITS,
-        alloc_bytes: u64::try_from(
-            (SUMS
-                .iter()
-                .map(|shard| shard.0.alloc_bytes.get())
-                .sum::<u128>()
-                + (1 << (BYTE_FRACTION_BITS - 1)))
-                >> BYTE_FRACTION_BITS,
-        )
-        .unwrap_or(u64::MAX),
-        inuse_objects: clamp(alloc_objects.wrapping_sub(freed_objects)) >> OBJECT_FRACTION_BITS,
-        inuse_bytes: inuse_bytes(),
+        alloc_objects: inuse_objects.saturating_add(round(freed_objects, OBJECT_FRACTION_BITS)),
+        alloc_bytes: inuse_bytes.saturating_add(
+            u64::try_from(
+                (freed_byte_units + (1 << (BYTE_FRACTION_BITS - 1))) >> BYTE_FRACTION_BITS,
+            )
+            .unwrap_or(u64::MAX),
+        ),
+        inuse_objects,
+        inuse_bytes,
     }
+}
+
+/// `units` of 2^-`bits`, rounded to the nearest whole.
+fn round(units: u64, bits: u32) -> u64 {
+    units.saturating_add(1 << (bits - 1)) >> bits
 }
 
 #[cfg(test)]
@@ -201,13 +214,13 @@ mod tests {
         let (a, b) = (
             Sums {
                 alloc_objects: AtomicU64::new(0),
-                alloc_bytes: Wide::new(),
                 freed_objects: AtomicU64::new(0),
+                freed_bytes: Wide::new(),
             },
             Sums {
                 alloc_objects: AtomicU64::new(0),
-                alloc_bytes: Wide::new(),
                 freed_objects: AtomicU64::new(0),
+                freed_bytes: Wide::new(),
             },
         );
         let objects = rounded(weight(3.7, 100.0)).objects;

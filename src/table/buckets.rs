@@ -10,7 +10,7 @@ use core::hash::BuildHasherDefault;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::collections::HashMap;
 
-use super::{Lock, STRIPES, Weight, WordHasher};
+use super::{Lock, STRIPES, Weight, WordHasher, bump};
 use crate::labels::LabelSet;
 use crate::lock;
 use crate::shard::{self, Padded, SHARDS};
@@ -168,8 +168,7 @@ pub(crate) fn record_alloc(stack: &Stack, labels: LabelSet, weight: Weight) -> B
         (hash as usize).wrapping_add(shard::index() * (STRIPES / SHARDS)) & (STRIPES - 1);
     let line = &TABLE[stripe_no].0;
     let mut stripe = line.stripe.lock();
-    line.samples
-        .store(line.samples.load(Relaxed).wrapping_add(1), Relaxed);
+    bump(&line.samples, 1);
     let mut slot = stripe.index.get(&hash).copied().unwrap_or(u32::MAX);
     while let Some(bucket) = stripe.buckets.get_mut(slot as usize) {
         if bucket.labels == labels

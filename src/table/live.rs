@@ -19,7 +19,7 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use hashbrown::HashTable;
 
 use super::buckets::BucketId;
-use super::{Lock, STRIPES, Weight};
+use super::{Lock, STRIPES, Weight, bump};
 use crate::lock;
 use crate::shard::Padded;
 
@@ -74,11 +74,6 @@ static LIVE: [Padded<Stripe>; STRIPES] = [const {
         false_positives: AtomicU64::new(0),
     })
 }; STRIPES];
-
-/// Adds `delta` (wrapping) to a count that only the holder of its stripe's lock changes.
-fn bump(count: &AtomicU64, delta: u64) {
-    count.store(count.load(Relaxed).wrapping_add(delta), Relaxed);
-}
 
 /// The slot of `ptr`: its region's stripe in the high bits, a hash of the pointer in the low ones.
 #[inline(always)]

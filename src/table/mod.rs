@@ -31,6 +31,13 @@ impl core::hash::Hasher for WordHasher {
     }
 }
 
+/// Adds `delta` (wrapping) to a count that only the holder of its stripe's lock changes, and that is read
+/// without the lock: a plain load and store, no locked instruction.
+fn bump(count: &core::sync::atomic::AtomicU64, delta: u64) {
+    use core::sync::atomic::Ordering::Relaxed;
+    count.store(count.load(Relaxed).wrapping_add(delta), Relaxed);
+}
+
 /// Number of lock stripes of each table.
 const STRIPES: usize = 64;
 
