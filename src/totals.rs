@@ -25,20 +25,21 @@ struct Rounded {
 }
 
 fn rounded(weight: Weight) -> Rounded {
-    // From 2^-32 units to 2^-`bits`, rounded to nearest.
-    let to = |units: u128, bits: u32| {
-        let shift = 32 - bits;
-        u64::try_from((units + (1 << (shift - 1))) >> shift).unwrap_or(u64::MAX)
-    };
+    // From the weight's 2^-32 units.
     Rounded {
-        objects: to(weight.objects, OBJECT_FRACTION_BITS),
-        byte_units: to(weight.bytes, BYTE_FRACTION_BITS),
+        objects: round(weight.objects, 32 - OBJECT_FRACTION_BITS),
+        byte_units: round(weight.bytes, 32 - BYTE_FRACTION_BITS),
     }
 }
 
-/// A sum of byte units that only grows (the freed bytes), wider than a word: `low` takes every addition and `high` counts its
-/// wraps, so an update is one atomic addition but once in 2^64 units (2^48 bytes). For an instant around such
-/// a wrap a read may pair the words of before and after it, and be 2^48 bytes off.
+/// `units` with their low `bits` bits rounded off (to nearest), saturating at `u64::MAX`.
+fn round(units: u128, bits: u32) -> u64 {
+    u64::try_from(units.saturating_add(1 << (bits - 1)) >> bits).unwrap_or(u64::MAX)
+}
+
+/// A sum of byte units that only grows (the freed bytes), wider than a word: `low` takes every addition and
+/// `high` counts its wraps, so an update is one atomic addition but once in 2^64 units (2^48 bytes). For an
+/// instant around such a wrap a read may pair the words of before and after it, and be 2^48 bytes off.
 struct Wide {
     low: AtomicU64,
     high: AtomicU64,
@@ -124,7 +125,7 @@ pub(crate) fn inuse_bytes() -> u64 {
 /// Bytes, rounded, of a sum in 2^-16 bytes; a sum below zero for an instant (updates in flight on other
 /// threads), in two's complement, reads as 0.
 fn inuse_bytes_of(units: u64) -> u64 {
-    round(clamp(units), BYTE_FRACTION_BITS)
+    round(u128::from(clamp(units)), BYTE_FRACTION_BITS)
 }
 
 /// A figure below zero for an instant, in two's complement: read as 0.
@@ -152,27 +153,18 @@ pub(crate) fn totals() -> Totals {
     let freed_objects = total(|s| &s.freed_objects);
     let freed_byte_units: u128 = SUMS.iter().map(|shard| shard.0.freed_bytes.get()).sum();
     let inuse_objects = round(
-        clamp(alloc_objects.wrapping_sub(freed_objects)),
+        u128::from(clamp(alloc_objects.wrapping_sub(freed_objects))),
         OBJECT_FRACTION_BITS,
     );
     let inuse_bytes = inuse_bytes();
     // Allocated = in use + freed, each rounded: while nothing is freed, both grow alike.
     Totals {
-        alloc_objects: inuse_objects.saturating_add(round(freed_objects, OBJECT_FRACTION_BITS)),
-        alloc_bytes: inuse_bytes.saturating_add(
-            u64::try_from(
-                (freed_byte_units + (1 << (BYTE_FRACTION_BITS - 1))) >> BYTE_FRACTION_BITS,
-            )
-            .unwrap_or(u64::MAX),
-        ),
+        alloc_objects: inuse_objects
+            .saturating_add(round(u128::from(freed_objects), OBJECT_FRACTION_BITS)),
+        alloc_bytes: inuse_bytes.saturating_add(round(freed_byte_units, BYTE_FRACTION_BITS)),
         inuse_objects,
         inuse_bytes,
     }
-}
-
-/// `units` of 2^-`bits`, rounded to the nearest whole.
-fn round(units: u64, bits: u32) -> u64 {
-    units.saturating_add(1 << (bits - 1)) >> bits
 }
 
 #[cfg(test)]

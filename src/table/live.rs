@@ -1,13 +1,13 @@
 //! The sampled allocations that are still live, so that a free subtracts exactly what its allocation added.
 //!
 //! Every free must ask "was this pointer sampled?", and almost every answer is no. A filter answers that
-//! without a lock: bit `slot_of(ptr)` of `FILTER` is set while some live sampled pointer hashes to the
-//! slot, so a clear bit means "not sampled" with certainty (one relaxed load). A set bit (a sampled pointer, or
+//! without a lock: bit `slot_of(ptr)` of `FILTER` is set while some live sampled pointer hashes to the slot,
+//! so a clear bit means "not sampled" with certainty (one relaxed load). A set bit (a sampled pointer, or
 //! another pointer sharing its slot) goes on to the striped table. The table is keyed by slot: all live
 //! pointers of a slot have the same hash and one stripe, so the free that removes a slot's last pointer sees
-//! that it was the last, and clears the bit, under the lock that every update of the slot takes. Entries
-//! are inserted before the sampled pointer is returned to the program and removed before the memory goes
-//! back to the inner allocator, so an address reused at once can never find a stale entry.
+//! that it was the last, and clears the bit, under the lock that every update of the slot takes. Entries are
+//! inserted before the sampled pointer is returned to the program and removed before the memory goes back to
+//! the inner allocator, so an address reused at once can never find a stale entry.
 //!
 //! A pointer's stripe comes from its 4 MiB region of the address space, and each stripe owns one contiguous
 //! block of the filter. Allocators hand each thread memory from regions of its own (glibc's per-thread
