@@ -344,7 +344,51 @@ fn print_ratios() {
     }
 }
 
+/// Nanoseconds per pair that the wrapper adds over the bare allocator, from interleaved batches: each round
+/// times one batch of `BATCH` pairs per variant, back to back in rotating order, so that both see the same
+/// machine state; the median over rounds of (wrapped − bare) per pair, and its quartiles. On a machine whose
+/// speed drifts from second to second (a shared VM) this resolves differences that criterion's consecutive
+/// measurements of each variant cannot.
+fn interleaved_pairs() {
+    const ROUNDS: usize = 301;
+    const BATCH: u64 = 100_000;
+    println!("\nallocate+free pair, interleaved batches ({ROUNDS} rounds of {BATCH} pairs, 1 thread): wrapped − bare per pair, median [quartiles]");
+    for (size, size_name) in SIZES {
+        let layout = Layout::from_size_align(size, 8).unwrap();
+        let mut line = format!("{size_name:<6}");
+        for (name, rate) in &VARIANTS[1..] {
+            heap_sampler::set_sample_rate(rate.unwrap_or(0));
+            let mut diffs = Vec::with_capacity(ROUNDS);
+            let mut bare_ns = Vec::with_capacity(ROUNDS);
+            for round in 0..ROUNDS {
+                let mut t = [0f64; 2];
+                for k in 0..2 {
+                    let v = (round + k) % 2;
+                    let which = if v == 0 { None } else { *rate };
+                    t[v] = timed(which, layout, BATCH, 1).as_nanos() as f64 / BATCH as f64;
+                }
+                bare_ns.push(t[0]);
+                diffs.push(t[1] - t[0]);
+            }
+            diffs.sort_by(f64::total_cmp);
+            bare_ns.sort_by(f64::total_cmp);
+            line += &format!(
+                "  {name}: {:+.2}ns [{:+.2}, {:+.2}] over {:.1}ns",
+                diffs[ROUNDS / 2],
+                diffs[ROUNDS / 4],
+                diffs[3 * ROUNDS / 4],
+                bare_ns[ROUNDS / 2]
+            );
+        }
+        println!("{line}");
+    }
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "interleaved") {
+        interleaved_pairs();
+        return;
+    }
     let mut c = Criterion::default().configure_from_args();
     bench_pairs(&mut c);
     bench_free_filter(&mut c);
