@@ -19,6 +19,7 @@
 //! the table; a stale rule can only end or shorten a walk (every read is bounds-checked), never crash it.
 
 use core::ffi::c_void;
+use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use gimli::{
@@ -397,7 +398,11 @@ pub(super) enum Walk {
 /// caller if it is not found in the first few frames). `stack_top` is the top of the thread's own stack, on
 /// which the caller has checked it runs.
 #[inline(never)]
-pub(super) fn walk(frames: &mut [usize], skip_through: usize, stack_top: usize) -> Walk {
+pub(super) fn walk(
+    frames: &mut [MaybeUninit<usize>],
+    skip_through: usize,
+    stack_top: usize,
+) -> Walk {
     let (pc, sp, fp) = registers();
     let mut cursor = Cursor {
         lookup: pc,
@@ -441,7 +446,9 @@ pub(super) fn walk(frames: &mut [usize], skip_through: usize, stack_top: usize) 
         }
     };
     let mut len = kept.len().min(frames.len());
-    frames[..len].copy_from_slice(&kept[..len]);
+    for (frame, &return_address) in frames.iter_mut().zip(&kept[..len]) {
+        frame.write(return_address);
+    }
     if len < kept.len() {
         return Walk::Done {
             len,
@@ -463,7 +470,7 @@ pub(super) fn walk(frames: &mut [usize], skip_through: usize, stack_top: usize) 
                         truncated: true,
                     };
                 }
-                frames[len] = return_address;
+                frames[len].write(return_address);
                 len += 1;
             }
             Step::End => {

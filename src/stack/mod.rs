@@ -1,6 +1,7 @@
 //! Stack capture into a fixed array: no lock, no allocation.
 
 use core::cell::Cell;
+use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
@@ -98,9 +99,10 @@ fn stack_bounds() -> (usize, usize) {
     bounds
 }
 
-/// The return addresses of one captured stack, innermost first.
+/// The return addresses of one captured stack, innermost first. Only the first `len` frames are written: the
+/// rest of the kilobyte is never cleared, which would cost a sampled allocation more than its walk.
 pub(crate) struct Stack {
-    frames: [usize; MAX_STACK_DEPTH],
+    frames: [MaybeUninit<usize>; MAX_STACK_DEPTH],
     len: usize,
     truncated: bool,
 }
@@ -112,11 +114,7 @@ impl Stack {
     /// inside the profiler guard: the unwinder may allocate on first use.
     #[inline(never)]
     pub(crate) fn capture(skip_through: usize) -> Stack {
-        let mut stack = Stack {
-            frames: [0; MAX_STACK_DEPTH],
-            len: 0,
-            truncated: false,
-        };
+        let mut stack = Stack::empty();
         let depth = DEPTH.load(Relaxed).min(MAX_STACK_DEPTH);
         match unwinder() {
             Unwinder::FramePointer if stack.walk_frame_pointers(depth) => return stack,
@@ -125,6 +123,15 @@ impl Stack {
         }
         stack.walk_system(depth, skip_through);
         stack
+    }
+
+    /// A stack of no frames.
+    const fn empty() -> Stack {
+        Stack {
+            frames: [MaybeUninit::uninit(); MAX_STACK_DEPTH],
+            len: 0,
+            truncated: false,
+        }
     }
 
     /// Unwinds with the system's DWARF unwinder (libgcc's `_Unwind_Backtrace`), skipping frames up to the one
@@ -151,7 +158,7 @@ impl Stack {
                     // Before the entry point is found, keep looking for it.
                     return skipping;
                 }
-                self.frames[self.len] = frame.ip() as usize;
+                self.frames[self.len].write(frame.ip() as usize);
                 self.len += 1;
                 true
             });
@@ -211,7 +218,7 @@ impl Stack {
                 self.truncated = true;
                 break;
             }
-            self.frames[self.len] = ret;
+            self.frames[self.len].write(ret);
             self.len += 1;
             if next <= fp {
                 break;
@@ -222,7 +229,9 @@ impl Stack {
     }
 
     pub(crate) fn frames(&self) -> &[usize] {
-        &self.frames[..self.len]
+        // SAFETY: the walks write frames `0..len` before they set `len`; `MaybeUninit<usize>` has the
+        // layout of `usize`.
+        unsafe { core::slice::from_raw_parts(self.frames.as_ptr().cast::<usize>(), self.len) }
     }
 
     pub(crate) fn truncated(&self) -> bool {
@@ -301,20 +310,12 @@ mod tests {
     #[inline(never)]
     fn probe(depth: usize) -> ((Vec<usize>, bool), (Vec<usize>, bool)) {
         let entry = probe as fn(usize) -> _ as usize;
-        let mut cached = Stack {
-            frames: [0; MAX_STACK_DEPTH],
-            len: 0,
-            truncated: false,
-        };
+        let mut cached = Stack::empty();
         assert!(
             cached.walk_cached_dwarf(depth, entry),
             "the cached walk fell back to the system unwinder"
         );
-        let mut system = Stack {
-            frames: [0; MAX_STACK_DEPTH],
-            len: 0,
-            truncated: false,
-        };
+        let mut system = Stack::empty();
         system.walk_system(depth, entry);
         (
             (cached.frames().to_vec(), cached.truncated()),

@@ -25,7 +25,6 @@ use crate::shard::Padded;
 
 /// Pointers in one 2^22-byte (4 MiB) region of the address space share a stripe.
 const REGION_BITS: u32 = 22;
-const STRIPE_BITS: u32 = STRIPES.trailing_zeros();
 /// Slots per stripe: 2^12, a 512-byte block of the filter.
 const SLOT_BITS: u32 = 12;
 // A filter word's 64 slots belong to one stripe (see `set_filter_bit`).
