@@ -352,7 +352,9 @@ fn print_ratios() {
 fn interleaved_pairs() {
     const ROUNDS: usize = 301;
     const BATCH: u64 = 100_000;
-    println!("\nallocate+free pair, interleaved batches ({ROUNDS} rounds of {BATCH} pairs, 1 thread): wrapped − bare per pair, median [quartiles]");
+    println!(
+        "\nallocate+free pair, interleaved batches ({ROUNDS} rounds of {BATCH} pairs, 1 thread): wrapped − bare per pair, median [quartiles]"
+    );
     for (size, size_name) in SIZES {
         let layout = Layout::from_size_align(size, 8).unwrap();
         let mut line = format!("{size_name:<6}");

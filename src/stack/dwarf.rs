@@ -319,6 +319,7 @@ enum Step {
 }
 
 /// The registers of the frame being unwound.
+#[derive(Clone, Copy)]
 struct Cursor {
     /// The address whose rule applies: the instruction pointer in the innermost frame, the return
     /// address minus one in the others (the call may be the last instruction of a function that does not
@@ -336,7 +337,10 @@ impl Cursor {
     fn step(&mut self) -> Step {
         let word = slot(self.lookup).load(Relaxed);
         if word == 0 || (word & ADDRESS_MASK) as usize != self.lookup {
-            return self.step_after_miss();
+            // By value, so that the cursor of the hot loop never needs an address and stays in registers.
+            let (step, cursor) = self.step_after_miss();
+            *self = cursor;
+            return step;
         }
         match word_cfa_offset(word) {
             0 => Step::End,
@@ -345,8 +349,8 @@ impl Cursor {
     }
 
     #[inline(never)]
-    fn step_after_miss(&mut self) -> Step {
-        match rule_after_miss(self.lookup) {
+    fn step_after_miss(mut self) -> (Step, Cursor) {
+        let step = match rule_after_miss(self.lookup) {
             Ok(Rule::Step {
                 from_rbp,
                 cfa_offset,
@@ -354,7 +358,8 @@ impl Cursor {
             }) => self.apply(from_rbp, cfa_offset as usize, rbp_slot as usize),
             Ok(Rule::Outermost) | Err(Miss::NoInfo) => Step::End,
             Err(Miss::Unsupported) => Step::Fallback,
-        }
+        };
+        (step, self)
     }
 
     /// Applies one rule: the CFA is `cfa_offset` bytes above the stack pointer (or the frame pointer, with
