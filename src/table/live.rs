@@ -9,10 +9,11 @@
 //! inserted before the sampled pointer is returned to the program and removed before the memory goes back to
 //! the inner allocator, so an address reused at once can never find a stale entry.
 //!
-//! A pointer's stripe comes from its 4 MiB region of the address space, and each stripe owns one contiguous
-//! block of the filter. Allocators hand each thread memory from regions of its own (glibc's per-thread
-//! arenas, jemalloc's arenas, mimalloc's segments), so a thread's sampled allocations and frees mostly touch
-//! stripes and filter blocks that no other core writes.
+//! A pointer's stripe comes from its 4 MiB region of the address space (consecutive regions take consecutive
+//! stripes, so a heap's regions spread over all of them), and each stripe owns one contiguous block of the
+//! filter. Allocators hand each thread memory from regions of its own (glibc's per-thread arenas, jemalloc's
+//! arenas, mimalloc's segments), so a thread's sampled allocations and frees mostly touch stripes and filter
+//! blocks that no other core writes.
 
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
