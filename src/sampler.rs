@@ -37,9 +37,12 @@
 //!
 //! # Cost
 //!
-//! The fast path is one thread-local subtraction, one comparison against a relaxed load of the global
-//! configuration epoch, and one thread-local store: no lock, no read-modify-write atomic, no call.
-//! Everything else is in [`on_alloc_slow`], which runs about once per `rate` bytes.
+//! The fast path is one thread-local subtraction, a sign test and one thread-local store: no lock, no atomic,
+//! no call. Everything else is in [`on_alloc_slow`], which runs about once per `rate` bytes, and at least
+//! once per [`STEP`] bytes: a gap longer than that is walked in steps, and between steps the thread looks
+//! for a configuration change ([`set_sample_rate`], [`set_seed`]) and picks it up. So a change reaches the
+//! thread that makes it at once, and every other thread within 1 MiB of its allocations (as in Go, where a
+//! new `runtime.MemProfileRate` applies from each thread's next sample).
 
 use core::cell::{Cell, UnsafeCell};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -60,8 +63,8 @@ const RATE_UNSET: usize = usize::MAX;
 
 static RATE: AtomicUsize = AtomicUsize::new(RATE_UNSET);
 
-/// Bumped by every configuration change; a thread whose `epoch` differs takes the slow path and redraws its
-/// gap with the new configuration. Never 0: 0 marks a thread that is inside the profiler (see [`Guard`]).
+/// Bumped by every configuration change; a thread whose `epoch` differs, seen at its next slow path, redraws
+/// its gap with the new configuration. Never 0: 0 marks a thread that has not drawn a gap yet.
 static EPOCH: AtomicU32 = AtomicU32::new(1);
 
 /// Seed fixed by [`set_seed`], and how many times it was set (0: never, seed from the environment).
@@ -74,15 +77,21 @@ static THREADS_SEEDED: AtomicU64 = AtomicU64::new(0);
 /// Set once any allocation has gone through a [`crate::SamplingAllocator`].
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
+/// The longest stretch of allocation between two slow paths, in bytes (see the module's Cost section).
+const STEP: isize = 1 << 20;
+
 /// Per-thread sampler state. `const`-initialised and without `Drop`, so it is reachable at any point of a
 /// thread's life, TLS destructors included, and registers no destructor.
 struct ThreadState {
-    /// Bytes left before the next sample point.
+    /// Bytes left in this step towards the next sample point, at most [`STEP`]; −1 inside the profiler, so
+    /// that every allocation takes the slow path, which sees the guard.
     countdown: Cell<isize>,
-    /// The configuration epoch this thread's countdown was drawn under; 0 while inside the profiler.
+    /// Bytes from the end of this step to the sample point (0 when the point is in this step).
+    beyond: Cell<isize>,
+    /// The configuration epoch this thread's gap was drawn under; 0 before the first.
     epoch: Cell<u32>,
-    /// The epoch to restore when the thread leaves the profiler.
-    saved_epoch: Cell<u32>,
+    /// The countdown to restore when the thread leaves the profiler.
+    saved_countdown: Cell<isize>,
     /// Set while the thread runs profiler code: its allocations pass straight through.
     guard: Cell<bool>,
     /// Set while the thread forks, holding the guard from the `fork` prepare handler to the parent's.
@@ -97,8 +106,9 @@ thread_local! {
     static STATE: ThreadState = const {
         ThreadState {
             countdown: Cell::new(0),
+            beyond: Cell::new(0),
             epoch: Cell::new(0),
-            saved_epoch: Cell::new(0),
+            saved_countdown: Cell::new(0),
             guard: Cell::new(false),
             fork_guard: Cell::new(false),
             seed_generation: Cell::new(0),
@@ -111,11 +121,19 @@ thread_local! {
 /// `runtime.MemProfileRate`.
 ///
 /// `0` turns sampling off; `1` samples every allocation with weight exactly 1 (exact mode, for tests).
-/// Takes effect on every thread at its next allocation; samples already taken keep the weights of the rate
-/// they were taken with. Rates above `isize::MAX` are clamped. Callable at any time from any thread.
+/// Takes effect at once on the calling thread and on threads started later; a running thread picks it up
+/// at its next sampled allocation or within 1 MiB of its allocations, whichever comes first (so that the
+/// unsampled path never reads shared memory). Samples already taken keep the weights of the rate they were
+/// taken with. Rates above `isize::MAX` are clamped. Callable at any time from any thread.
 pub fn set_sample_rate(bytes: usize) {
     RATE.store(bytes.min(MAX_RATE), Relaxed);
     bump_epoch();
+    let _ = STATE.try_with(|state| {
+        if !state.guard.get() {
+            state.epoch.set(EPOCH.load(Relaxed));
+            start_gap(state, draw_gap(state, sample_rate()));
+        }
+    });
 }
 
 /// The sample rate in force, in bytes (see [`set_sample_rate`]). Before the rate is set and before the first
@@ -130,7 +148,8 @@ pub fn sample_rate() -> usize {
 /// Fixes the sampler's random seed, so that a single-threaded workload is sampled the same way on every run.
 ///
 /// The calling thread restarts its generator from `seed` and draws a fresh gap at once; every other thread
-/// restarts from `seed` mixed with the order in which it picks the new seed up (at its next allocation).
+/// restarts from `seed` mixed with the order in which it picks the new seed up (as a new sample rate, see
+/// [`set_sample_rate`]).
 pub fn set_seed(seed: u64) {
     SEED.store(seed, Relaxed);
     let generation = SEED_GENERATION.fetch_add(1, Relaxed) + 1;
@@ -142,7 +161,7 @@ pub fn set_seed(seed: u64) {
         unsafe { *state.rng.get() = Some(SmallRng::seed_from_u64(seed)) };
         if !state.guard.get() {
             state.epoch.set(EPOCH.load(Relaxed));
-            state.countdown.set(draw_gap(state, sample_rate()));
+            start_gap(state, draw_gap(state, sample_rate()));
         }
     });
 }
@@ -166,7 +185,7 @@ pub(crate) fn on_alloc(size: usize, configured_rate: usize) -> Option<usize> {
     STATE
         .try_with(|state| {
             let next = state.countdown.get().wrapping_sub(size as isize);
-            if next >= 0 && state.epoch.get() == EPOCH.load(Relaxed) {
+            if next >= 0 {
                 state.countdown.set(next);
                 None
             } else {
@@ -176,8 +195,8 @@ pub(crate) fn on_alloc(size: usize, configured_rate: usize) -> Option<usize> {
         .unwrap_or(None)
 }
 
-/// The rare part of [`on_alloc`]: the countdown reached the sample point, the configuration changed, the thread
-/// is new, or the thread is inside the profiler.
+/// The rare part of [`on_alloc`]: the allocation reaches the end of the countdown's step (the sample point,
+/// or a step of a longer gap), the thread is new, or the thread is inside the profiler.
 #[cold]
 #[inline(never)]
 fn on_alloc_slow(state: &ThreadState, size: usize, configured_rate: usize) -> Option<usize> {
@@ -195,20 +214,30 @@ fn on_alloc_slow(state: &ThreadState, size: usize, configured_rate: usize) -> Op
                 RATE.compare_exchange(RATE_UNSET, configured_rate.min(MAX_RATE), Relaxed, Relaxed);
         }
         state.epoch.set(epoch);
-        let gap = draw_gap(state, sample_rate());
-        let next = gap.wrapping_sub(size as isize);
-        if next >= 0 {
-            state.countdown.set(next);
-            return None;
-        }
+        start_gap(state, draw_gap(state, sample_rate()));
+    }
+    // What is left of the gap after this allocation; `countdown + beyond` never exceeds the gap drawn.
+    let gap_left = state.countdown.get().saturating_add(state.beyond.get());
+    let left = gap_left.wrapping_sub(size as isize);
+    if left >= 0 {
+        start_gap(state, left);
+        return None;
     }
     let rate = sample_rate();
-    state.countdown.set(draw_gap(state, rate));
+    start_gap(state, draw_gap(state, rate));
     (rate != 0).then_some(rate)
 }
 
+/// Sets the distance to the next sample point to `gap` bytes (≥ 0): its first [`STEP`] in the countdown,
+/// the rest beyond.
+fn start_gap(state: &ThreadState, gap: isize) {
+    let countdown = gap.min(STEP);
+    state.countdown.set(countdown);
+    state.beyond.set(gap - countdown);
+}
+
 /// Draws the distance to the next sample point: exponential with mean `rate` bytes; 0 in exact mode (every
-/// allocation sampled); unreachable when sampling is off (a rate change bumps the epoch and ends it).
+/// allocation sampled); `isize::MAX` when sampling is off (walked in steps, so a rate change is seen).
 fn draw_gap(state: &ThreadState, rate: usize) -> isize {
     match rate {
         0 => isize::MAX,
@@ -285,9 +314,9 @@ impl Guard {
                     return None;
                 }
                 state.guard.set(true);
-                state.saved_epoch.set(state.epoch.get());
-                // Epoch 0 never matches: every allocation now takes the slow path, which sees the guard.
-                state.epoch.set(0);
+                state.saved_countdown.set(state.countdown.get());
+                // Every allocation now takes the slow path, which sees the guard.
+                state.countdown.set(-1);
                 Some(Guard(()))
             })
             .ok()
@@ -298,7 +327,7 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         let _ = STATE.try_with(|state| {
-            state.epoch.set(state.saved_epoch.get());
+            state.countdown.set(state.saved_countdown.get());
             state.guard.set(false);
         });
     }
@@ -329,6 +358,79 @@ impl Guard {
 mod tests {
     use super::*;
 
+    /// A thread state of its own (not this thread's), seeded with a fixed seed.
+    fn test_state() -> ThreadState {
+        let state = ThreadState {
+            countdown: Cell::new(0),
+            beyond: Cell::new(0),
+            epoch: Cell::new(0),
+            saved_countdown: Cell::new(0),
+            guard: Cell::new(false),
+            fork_guard: Cell::new(false),
+            seed_generation: Cell::new(u64::MAX),
+            rng: UnsafeCell::new(Some(SmallRng::seed_from_u64(11))),
+        };
+        state.seed_generation.set(SEED_GENERATION.load(Relaxed));
+        state
+    }
+
+    /// `on_alloc` on `state` rather than this thread's: the fast path, else the slow path (counted).
+    fn alloc_on(state: &ThreadState, size: usize, slow_paths: &mut usize) -> Option<usize> {
+        let next = state.countdown.get().wrapping_sub(size as isize);
+        if next >= 0 {
+            state.countdown.set(next);
+            return None;
+        }
+        *slow_paths += 1;
+        on_alloc_slow(state, size, DEFAULT_SAMPLE_RATE)
+    }
+
+    #[test]
+    fn a_long_gap_is_walked_in_steps_and_sampled_at_its_end() {
+        let state = test_state();
+        state.epoch.set(EPOCH.load(Relaxed));
+        // 3 steps and 5,000 bytes: the allocation of 1,000 bytes that reaches byte 3·STEP + 5,000 is sampled,
+        // the one before it is not, and each step ended in a slow path that passed the allocation through.
+        let gap = 3 * STEP + 5_000;
+        start_gap(&state, gap);
+        let mut slow_paths = 0;
+        let mut allocated = 0;
+        loop {
+            allocated += 1_000;
+            if alloc_on(&state, 1_000, &mut slow_paths).is_some() {
+                break;
+            }
+            assert!(allocated <= gap, "the sample point was passed");
+        }
+        assert_eq!(allocated, (gap / 1_000 + 1) * 1_000);
+        assert_eq!(slow_paths, 4, "3 step ends and the sample");
+    }
+
+    #[test]
+    fn a_configuration_change_is_seen_within_a_step() {
+        // Sampling off: the gap is endless, but the thread still takes a slow path every STEP bytes, and
+        // one that finds a new epoch draws a gap under the new configuration.
+        let state = test_state();
+        state.epoch.set(EPOCH.load(Relaxed));
+        start_gap(&state, isize::MAX);
+        let mut slow_paths = 0;
+        for _ in 0..(2 * STEP / 4096) {
+            assert_eq!(alloc_on(&state, 4096, &mut slow_paths), None);
+        }
+        assert_eq!(
+            slow_paths, 1,
+            "one step end in 2 steps' worth of allocation"
+        );
+        state.epoch.set(state.epoch.get().wrapping_sub(1));
+        let mut seen = false;
+        for _ in 0..(STEP / 4096) {
+            alloc_on(&state, 4096, &mut slow_paths);
+            seen |= state.epoch.get() == EPOCH.load(Relaxed);
+        }
+        assert!(seen, "a changed epoch was not picked up within a step");
+        assert!(state.countdown.get() + state.beyond.get() < isize::MAX / 2);
+    }
+
     #[test]
     fn exact_mode_weights_are_one() {
         assert_eq!(weights(1, 1), (1.0, 1.0));
@@ -350,16 +452,7 @@ mod tests {
     /// checked at 5 σ with a fixed seed.
     #[test]
     fn gaps_are_exponential_with_mean_rate() {
-        let state = ThreadState {
-            countdown: Cell::new(0),
-            epoch: Cell::new(0),
-            saved_epoch: Cell::new(0),
-            guard: Cell::new(false),
-            fork_guard: Cell::new(false),
-            seed_generation: Cell::new(u64::MAX),
-            rng: UnsafeCell::new(Some(SmallRng::seed_from_u64(11))),
-        };
-        state.seed_generation.set(SEED_GENERATION.load(Relaxed));
+        let state = test_state();
         let (rate, n) = (4096usize, 100_000usize);
         let gaps: Vec<f64> = (0..n).map(|_| draw_gap(&state, rate) as f64).collect();
         let mean = gaps.iter().sum::<f64>() / n as f64;
