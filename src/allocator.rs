@@ -52,7 +52,8 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     fn track(ptr: *mut u8, size: usize, rate: usize) {
         let Some(_guard) = Guard::enter() else { return };
         crate::fork::register_fork_handlers();
-        let stack = Stack::capture(Self::track as fn(*mut u8, usize, usize) as usize);
+        let mut stack = Stack::empty();
+        stack.capture(Self::track as fn(*mut u8, usize, usize) as usize);
         let weight = Weight::of(size, rate);
         let bucket = buckets::record_alloc(&stack, labels::for_sample(), weight);
         live::insert(ptr, live::LiveEntry { bucket, weight });

@@ -112,25 +112,33 @@ impl Stack {
     /// `skip_through` (the profiler's entry point), so that the profiler's own frames take none of the depth.
     /// If no frame belongs to that function, the whole stack is kept (the dump trims by name as well). Must run
     /// inside the profiler guard: the unwinder may allocate on first use.
+    ///
+    /// Called on an [`Stack::empty`] stack of the caller's, which it fills in place: returning a stack would
+    /// copy the whole kilobyte.
     #[inline(never)]
-    pub(crate) fn capture(skip_through: usize) -> Stack {
-        let mut stack = Stack::empty();
+    pub(crate) fn capture(&mut self, skip_through: usize) {
         let depth = DEPTH.load(Relaxed).min(MAX_STACK_DEPTH);
         match unwinder() {
-            Unwinder::FramePointer if stack.walk_frame_pointers(depth) => return stack,
-            Unwinder::Dwarf if stack.walk_cached_dwarf(depth, skip_through) => return stack,
+            Unwinder::FramePointer if self.walk_frame_pointers(depth) => return,
+            Unwinder::Dwarf if self.walk_cached_dwarf(depth, skip_through) => return,
             _ => {}
         }
-        stack.walk_system(depth, skip_through);
-        stack
+        self.walk_system(depth, skip_through);
     }
 
     /// A stack of no frames.
-    const fn empty() -> Stack {
-        Stack {
-            frames: [MaybeUninit::uninit(); MAX_STACK_DEPTH],
-            len: 0,
-            truncated: false,
+    #[inline(always)]
+    pub(crate) fn empty() -> Stack {
+        // Field by field: a whole-struct value with zeros in it is stored as one memset of the kilobyte.
+        let mut stack = MaybeUninit::<Stack>::uninit();
+        let ptr = stack.as_mut_ptr();
+        // SAFETY: `ptr` points to a `Stack`'s memory; the two fields that need values are written through
+        // it, and `frames`, an array of `MaybeUninit`, is valid uninitialized, so the stack is then
+        // initialized.
+        unsafe {
+            (&raw mut (*ptr).len).write(0);
+            (&raw mut (*ptr).truncated).write(false);
+            stack.assume_init()
         }
     }
 
