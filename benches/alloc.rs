@@ -2,9 +2,10 @@
 //!
 //! - `pair/*`: one allocate + free pair through `System` ("bare") and through `SamplingAllocator<System>` at
 //!   rate 0 (off), 512 KiB (the default) and 4 KiB, for 16 B, 256 B, 4 KiB and 64 KiB, on 1 and 2 threads.
-//! - `free_filter/*`: unsampled allocations and frees of 16 B, 64 at a time, while 10,000 sampled allocations
-//!   of 512 KiB are live (as in a 5 GiB heap at the default rate), with the filter's false positive rate
-//!   (frees that looked their pointer up in vain).
+//! - `free_filter`: unsampled frees and allocations of 16 B over a ring of 4,096 blocks, while 10,000
+//!   sampled allocations of 512 KiB are live (as in a 5 GiB heap at the default rate): the filter's false
+//!   positive rate (frees that looked their pointer up in vain) and the cost per pair, wrapped at rate 0
+//!   against bare, from interleaved rounds.
 //! - `sampled/*`: one allocate + free pair that is always sampled (rate 1), with the allocation made 8, 32
 //!   and 128 frames deep: the cost of capturing a stack and recording it, with each unwinder (the
 //!   frame-pointer one needs `RUSTFLAGS="-C force-frame-pointers=yes"` to see whole stacks).
@@ -12,7 +13,10 @@
 //!   dump, which symbolizes, is timed once and printed).
 //!
 //! After criterion's own report, the bench prints each variant's time as a ratio to the bare allocator,
-//! read from criterion's estimates of this run. Run with `cargo bench --bench alloc`.
+//! read from criterion's estimates of this run. Run with `cargo bench --bench alloc`; a filter argument
+//! selects benches by name as usual (`free_filter` too). `cargo bench --bench alloc -- interleaved` instead
+//! times wrapped and bare pairs in interleaved batches, which resolve differences of a fraction of a
+//! nanosecond on a machine whose speed drifts.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -124,58 +128,86 @@ fn bench_pairs(c: &mut Criterion) {
 
 /// The free filter under load: 10,000 live sampled allocations of 512 KiB (5 GiB of address space, never
 /// touched, so hardly resident), as many as a 5 GiB heap holds at the default rate. Then unsampled
-/// allocations and frees of 16 B, 64 at a time so that the frees see many addresses, through the wrapper at
-/// rate 0 and through the bare allocator.
-fn bench_free_filter(c: &mut Criterion) {
+/// allocations and frees of 16 B through the wrapper at rate 0 and through the bare allocator, each over a
+/// ring of 4,096 live blocks (free the oldest, allocate its replacement), so that the frees see thousands of
+/// addresses and the false positive rate is a rate, not the luck of a few addresses. The two are timed in
+/// interleaved rounds (as [`interleaved_pairs`]): timed one after the other by criterion, whichever ran
+/// second read 10–15 ns slower, the heap being left in another state by criterion's analysis in between.
+fn bench_free_filter() {
+    const ROUNDS: usize = 201;
+    const RING: usize = 4096;
+    const PAIRS: usize = 16 * RING;
     let big = Layout::from_size_align(512 << 10, 8).unwrap();
     let small = Layout::from_size_align(16, 8).unwrap();
     heap_sampler::set_sample_rate(1);
     // SAFETY: non-zero size; freed below with the same layout.
     let live: Vec<*mut u8> = (0..10_000).map(|_| unsafe { WRAPPED.alloc(big) }).collect();
     heap_sampler::set_sample_rate(0);
-    fn batches<A: GlobalAlloc>(allocator: &A, layout: Layout, iters: u64) -> Duration {
-        let mut batch = [std::ptr::null_mut::<u8>(); 64];
+    /// Nanoseconds per free+allocate pair over `PAIRS` pairs on `ring`.
+    fn turn<A: GlobalAlloc>(allocator: &A, layout: Layout, ring: &mut [*mut u8]) -> f64 {
         let start = Instant::now();
-        for _ in 0..iters.div_ceil(64) {
-            for slot in batch.iter_mut() {
-                // SAFETY: non-zero size; freed below with the same layout.
-                *slot = black_box(unsafe { allocator.alloc(layout) });
+        for i in 0..PAIRS {
+            let slot = &mut ring[i % RING];
+            // SAFETY: every slot holds a block allocated by `allocator` with `layout` (or null); non-zero
+            // size.
+            unsafe {
+                if !slot.is_null() {
+                    allocator.dealloc(*slot, layout);
+                }
+                *slot = black_box(allocator.alloc(layout));
             }
-            for &ptr in &batch {
-                if !ptr.is_null() {
-                    // SAFETY: allocated just above by `allocator` with `layout`.
-                    unsafe { allocator.dealloc(ptr, layout) };
+        }
+        start.elapsed().as_nanos() as f64 / PAIRS as f64
+    }
+    // SAFETY: non-zero size; every block is freed below with the same layout by the same allocator.
+    let mut rings: [Vec<*mut u8>; 2] = [
+        (0..RING).map(|_| unsafe { System.alloc(small) }).collect(),
+        (0..RING).map(|_| unsafe { WRAPPED.alloc(small) }).collect(),
+    ];
+    let before = heap_sampler::stats();
+    let (mut bare, mut diffs) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let mut t = [0f64; 2];
+        for k in 0..2 {
+            let v = (round + k) % 2;
+            t[v] = if v == 0 {
+                turn(&System, small, &mut rings[0])
+            } else {
+                turn(&WRAPPED, small, &mut rings[1])
+            };
+        }
+        bare.push(t[0]);
+        diffs.push(t[1] - t[0]);
+    }
+    let after = heap_sampler::stats();
+    let frees = (ROUNDS * PAIRS) as u64;
+    let false_positives = after.filter_false_positives - before.filter_false_positives;
+    bare.sort_by(f64::total_cmp);
+    diffs.sort_by(f64::total_cmp);
+    println!(
+        "free filter: {} live sampled allocations, {false_positives} lookups in vain over {frees} frees ({:.2} %), \
+         filter {} KiB; 16 B free+allocate pairs on a ring of {RING}, wrapped at rate 0 − bare: {:+.2}ns \
+         [{:+.2}, {:+.2}] over {:.1}ns (median [quartiles] of {ROUNDS} interleaved rounds)",
+        after.live_samples,
+        100.0 * false_positives as f64 / frees as f64,
+        after.filter_bytes / 1024,
+        diffs[ROUNDS / 2],
+        diffs[ROUNDS / 4],
+        diffs[3 * ROUNDS / 4],
+        bare[ROUNDS / 2],
+    );
+    for (ring, wrapped) in rings.iter().zip([false, true]) {
+        for &ptr in ring.iter().filter(|p| !p.is_null()) {
+            // SAFETY: allocated above with `small`, by WRAPPED for the second ring and System for the first.
+            unsafe {
+                if wrapped {
+                    WRAPPED.dealloc(ptr, small)
+                } else {
+                    System.dealloc(ptr, small)
                 }
             }
         }
-        start.elapsed()
     }
-    let mut group = c.benchmark_group("free_filter/10000_live");
-    group
-        .measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500));
-    group.bench_function("bare", |b| {
-        b.iter_custom(|iters| batches(&System, small, iters))
-    });
-    let before = heap_sampler::stats();
-    let frees = std::cell::Cell::new(0u64);
-    group.bench_function("rate_0", |b| {
-        b.iter_custom(|iters| {
-            frees.set(frees.get() + iters.div_ceil(64) * 64);
-            batches(&WRAPPED, small, iters)
-        })
-    });
-    group.finish();
-    let after = heap_sampler::stats();
-    let false_positives = after.filter_false_positives - before.filter_false_positives;
-    println!(
-        "free filter: {} live sampled allocations, {false_positives} lookups in vain over {} frees ({:.4} %), \
-         filter {} KiB",
-        after.live_samples,
-        frees.get(),
-        100.0 * false_positives as f64 / frees.get().max(1) as f64,
-        after.filter_bytes / 1024
-    );
     for ptr in live {
         if !ptr.is_null() {
             // SAFETY: allocated above by WRAPPED with `big`.
@@ -293,15 +325,6 @@ fn mean_ns(group: &str, id: &str) -> Option<f64> {
 }
 
 fn print_ratios() {
-    if let (Some(bare), Some(t)) = (
-        mean_ns("free_filter_10000_live", "bare"),
-        mean_ns("free_filter_10000_live", "rate_0"),
-    ) {
-        println!(
-            "\nfree filter with 10,000 live sampled allocations: bare {bare:.1}ns, rate 0 {t:.1}ns ({:.2}x)",
-            t / bare
-        );
-    }
     for depth in [8, 32, 128] {
         if let Some(t) = mean_ns("sampled/depth", &depth.to_string()) {
             println!(
@@ -386,6 +409,16 @@ fn interleaved_pairs() {
     }
 }
 
+/// Whether a bench outside criterion's groups is selected: no filter argument was given, or one that is part
+/// of `name`.
+fn selected(name: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+}
+
 fn main() {
     if std::env::args().any(|a| a == "interleaved") {
         interleaved_pairs();
@@ -393,7 +426,9 @@ fn main() {
     }
     let mut c = Criterion::default().configure_from_args();
     bench_pairs(&mut c);
-    bench_free_filter(&mut c);
+    if selected("free_filter") {
+        bench_free_filter();
+    }
     bench_sampled(&mut c);
     bench_dump(&mut c);
     c.final_summary();
