@@ -102,8 +102,9 @@ struct ThreadState {
     rng: UnsafeCell<Option<SmallRng>>,
 }
 
-thread_local! {
-    static STATE: ThreadState = const {
+impl ThreadState {
+    /// A thread that has not allocated yet: its first allocation takes the slow path and draws a gap.
+    const fn new() -> ThreadState {
         ThreadState {
             countdown: Cell::new(0),
             beyond: Cell::new(0),
@@ -114,7 +115,11 @@ thread_local! {
             seed_generation: Cell::new(0),
             rng: UnsafeCell::new(None),
         }
-    };
+    }
+}
+
+thread_local! {
+    static STATE: ThreadState = const { ThreadState::new() };
 }
 
 /// Sets the sample rate: the mean number of bytes allocated between two sampled allocations, as Go's
@@ -361,14 +366,8 @@ mod tests {
     /// A thread state of its own (not this thread's), seeded with a fixed seed.
     fn test_state() -> ThreadState {
         let state = ThreadState {
-            countdown: Cell::new(0),
-            beyond: Cell::new(0),
-            epoch: Cell::new(0),
-            saved_countdown: Cell::new(0),
-            guard: Cell::new(false),
-            fork_guard: Cell::new(false),
-            seed_generation: Cell::new(u64::MAX),
             rng: UnsafeCell::new(Some(SmallRng::seed_from_u64(11))),
+            ..ThreadState::new()
         };
         state.seed_generation.set(SEED_GENERATION.load(Relaxed));
         state
