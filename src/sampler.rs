@@ -5,9 +5,10 @@
 //! Every allocated byte is a sample point with probability `1/rate`, independently of every other byte (Go's
 //! `runtime.MemProfileRate`, tcmalloc's `Sampler`, jemalloc's `lg_prof_sample` all use this model). The
 //! distance between two consecutive sample points is then exponentially distributed with mean `rate` bytes.
-//! Each thread keeps the distance to its next sample point in `countdown`: an allocation of `s` bytes that
-//! fits before the point (`countdown - s >= 0`) is not sampled and moves the point `s` bytes closer; an
-//! allocation that reaches it is sampled, and a fresh exponential gap is drawn from the end of that allocation.
+//! Each thread keeps the distance to its next sample point (in `countdown`, and past 1 MiB in `beyond`, see
+//! Cost below): an allocation of `s` bytes that fits before the point is not sampled and moves the point
+//! `s` bytes closer; an allocation that reaches it is sampled, and a fresh exponential gap is drawn from the
+//! end of that allocation.
 //! By memorylessness of the exponential distribution, an allocation of `s` bytes is sampled with probability
 //!
 //! ```text
@@ -133,12 +134,20 @@ thread_local! {
 pub fn set_sample_rate(bytes: usize) {
     RATE.store(bytes.min(MAX_RATE), Relaxed);
     bump_epoch();
-    let _ = STATE.try_with(|state| {
-        if !state.guard.get() {
-            state.epoch.set(EPOCH.load(Relaxed));
-            start_gap(state, draw_gap(state, sample_rate()));
-        }
-    });
+    let _ = STATE.try_with(restart_gap);
+}
+
+/// Draws the calling thread's gap again under the configuration now in force. Inside the profiler (the
+/// startup hook that reads the environment sets the rate there), the countdown the guard restores on leaving
+/// is zeroed instead: the thread's epoch is then stale, so its next allocation takes the slow path and draws
+/// the gap there.
+fn restart_gap(state: &ThreadState) {
+    if state.guard.get() {
+        state.saved_countdown.set(0);
+    } else {
+        state.epoch.set(EPOCH.load(Relaxed));
+        start_gap(state, draw_gap(state, sample_rate()));
+    }
 }
 
 /// The sample rate in force, in bytes (see [`set_sample_rate`]). Before the rate is set and before the first
@@ -164,10 +173,7 @@ pub fn set_seed(seed: u64) {
         // SAFETY: the generator is only touched by this thread, here and in the slow path; neither can run
         // while the other holds the reference (no allocation happens while it is held).
         unsafe { *state.rng.get() = Some(SmallRng::seed_from_u64(seed)) };
-        if !state.guard.get() {
-            state.epoch.set(EPOCH.load(Relaxed));
-            start_gap(state, draw_gap(state, sample_rate()));
-        }
+        restart_gap(state);
     });
 }
 
@@ -177,7 +183,7 @@ pub(crate) fn installed() -> bool {
 }
 
 fn bump_epoch() {
-    // Skip 0, which marks a thread inside the profiler.
+    // Skip 0, which marks a thread that has not drawn a gap: it must never match.
     if EPOCH.fetch_add(1, Relaxed) == u32::MAX {
         EPOCH.fetch_add(1, Relaxed);
     }
@@ -211,8 +217,8 @@ fn on_alloc_slow(state: &ThreadState, size: usize, configured_rate: usize) -> Op
     }
     let epoch = EPOCH.load(Relaxed);
     if state.epoch.get() != epoch {
-        // A new thread, or a configuration change: draw a real gap first, then decide on it. A new thread's
-        // first allocation is therefore not sampled by construction (a zero countdown would sample it always).
+        // A new thread, or a configuration change: draw a real gap first, then decide on it (a new thread's
+        // zero countdown would otherwise sample its first allocation always).
         INSTALLED.store(true, Relaxed);
         if RATE.load(Relaxed) == RATE_UNSET {
             let _ =
@@ -403,6 +409,29 @@ mod tests {
         }
         assert_eq!(allocated, (gap / 1_000 + 1) * 1_000);
         assert_eq!(slow_paths, 4, "3 step ends and the sample");
+    }
+
+    #[test]
+    fn a_configuration_change_made_inside_the_profiler_is_seen_at_the_next_allocation() {
+        // The startup hook sets the rate from the environment inside the guard: the countdown the guard
+        // restores must not keep the old gap (here 5 steps long, with the epoch made stale).
+        let state = test_state();
+        state.epoch.set(EPOCH.load(Relaxed).wrapping_sub(1));
+        start_gap(&state, 5 * STEP);
+        // As `Guard::enter` and its drop do, on this state.
+        state.guard.set(true);
+        state.saved_countdown.set(state.countdown.get());
+        state.countdown.set(-1);
+        restart_gap(&state);
+        state.countdown.set(state.saved_countdown.get());
+        state.guard.set(false);
+        let mut slow_paths = 0;
+        alloc_on(&state, 16, &mut slow_paths);
+        assert_eq!(
+            slow_paths, 1,
+            "the first allocation after the guard took the fast path"
+        );
+        assert_eq!(state.epoch.get(), EPOCH.load(Relaxed));
     }
 
     #[test]
