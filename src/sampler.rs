@@ -46,7 +46,10 @@
 //! new `runtime.MemProfileRate` applies from each thread's next sample).
 
 use core::cell::{Cell, UnsafeCell};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -65,8 +68,11 @@ const RATE_UNSET: usize = usize::MAX;
 static RATE: AtomicUsize = AtomicUsize::new(RATE_UNSET);
 
 /// Bumped by every configuration change; a thread whose `epoch` differs, seen at its next slow path, redraws
-/// its gap with the new configuration. Never 0: 0 marks a thread that has not drawn a gap yet.
-static EPOCH: AtomicU32 = AtomicU32::new(1);
+/// its gap with the new configuration. Never 0: 0 marks a thread that has not drawn a gap yet. 64 bits, so
+/// that it never comes back to a value a thread saw (32 bits wrapped after 2^32 − 1 changes, and a thread
+/// idle through all of them missed the last). Bumped with `Release` after the change is stored and read
+/// with `Acquire`, so a thread that sees the new epoch sees the new rate and seed too.
+static EPOCH: AtomicU64 = AtomicU64::new(1);
 
 /// Seed fixed by [`set_seed`], and how many times it was set (0: never, seed from the environment).
 static SEED: AtomicU64 = AtomicU64::new(0);
@@ -90,7 +96,7 @@ struct ThreadState {
     /// Bytes from the end of this step to the sample point (0 when the point is in this step).
     beyond: Cell<isize>,
     /// The configuration epoch this thread's gap was drawn under; 0 before the first.
-    epoch: Cell<u32>,
+    epoch: Cell<u64>,
     /// The countdown to restore when the thread leaves the profiler.
     saved_countdown: Cell<isize>,
     /// Set while the thread runs profiler code: its allocations pass straight through.
@@ -145,7 +151,7 @@ fn restart_gap(state: &ThreadState) {
     if state.guard.get() {
         state.saved_countdown.set(0);
     } else {
-        state.epoch.set(EPOCH.load(Relaxed));
+        state.epoch.set(EPOCH.load(Acquire));
         start_gap(state, draw_gap(state, sample_rate()));
     }
 }
@@ -183,10 +189,8 @@ pub(crate) fn installed() -> bool {
 }
 
 fn bump_epoch() {
-    // Skip 0, which marks a thread that has not drawn a gap: it must never match.
-    if EPOCH.fetch_add(1, Relaxed) == u32::MAX {
-        EPOCH.fetch_add(1, Relaxed);
-    }
+    // From 1 upwards: 0, the epoch of a thread that has not drawn a gap, is never reached again.
+    EPOCH.fetch_add(1, Release);
 }
 
 /// Decides whether an allocation of `size` bytes is sampled. Returns the rate to weight it with, or `None`.
@@ -215,7 +219,7 @@ fn on_alloc_slow(state: &ThreadState, size: usize, configured_rate: usize) -> Op
         // The profiler's own memory is never sampled and does not move the countdown.
         return None;
     }
-    let epoch = EPOCH.load(Relaxed);
+    let epoch = EPOCH.load(Acquire);
     if state.epoch.get() != epoch {
         // A new thread, or a configuration change: draw a real gap first, then decide on it (a new thread's
         // zero countdown would otherwise sample its first allocation always).
