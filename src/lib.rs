@@ -314,7 +314,7 @@ pub struct Stats {
     pub sampled_frees: u64,
     /// Frees of unsampled pointers that shared a filter slot with a live sampled allocation and so looked the
     /// pointer up under a lock in vain. A free reads the filter block of its pointer's 4 MiB address region,
-    /// 4,096 slots shared with every 64th region after and before it: about `live / 4096` of the frees
+    /// 4,096 slots shared with the regions that hash to the same block: about `live / 4096` of the frees
     /// there look up in vain, `live` being the live sampled allocations of those regions (at the default
     /// rate at most about 8 per region, so `live_samples / 2^18` for a heap spread over many regions).
     pub filter_false_positives: u64,
