@@ -188,25 +188,15 @@ fn bench_free_filter() {
         (0..RING).map(|_| unsafe { WRAPPED.alloc(small) }).collect(),
     ];
     let before = heap_sampler::stats();
-    let (mut bare, mut diffs) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        let mut t = [0f64; 2];
-        for k in 0..2 {
-            let v = (round + k) % 2;
-            t[v] = if v == 0 {
-                turn(&System, small, &mut rings[0])
-            } else {
-                turn(&WRAPPED, small, &mut rings[1])
-            };
-        }
-        bare.push(t[0]);
-        diffs.push(t[1] - t[0]);
-    }
+    let [bare_ring, wrapped_ring] = &mut rings;
+    let (bare, diffs) = interleave(
+        ROUNDS,
+        || turn(&System, small, bare_ring),
+        || turn(&WRAPPED, small, wrapped_ring),
+    );
     let after = heap_sampler::stats();
     let frees = (ROUNDS * PAIRS) as u64;
     let false_positives = after.filter_false_positives - before.filter_false_positives;
-    bare.sort_by(f64::total_cmp);
-    diffs.sort_by(f64::total_cmp);
     println!(
         "free filter: {} live sampled allocations, {false_positives} lookups in vain over {frees} frees ({:.2} %), \
          filter {} KiB; 16 B free+allocate pairs on a ring of {RING}, wrapped at rate 0 − bare: {:+.2}ns \
@@ -390,6 +380,30 @@ fn print_ratios() {
     }
 }
 
+/// Runs `bare` and `wrapped` once per round, back to back in alternating order; returns the bare times and
+/// the differences wrapped − bare, each sorted (index `rounds / 2` is the median).
+fn interleave(
+    rounds: usize,
+    mut bare: impl FnMut() -> f64,
+    mut wrapped: impl FnMut() -> f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut bare_times, mut diffs) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    for round in 0..rounds {
+        let (b, w) = if round % 2 == 0 {
+            let b = bare();
+            (b, wrapped())
+        } else {
+            let w = wrapped();
+            (bare(), w)
+        };
+        bare_times.push(b);
+        diffs.push(w - b);
+    }
+    bare_times.sort_by(f64::total_cmp);
+    diffs.sort_by(f64::total_cmp);
+    (bare_times, diffs)
+}
+
 /// Nanoseconds per pair that the wrapper adds over the bare allocator, from interleaved batches: each round
 /// times one batch of `BATCH` pairs per variant, back to back in rotating order, so that both see the same
 /// machine state; the median over rounds of (wrapped − bare) per pair, and its quartiles. On a machine whose
@@ -406,20 +420,8 @@ fn interleaved_pairs() {
         let mut line = format!("{size_name:<6}");
         for (name, rate) in &VARIANTS[1..] {
             heap_sampler::set_sample_rate(rate.unwrap_or(0));
-            let mut diffs = Vec::with_capacity(ROUNDS);
-            let mut bare_ns = Vec::with_capacity(ROUNDS);
-            for round in 0..ROUNDS {
-                let mut t = [0f64; 2];
-                for k in 0..2 {
-                    let v = (round + k) % 2;
-                    let which = if v == 0 { None } else { *rate };
-                    t[v] = timed(which, layout, BATCH, 1).as_nanos() as f64 / BATCH as f64;
-                }
-                bare_ns.push(t[0]);
-                diffs.push(t[1] - t[0]);
-            }
-            diffs.sort_by(f64::total_cmp);
-            bare_ns.sort_by(f64::total_cmp);
+            let per_pair = |rate| timed(rate, layout, BATCH, 1).as_nanos() as f64 / BATCH as f64;
+            let (bare_ns, diffs) = interleave(ROUNDS, || per_pair(None), || per_pair(*rate));
             line += &format!(
                 "  {name}: {:+.2}ns [{:+.2}, {:+.2}] over {:.1}ns",
                 diffs[ROUNDS / 2],

@@ -75,6 +75,9 @@ static LIVE: [Padded<Stripe>; STRIPES] = [const {
 
 /// Spreads pointers over a stripe's slots (see [`slot_of`]).
 const SLOT_MIX: u64 = 0x94D0_49BB_1331_11EB;
+const STRIPE_BITS: u32 = STRIPES.trailing_zeros();
+/// Spreads slots over a stripe's table (see [`table_hash`]).
+const TABLE_MIX: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// The slot of `ptr`: its region's stripe in the high bits, a hash of the pointer in the low ones. The stripe
 /// is a hash of the region, not its low bits: allocators that give each size class a region of its own at an
@@ -85,8 +88,7 @@ const SLOT_MIX: u64 = 0x94D0_49BB_1331_11EB;
 /// shifts.
 #[inline(always)]
 fn slot_of(ptr: usize) -> usize {
-    let stripe =
-        ((ptr >> REGION_BITS) as u64).wrapping_mul(SLOT_MIX) >> (64 - STRIPES.trailing_zeros());
+    let stripe = ((ptr >> REGION_BITS) as u64).wrapping_mul(SLOT_MIX) >> (64 - STRIPE_BITS);
     let mixed = (ptr as u64).wrapping_mul(SLOT_MIX);
     let within = (mixed ^ mixed << 16) >> (64 - SLOT_BITS);
     (stripe << SLOT_BITS | within) as usize
@@ -94,7 +96,7 @@ fn slot_of(ptr: usize) -> usize {
 
 /// The hash of a slot's pointers in their stripe's table.
 fn table_hash(slot: usize) -> u64 {
-    let h = (slot as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let h = (slot as u64).wrapping_mul(TABLE_MIX);
     h ^ h >> 32
 }
 
