@@ -4,7 +4,7 @@
 use core::alloc::{GlobalAlloc, Layout};
 
 use crate::sampler::{self, DEFAULT_SAMPLE_RATE, Guard};
-use crate::stack::Stack;
+use crate::stack::{self, Stack, path};
 use crate::table::{Weight, buckets, live};
 use crate::{labels, peak, totals};
 
@@ -47,13 +47,25 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
 
     /// Records a sampled allocation of `size` bytes at `ptr` (non-null), before `ptr` reaches the program:
     /// in the bucket of its stack and the thread's labels, in the live table, and in the heap totals.
+    ///
+    /// Rate 0 marks the probe that learns the allocation path (see [`crate::stack::path`]): its stack is
+    /// learned from, and nothing is recorded.
     #[cold]
     #[inline(never)]
     fn track(ptr: *mut u8, size: usize, rate: usize) {
+        let entry = Self::track as fn(*mut u8, usize, usize) as usize;
+        if !path::learning_started() {
+            // Before the guard: the probes' allocations must be sampled.
+            path::learn();
+        }
         let Some(_guard) = Guard::enter() else { return };
+        if rate == 0 {
+            path::record_probe(entry);
+            return;
+        }
         crate::fork::register_fork_handlers();
         let mut stack = Stack::empty();
-        stack.capture(Self::track as fn(*mut u8, usize, usize) as usize);
+        stack.capture(entry, stack::frame_pointer());
         let weight = Weight::of(size, rate);
         let bucket = buckets::record_alloc(&stack, labels::for_sample(), weight);
         live::insert(ptr, live::LiveEntry { bucket, weight });

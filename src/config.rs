@@ -26,6 +26,8 @@ pub(crate) const DUMP_DIR: &str = "HEAP_SAMPLER_DUMP_DIR";
 pub(crate) const DUMP_INTERVAL: &str = "HEAP_SAMPLER_DUMP_INTERVAL";
 /// How many periodic profiles the directory keeps.
 pub(crate) const DUMP_KEEP: &str = "HEAP_SAMPLER_DUMP_KEEP";
+/// `0` leaves symbolization to the collector (see [`crate::set_symbolize`]).
+pub(crate) const SYMBOLIZE: &str = "HEAP_SAMPLER_SYMBOLIZE";
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_KEEP: usize = 10;
@@ -39,6 +41,7 @@ const PERIODIC_SUFFIX: &str = ".pb.gz";
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Config {
     rate: Option<usize>,
+    symbolize: Option<bool>,
     exit_dump: Option<PathBuf>,
     periodic: Option<Periodic>,
 }
@@ -63,6 +66,16 @@ impl Config {
                     "ignoring {RATE}={value:?}: not a size in bytes (e.g. 524288, 512KiB, 4MiB; 0 turns \
                      sampling off); using the program's sample rate, by default {}",
                     human_bytes(DEFAULT_SAMPLE_RATE as i64)
+                )),
+            }
+        }
+        if let Some(value) = get(SYMBOLIZE) {
+            match value.to_str().map(str::trim) {
+                Some("0" | "false" | "no" | "off") => config.symbolize = Some(false),
+                Some("1" | "true" | "yes" | "on") => config.symbolize = Some(true),
+                _ => warn(format!(
+                    "ignoring {SYMBOLIZE}={value:?}: not 0 or 1 (0 leaves symbolization to the collector); \
+                     symbolizing in process"
                 )),
             }
         }
@@ -140,12 +153,18 @@ static CONFIGURE: extern "C" fn() = configure;
 
 /// The process constructor: reads the environment once and applies it.
 extern "C" fn configure() {
+    // First, outside the guard, where the probes' allocations reach the sampler: from here on the
+    // profiler's frames are known by address, and whether the allocator is installed is known.
+    crate::stack::path::learn();
     let Some(_guard) = Guard::enter() else { return };
     // Before any thread but this one exists: no fork can find a profiler lock held from here on.
     crate::fork::register_fork_handlers();
     let config = Config::parse(getenv, warn);
     if let Some(rate) = config.rate {
         crate::set_sample_rate(rate);
+    }
+    if let Some(symbolize) = config.symbolize {
+        crate::set_symbolize(symbolize);
     }
     if let Some(path) = config.exit_dump {
         dump_at_exit_to(path);
@@ -198,21 +217,55 @@ fn dump_at_exit_to(path: PathBuf) {
 }
 
 /// Runs at `exit` (when `main` returns or `std::process::exit` is called; not on a signal or an abort).
+/// Writes the profile and, beside it, the profile at the peak: at exit most memory has been freed, so the
+/// in-use view is nearly empty and the allocations and the peak are what there is to read. A line on stderr
+/// says where each file is and which view to open.
 extern "C" fn dump_at_exit() {
     if std::process::id() != EXIT_DUMP_PID.load(Relaxed) {
         return;
     }
     let Some(path) = EXIT_DUMP.get() else { return };
     let _guard = Guard::enter();
-    if let Err(e) = write_atomically(path) {
-        warn(format!("{DUMP_AT_EXIT}: {e}"));
+    let peak_path = peak_path_beside(path);
+    let written = crate::dump_profile()
+        .and_then(|bytes| write_atomically(path, &bytes))
+        .and_then(|()| crate::dump_peak_profile())
+        .and_then(|bytes| write_atomically(&peak_path, &bytes));
+    match written {
+        Ok(()) => {
+            let stats = crate::stats();
+            warn(format!(
+                "wrote the heap profile at exit to {path} ({inuse} still in use, {allocated} allocated in \
+                 all: `go tool pprof -sample_index=alloc_space {path}`) and the profile at the peak \
+                 ({peak} in use) to {peak_file} (`go tool pprof {peak_file}`)",
+                path = path.display(),
+                peak_file = peak_path.display(),
+                inuse = human_bytes(i64::try_from(stats.inuse_bytes).unwrap_or(i64::MAX)),
+                allocated = human_bytes(i64::try_from(stats.alloc_bytes).unwrap_or(i64::MAX)),
+                peak = human_bytes(i64::try_from(stats.peak_inuse_bytes).unwrap_or(i64::MAX)),
+            ));
+        }
+        Err(e) => warn(format!("{DUMP_AT_EXIT}: {e}")),
     }
 }
 
-/// Writes the current profile to `path` through a temporary file in the same directory, renamed into place,
-/// so that a reader never sees half a profile, even if the process ends during the write.
-fn write_atomically(path: &Path) -> Result<(), Error> {
-    let bytes = crate::dump_profile()?;
+/// Where the exit dump writes the peak profile: `app.pb.gz` gives `app.peak.pb.gz`; a name without that
+/// ending gets `.peak.pb.gz` appended.
+fn peak_path_beside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let peak = match name.strip_suffix(PERIODIC_SUFFIX) {
+        Some(stem) => format!("{stem}.peak{PERIODIC_SUFFIX}"),
+        None => format!("{name}.peak{PERIODIC_SUFFIX}"),
+    };
+    path.with_file_name(peak)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory, renamed into place, so that a
+/// reader never sees half a profile, even if the process ends during the write.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
@@ -260,7 +313,9 @@ fn dump_periodically(periodic: &Periodic) {
             "{PERIODIC_PREFIX}{time}-{pid}-{sequence:06}{PERIODIC_SUFFIX}"
         ));
         if let Err(e) =
-            remove_old(&periodic.dir, periodic.keep - 1).and_then(|()| write_atomically(&path))
+            remove_old(&periodic.dir, periodic.keep - 1)
+            .and_then(|()| crate::dump_profile())
+            .and_then(|bytes| write_atomically(&path, &bytes))
         {
             report(&e);
         }
@@ -337,12 +392,14 @@ mod tests {
             (DUMP_DIR, "/var/tmp/heap"),
             (DUMP_INTERVAL, "5m"),
             (DUMP_KEEP, "3"),
+            (SYMBOLIZE, "0"),
         ]);
         assert_eq!(warnings, Vec::<String>::new());
         assert_eq!(
             config,
             Config {
                 rate: Some(65_536),
+                symbolize: Some(false),
                 exit_dump: Some(PathBuf::from("/tmp/heap.pb.gz")),
                 periodic: Some(Periodic {
                     dir: PathBuf::from("/var/tmp/heap"),
@@ -355,6 +412,18 @@ mod tests {
         assert_eq!(
             parse(&[(RATE, ""), (DUMP_AT_EXIT, "")]),
             (Config::default(), vec![])
+        );
+    }
+
+    #[test]
+    fn the_peak_profile_is_written_beside_the_exit_profile() {
+        assert_eq!(
+            peak_path_beside(Path::new("/var/tmp/app.heap.pb.gz")),
+            Path::new("/var/tmp/app.heap.peak.pb.gz")
+        );
+        assert_eq!(
+            peak_path_beside(Path::new("out/heap")),
+            Path::new("out/heap.peak.pb.gz")
         );
     }
 

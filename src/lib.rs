@@ -225,6 +225,7 @@ pub use labels::{
 };
 pub use peak::{dump_peak_profile, write_peak_profile};
 pub use pprof::proto;
+pub use pprof::symbols::{set_keep_std_frames, set_symbolize, symbolize};
 pub use report::{Site, report, top_sites};
 pub use sample_type::SampleType;
 pub use sampler::{DEFAULT_SAMPLE_RATE, sample_rate, set_sample_rate, set_seed};
@@ -300,7 +301,8 @@ pub struct Stats {
     /// Approximate bytes held by the bucket table.
     pub table_bytes: usize,
     /// Approximate bytes of memory the profiler holds: the bucket table, the live sampled allocations, the
-    /// free filter, the label sets and the copy of the peak (not the symbol caches that dumps fill).
+    /// free filter, the label sets, the copy of the peak, and what dumps keep (the frames of each return
+    /// address seen, the build IDs of the mapped files). Debug info is read per dump and not kept.
     pub profiler_bytes: usize,
     /// Samples charged to the overflow bucket because the table was full: their stacks (and labels) are
     /// dropped, their weight is kept.
@@ -345,7 +347,9 @@ pub fn stats() -> Stats {
             + table::live::entry_bytes(live_samples)
             + table::live::FILTER_BYTES
             + labels::label_bytes()
-            + peak::copy_bytes(),
+            + peak::copy_bytes()
+            + pprof::symbols::cache_bytes()
+            + pprof::mappings::cache_bytes(),
         overflow_samples: table.overflow_samples,
         dropped_labels: labels::dropped_samples(),
         label_sets: labels::label_sets(),

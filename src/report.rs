@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use crate::Error;
-use crate::pprof::symbols::{Frame, Resolved};
+use crate::pprof::symbols::{Frame, Resolved, is_std};
 use crate::table::buckets::Counts;
 
 /// The heap figures of one allocation site: the innermost frame of a stack that is outside the standard
@@ -26,28 +26,6 @@ pub struct Site {
     pub alloc_space: i64,
     /// Objects allocated at this site since the program started.
     pub alloc_objects: i64,
-}
-
-const STD_CRATES: &[&str] = &["std::", "core::", "alloc::", "hashbrown::"];
-
-const PRIMITIVES: &[&str] = &[
-    "str", "bool", "char", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64",
-    "i128", "isize", "f32", "f64",
-];
-
-/// Whether a frame belongs to the standard library: its path, or for a trait method `<X as Trait>::f` the
-/// type `X`, is in a standard crate, or `X` is a primitive, slice, reference, pointer, tuple or a generic
-/// parameter.
-fn is_std(name: &str) -> bool {
-    let subject = match name.strip_prefix('<') {
-        Some(rest) if rest.contains(" as ") => rest.split(" as ").next().unwrap_or(rest),
-        Some(rest) => rest.split('>').next().unwrap_or(rest),
-        None => name,
-    };
-    let primitive_or_generic = subject.starts_with(['[', '&', '*', '('])
-        || PRIMITIVES.contains(&subject)
-        || (subject.len() == 1 && subject.starts_with(|c: char| c.is_ascii_uppercase()));
-    primitive_or_generic || STD_CRATES.iter().any(|p| subject.starts_with(p))
 }
 
 fn site_frame<'a>(resolved: &'a Resolved, locations: &[usize]) -> Option<&'a Frame> {
@@ -168,23 +146,6 @@ pub fn report(top: usize) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn standard_library_frames_are_recognised() {
-        assert!(is_std("std::sync::mpmc::array::Channel<T>::with_capacity"));
-        assert!(is_std("alloc::raw_vec::RawVec<T,A>::grow_one"));
-        assert!(is_std("<alloc::vec::Vec<T> as core::clone::Clone>::clone"));
-        assert!(is_std("<[T] as alloc::slice::hack::ConvertVec>::to_vec"));
-        assert!(is_std("<T as alloc::string::ToString>::to_string"));
-        assert!(is_std("<str>::repeat"));
-        assert!(is_std(
-            "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem"
-        ));
-        assert!(!is_std("channels::foo"));
-        assert!(!is_std("<serde_json::Value as core::clone::Clone>::clone"));
-        assert!(!is_std("Tokio::run"));
-        assert!(!is_std("stdx::f"));
-    }
 
     #[test]
     fn bytes_are_human() {

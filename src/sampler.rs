@@ -103,6 +103,8 @@ struct ThreadState {
     guard: Cell<bool>,
     /// Set while the thread forks, holding the guard from the `fork` prepare handler to the parent's.
     fork_guard: Cell<bool>,
+    /// Set by [`with_forced_sample`]: the thread's next allocation is a probe of the allocation path.
+    forced: Cell<bool>,
     /// The [`SEED_GENERATION`] the generator was seeded under.
     seed_generation: Cell<u64>,
     /// Only touched by the slow path of this thread, never reentrantly (see the SAFETY notes).
@@ -119,6 +121,7 @@ impl ThreadState {
             saved_countdown: Cell::new(0),
             guard: Cell::new(false),
             fork_guard: Cell::new(false),
+            forced: Cell::new(false),
             seed_generation: Cell::new(0),
             rng: UnsafeCell::new(None),
         }
@@ -183,6 +186,31 @@ pub fn set_seed(seed: u64) {
     });
 }
 
+/// Runs `f` with the calling thread's next allocation through a [`crate::SamplingAllocator`] marked as a
+/// probe: the allocator is told so by the rate 0 (see [`on_alloc`]) and records nothing. The thread's gap
+/// and generator are as they were afterwards. Must not run inside the profiler guard, where nothing is
+/// sampled.
+pub(crate) fn with_forced_sample<R>(f: impl FnOnce() -> R) -> R {
+    let saved = STATE
+        .try_with(|state| {
+            let saved = (state.countdown.get(), state.beyond.get());
+            state.forced.set(true);
+            // The next allocation takes the slow path, which sees the mark.
+            state.countdown.set(-1);
+            saved
+        })
+        .ok();
+    let result = f();
+    if let Some((countdown, beyond)) = saved {
+        let _ = STATE.try_with(|state| {
+            state.forced.set(false);
+            state.countdown.set(countdown);
+            state.beyond.set(beyond);
+        });
+    }
+    result
+}
+
 /// Whether any allocation has gone through a [`crate::SamplingAllocator`] in this process.
 pub(crate) fn installed() -> bool {
     INSTALLED.load(Relaxed)
@@ -193,7 +221,8 @@ fn bump_epoch() {
     EPOCH.fetch_add(1, Release);
 }
 
-/// Decides whether an allocation of `size` bytes is sampled. Returns the rate to weight it with, or `None`.
+/// Decides whether an allocation of `size` bytes is sampled. Returns the rate to weight it with, or `None`;
+/// `Some(0)` for the probe of [`with_forced_sample`], which is not a sample.
 /// `configured_rate` is the installed allocator's own rate, used until one is set.
 #[inline(always)]
 pub(crate) fn on_alloc(size: usize, configured_rate: usize) -> Option<usize> {
@@ -218,6 +247,12 @@ fn on_alloc_slow(state: &ThreadState, size: usize, configured_rate: usize) -> Op
     if state.guard.get() {
         // The profiler's own memory is never sampled and does not move the countdown.
         return None;
+    }
+    if state.forced.replace(false) {
+        // A probe of the allocation path: rate 0, which no real sample has, tells the allocator so. Neither
+        // the gap nor the generator is touched, so a seeded run samples as it would without the probe.
+        INSTALLED.store(true, Relaxed);
+        return Some(0);
     }
     let epoch = EPOCH.load(Acquire);
     if state.epoch.get() != epoch {

@@ -46,11 +46,22 @@ fn an_unmodified_program_writes_an_exact_profile_at_exit() {
             ("HEAP_SAMPLER_DUMP_AT_EXIT", &path),
         ],
     );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "",
-        "nothing to report"
-    );
+    // One line: where the profiles are and which view to open (at exit, what was held is mostly freed).
+    let peak_path = dir.join("exit.peak.pb.gz");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line after the exit dump:\n{stderr}");
+    for said in [
+        "heap-sampler: wrote the heap profile at exit to ",
+        path.to_str().unwrap(),
+        "-sample_index=alloc_space",
+        peak_path.to_str().unwrap(),
+    ] {
+        assert!(lines[0].contains(said), "{said:?} in {stderr}");
+    }
+    // The peak profile beside it holds the cache too (the highest in-use estimate, with it live).
+    let peak = common::decode(&std::fs::read(&peak_path).expect("the peak profile beside it"));
+    assert!(common::at_function(&peak, "build_cache").inuse_space >= entries * ENTRY);
     let p = common::decode(&std::fs::read(&path).expect("a profile written at exit"));
     assert_eq!(p.period, 1, "HEAP_SAMPLER_RATE=1 is exact mode");
     // Exact mode: every allocation, weight 1. The cache (its entries and the vector holding them) is held

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 
-use super::mappings::MappingInfo;
 use super::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 use super::symbols::{Frame, Resolved};
 use crate::labels::{self, LabelSet};
@@ -50,7 +49,7 @@ pub(crate) struct Header<'a> {
 /// Assembles the profile. Values are already unbiased estimates (as Go writes them); `bytes` is a numeric
 /// label with the sample's average allocation size, as Go's heap profiles carry, and a sample's label set
 /// gives string labels (key and `str`), as Go's `pprof.Do` labels give in CPU profiles.
-pub(crate) fn build(resolved: &Resolved, mappings: &[MappingInfo], header: &Header<'_>) -> Profile {
+pub(crate) fn build(resolved: &Resolved, header: &Header<'_>) -> Profile {
     let mut strings = Strings::new();
     let sample_type = SAMPLE_TYPES
         .iter()
@@ -60,7 +59,8 @@ pub(crate) fn build(resolved: &Resolved, mappings: &[MappingInfo], header: &Head
         })
         .collect();
 
-    let mapping: Vec<Mapping> = mappings
+    let mapping: Vec<Mapping> = resolved
+        .mappings
         .iter()
         .zip(1..)
         .map(|(m, id)| Mapping {
@@ -70,10 +70,10 @@ pub(crate) fn build(resolved: &Resolved, mappings: &[MappingInfo], header: &Head
             file_offset: m.file_offset,
             filename: strings.id(&m.path),
             build_id: strings.id(&m.build_id),
-            has_functions: true,
-            has_filenames: true,
-            has_line_numbers: true,
-            has_inline_frames: true,
+            has_functions: m.has_functions,
+            has_filenames: m.has_filenames,
+            has_line_numbers: m.has_line_numbers,
+            has_inline_frames: m.has_line_numbers,
         })
         .collect();
 

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::fs::File;
 
-use object::Object;
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use object::{Object, ObjectSegment};
 
 use crate::lock::Lock;
 
@@ -14,12 +16,73 @@ pub(crate) struct MappingInfo {
     pub(crate) limit: u64,
     pub(crate) file_offset: u64,
     pub(crate) path: String,
+    /// Whether this is the program's executable.
+    pub(crate) is_main: bool,
     /// Lowercase hex of the `.note.gnu.build-id`, or "" when the file has none or cannot be read.
     pub(crate) build_id: String,
+    /// What the file's loadable segment that holds this mapping adds to a file offset to make its address in
+    /// the file (`p_vaddr − p_offset`), so that [`MappingInfo::file_address`] finds symbols and debug info.
+    pub(crate) vaddr_minus_offset: u64,
+    /// Whether every location of the profile in this mapping was given a function name, a file, a line:
+    /// set by the symbolizer, and `false` until then, so that pprof symbolizes what the profile does not
+    /// name (as Go's `runtime/pprof` sets them from its lookups).
+    pub(crate) has_functions: bool,
+    pub(crate) has_filenames: bool,
+    pub(crate) has_line_numbers: bool,
 }
 
-/// Build IDs by path, read once per file. Only locked under the dump lock.
-static BUILD_IDS: Lock<Option<HashMap<String, String>>> = Lock::new(None);
+impl MappingInfo {
+    /// Whether `address` lies in this mapping.
+    pub(crate) fn contains(&self, address: u64) -> bool {
+        self.start <= address && address < self.limit
+    }
+
+    /// The address in the file (as its symbol table and debug info give them) of the process address
+    /// `address` in this mapping.
+    pub(crate) fn file_address(&self, address: u64) -> u64 {
+        address
+            .wrapping_sub(self.start)
+            .wrapping_add(self.file_offset)
+            .wrapping_add(self.vaddr_minus_offset)
+    }
+
+    /// The path to open the mapped file by: the executable through `/proc/self/exe`, which still opens
+    /// when the file was deleted or replaced after the process started.
+    pub(crate) fn open_path(&self) -> &str {
+        if self.is_main { "/proc/self/exe" } else { &self.path }
+    }
+}
+
+/// What is read once per file: its build ID and its executable loadable segments (`p_offset`, `p_vaddr`,
+/// `p_filesz`).
+#[derive(Clone, Debug, Default)]
+struct FileInfo {
+    build_id: String,
+    segments: Vec<(u64, u64, u64)>,
+}
+
+impl FileInfo {
+    /// `p_vaddr − p_offset` of the executable segment that the executable mapping of `len` bytes at file
+    /// offset `offset` maps (0 if none does). The mapping starts at the page below the segment's offset and
+    /// may reach into the neighbouring segments' pages: only an executable segment can be the one.
+    fn vaddr_minus_offset(&self, offset: u64, len: u64) -> u64 {
+        let end = offset.saturating_add(len);
+        self.segments
+            .iter()
+            .find(|&&(start, _, size)| start < end && offset < start.saturating_add(size))
+            .map_or(0, |&(start, vaddr, _)| vaddr.wrapping_sub(start))
+    }
+}
+
+/// Build IDs and segments by path, read once per file. Only locked under the dump lock.
+static FILES: Lock<Option<HashMap<String, FileInfo>>> = Lock::new(None);
+
+/// Bytes held by the per-file cache (paths, build IDs, segments), for [`crate::Stats::profiler_bytes`].
+pub(crate) fn cache_bytes() -> usize {
+    CACHE_BYTES.load(Relaxed)
+}
+
+static CACHE_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 const DELETED: &str = " (deleted)";
 
@@ -35,19 +98,27 @@ pub(crate) fn read() -> Vec<MappingInfo> {
     let mut mappings: Vec<MappingInfo> = maps.lines().filter_map(parse_line).collect();
     // Stable partition: main binary first, the rest in address order.
     mappings.sort_by_key(|m| m.path != exe);
-    let mut ids = BUILD_IDS.lock();
-    let ids = ids.get_or_insert_with(HashMap::new);
+    let mut files = FILES.lock();
+    let files = files.get_or_insert_with(HashMap::new);
     for mapping in &mut mappings {
-        let source = if mapping.path == exe {
-            "/proc/self/exe"
-        } else {
-            mapping.path.as_str()
-        };
-        mapping.build_id = ids
+        mapping.is_main = mapping.path == exe;
+        let info = files
             .entry(mapping.path.clone())
-            .or_insert_with(|| build_id(source))
-            .clone();
+            .or_insert_with(|| file_info(mapping.open_path()));
+        mapping.build_id = info.build_id.clone();
+        mapping.vaddr_minus_offset =
+            info.vaddr_minus_offset(mapping.file_offset, mapping.limit - mapping.start);
     }
+    let bytes = crate::table::hash_map_bytes(files)
+        + files
+            .iter()
+            .map(|(path, info)| {
+                path.capacity()
+                    + info.build_id.capacity()
+                    + info.segments.capacity() * size_of::<(u64, u64, u64)>()
+            })
+            .sum::<usize>();
+    CACHE_BYTES.store(bytes, Relaxed);
     mappings
 }
 
@@ -66,23 +137,41 @@ fn parse_line(line: &str) -> Option<MappingInfo> {
         limit: u64::from_str_radix(limit, 16).ok()?,
         file_offset: u64::from_str_radix(offset, 16).ok()?,
         path: path.trim_end_matches(DELETED).to_string(),
+        is_main: false,
         build_id: String::new(),
+        vaddr_minus_offset: 0,
+        has_functions: false,
+        has_filenames: false,
+        has_line_numbers: false,
     })
 }
 
-/// The GNU build ID of the ELF file at `path`, as lowercase hex; "" if there is none or it cannot be read.
-fn build_id(path: &str) -> String {
+/// The GNU build ID of the ELF file at `path`, as lowercase hex ("" if there is none), and its loadable
+/// segments; empty if the file cannot be read. Reads the headers only.
+fn file_info(path: &str) -> FileInfo {
     let Ok(file) = File::open(path) else {
-        return String::new();
+        return FileInfo::default();
     };
     let cache = object::ReadCache::new(file);
-    match object::File::parse(&cache)
-        .ok()
-        .and_then(|elf| elf.build_id().ok().flatten())
-    {
+    let Ok(elf) = object::File::parse(&cache) else {
+        return FileInfo::default();
+    };
+    let build_id = match elf.build_id().ok().flatten() {
         Some(id) => id.iter().map(|b| format!("{b:02x}")).collect(),
         None => String::new(),
-    }
+    };
+    let segments = elf
+        .segments()
+        .filter(|segment| match segment.flags() {
+            object::SegmentFlags::Elf { p_flags, .. } => p_flags.0 & object::elf::PF_X.0 != 0,
+            _ => false,
+        })
+        .map(|segment| {
+            let (offset, size) = segment.file_range();
+            (offset, segment.address(), size)
+        })
+        .collect();
+    FileInfo { build_id, segments }
 }
 
 #[cfg(test)]

@@ -86,15 +86,16 @@ pub(crate) fn version_comment() -> String {
     format!("heap-sampler {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Builds the profile of `resolved`, with the process's mappings and the sample rate in force.
+/// Builds the profile of `resolved`, with the sample rate in force; what the symbolizer noted goes into the
+/// comments after `comments`.
 pub(crate) fn build(resolved: &Resolved, time_nanos: i64, comments: &[String]) -> proto::Profile {
-    let mappings = mappings::read();
+    let comments: Vec<String> = comments.iter().chain(&resolved.notes).cloned().collect();
     let header = builder::Header {
         rate: sampler::sample_rate(),
         time_nanos,
-        comments,
+        comments: &comments,
     };
-    builder::build(resolved, &mappings, &header)
+    builder::build(resolved, &header)
 }
 
 /// Encodes and gzips a profile.

@@ -1,19 +1,36 @@
 //! In-process symbolization of a bucket snapshot: return addresses to functions, files, lines and inlined
-//! frames, with the profiler's own frames and Rust's allocation shims trimmed from the top of every stack.
+//! frames, from each file's DWARF debug info, else its ELF symbol table (`.symtab`, then `.dynsym`).
+//!
+//! The debug info is read with addr2line for the addresses of one dump and dropped after it: parsed DWARF
+//! of a large binary takes tens of MiB, more than a service should keep for its profiler. What is kept is a
+//! bounded cache of the frames of each address seen ([`MAX_CACHED_ADDRESSES`]), with names interned, and
+//! it is counted in [`crate::Stats::profiler_bytes`]. An address that no lookup names is kept as an address,
+//! its mapping says so (`has_functions` false), and pprof symbolizes it offline from the binary, as it does
+//! for Go profiles of stripped binaries.
+//!
+//! The frames of the standard library's allocation and collections code that lead a stack (`Vec::push`,
+//! `String::clone`, `HashMap::insert` down to the allocator shims) are dropped by default, as Go's heap
+//! profiles drop its runtime's allocation frames (`hideRuntime` in `runtime/pprof/protomem.go`), so that the
+//! flat column names the program's code (see [`set_keep_std_frames`]).
 
-use std::collections::HashMap;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
+use super::mappings::{self, MappingInfo};
 use crate::labels::LabelSet;
 use crate::lock::Lock;
+use crate::stack::path;
 use crate::table::buckets::{BucketSnapshot, Counts};
+use crate::table::{hash_map_bytes, table_bytes};
 
 /// One source-level frame of a location.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Frame {
     /// Demangled, without the hash suffix, e.g. `channels::foo`.
     pub(crate) name: Arc<str>,
-    /// As the linker knows it (mangled).
+    /// As the linker knows it (mangled), or as the debug info names it.
     pub(crate) system_name: Arc<str>,
     /// Source path, or "" when unknown.
     pub(crate) file: Arc<str>,
@@ -33,7 +50,7 @@ impl Frame {
     }
 }
 
-/// A return address with its frames, innermost (inlined) first.
+/// A return address with its frames, innermost (inlined) first; no frames when it was not symbolized.
 #[derive(Clone, Debug)]
 pub(crate) struct ResolvedLocation {
     /// The call instruction's address (return address − 1); 0 for markers such as `[truncated]`.
@@ -55,6 +72,10 @@ pub(crate) struct ResolvedSample {
 pub(crate) struct Resolved {
     pub(crate) locations: Vec<ResolvedLocation>,
     pub(crate) samples: Vec<ResolvedSample>,
+    /// The process's executable mappings, with what the symbolizer found in each.
+    pub(crate) mappings: Vec<MappingInfo>,
+    /// What is missing from the profile and what to do about it: for its comments.
+    pub(crate) notes: Vec<String>,
 }
 
 /// Marker frame that ends a stack cut at the maximum depth.
@@ -65,116 +86,284 @@ pub(crate) const OVERFLOW: &str = "[bucket table full]";
 /// profiler): they are counted, not dropped.
 pub(crate) const NOT_CAPTURED: &str = "[stack not captured]";
 
-/// Frames of the profiler's allocation path and of the allocator shims that lead to it: nothing at or below
-/// the outermost of them belongs to the program.
-const PROFILER_PREFIXES: &[&str] = &[
-    "heap_sampler::allocator::",
-    "<heap_sampler::allocator::",
-    "heap_sampler::sampler::",
-    "heap_sampler::stack::",
-    "heap_sampler::table::",
-    "__rust_alloc",
-    "__rust_realloc",
-    "__rust_dealloc",
-    "__rustc::__rust_alloc",
-    "__rustc::__rust_realloc",
-    "__rustc::__rust_dealloc",
-    "__rustc::__rdl_",
-    "__rustc::__rg_",
-    "__rdl_",
-    "__rg_",
-];
+static SYMBOLIZE: AtomicBool = AtomicBool::new(true);
+static KEEP_STD_FRAMES: AtomicBool = AtomicBool::new(false);
 
-/// Frames of the allocation path above the shims, and of the unwinder the profiler calls (when it is not
-/// skipped by address): trimmed where they lead a stack.
-const ALLOCATION_PREFIXES: &[&str] = &[
-    "backtrace::backtrace::",
-    "_Unwind_Backtrace",
-    "alloc::alloc::",
-    "<alloc::alloc::",
-    "std::alloc::",
-    "<std::alloc::",
-    "std::sys::alloc::",
-    "std::sys::pal::unix::alloc::",
-];
-
-fn is_profiler(frame: &Frame) -> bool {
-    PROFILER_PREFIXES.iter().any(|p| frame.name.starts_with(p))
+/// Chooses whether profiles are symbolized in process (the default) or carry only addresses, mappings and
+/// build IDs, for a collector that symbolizes them itself (Parca, Pyroscope with uploaded debug info,
+/// `go tool pprof <binary> profile.pb.gz`). Without symbolization a dump reads no debug info, so its cost
+/// does not grow with the binary's size; [`crate::report`], [`crate::top_sites`] and the folded stacks then
+/// show addresses. The environment variable `HEAP_SAMPLER_SYMBOLIZE=0` sets it off from the start.
+pub fn set_symbolize(on: bool) {
+    SYMBOLIZE.store(on, Relaxed);
 }
 
-fn is_internal(frame: &Frame) -> bool {
-    is_profiler(frame)
-        || ALLOCATION_PREFIXES
-            .iter()
-            .any(|p| frame.name.starts_with(p))
+/// Whether profiles are symbolized in process (see [`set_symbolize`]).
+pub fn symbolize() -> bool {
+    SYMBOLIZE.load(Relaxed)
 }
 
-/// Symbols of each return address seen, kept across dumps (code does not move). Only locked under the dump
-/// lock.
-static CACHE: Lock<Option<HashMap<usize, Arc<[Frame]>>>> = Lock::new(None);
+/// Keeps (`true`) or drops (`false`, the default) the standard library's frames that lead a stack: the
+/// frames of `alloc::`, `core::`, `std::` and `hashbrown::` (std's `HashMap`) code between the program and
+/// the allocator, down to the global allocator shims. Dropped, the innermost frame of every sample is the
+/// program's code that asked for memory (`my_crate::load` rather than
+/// `alloc::raw_vec::RawVecInner::try_allocate_in`), so pprof's flat column names the program, as Go's heap
+/// profiles drop the runtime's allocation frames. A stack made only of such frames keeps them all.
+pub fn set_keep_std_frames(keep: bool) {
+    KEEP_STD_FRAMES.store(keep, Relaxed);
+}
 
-/// The frames of return address `ip`, innermost first, with internal frames removed from the inner end.
-fn frames_of(cache: &mut HashMap<usize, Arc<[Frame]>>, ip: usize) -> Arc<[Frame]> {
-    cache
-        .entry(ip)
-        .or_insert_with(|| {
-            let mut frames = Vec::new();
-            // `resolve` looks up `ip − 1`, the call instruction, as a return address needs.
-            backtrace::resolve(ip as *mut core::ffi::c_void, |symbol| {
-                let Some(name) = symbol.name() else { return };
-                frames.push(Frame {
-                    name: format!("{name:#}").into(),
-                    system_name: String::from_utf8_lossy(name.as_bytes()).into(),
-                    file: symbol
-                        .filename()
-                        .map(|f| f.to_string_lossy().into())
-                        .unwrap_or_else(|| "".into()),
-                    line: symbol.lineno().unwrap_or(0),
-                });
-            });
-            let inner_internal = frames.iter().take_while(|f| is_internal(f)).count();
-            if inner_internal == frames.len() && !frames.is_empty() {
-                // Wholly internal: keep the frames, the location is trimmed as a whole (see `resolve`).
-                return frames.into();
+/// The most addresses whose frames are kept between dumps; when a dump would go past it, the cache starts
+/// over. A service's stacks go through far fewer distinct return addresses.
+pub(crate) const MAX_CACHED_ADDRESSES: usize = 1 << 16;
+
+/// The frames of each return address seen, with names and paths interned. Only locked under the dump lock.
+#[derive(Default)]
+struct Cache {
+    frames: HashMap<usize, Arc<[Frame]>>,
+    strings: HashSet<Arc<str>>,
+}
+
+impl Cache {
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(interned) = self.strings.get(s) {
+            return interned.clone();
+        }
+        let interned: Arc<str> = s.into();
+        self.strings.insert(interned.clone());
+        interned
+    }
+
+    /// Bytes this cache has allocated: both tables, each address's frames and each interned string.
+    fn bytes(&self) -> usize {
+        let arc = |payload: usize| (2 * size_of::<usize>() + payload).next_multiple_of(8);
+        hash_map_bytes(&self.frames)
+            + table_bytes(self.strings.capacity(), size_of::<Arc<str>>())
+            + self
+                .frames
+                .values()
+                .map(|frames| arc(frames.len() * size_of::<Frame>()))
+                .sum::<usize>()
+            + self.strings.iter().map(|s| arc(s.len())).sum::<usize>()
+    }
+}
+
+static CACHE: Lock<Option<Cache>> = Lock::new(None);
+static CACHE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes held by the symbol cache, for [`crate::Stats::profiler_bytes`].
+pub(crate) fn cache_bytes() -> usize {
+    CACHE_BYTES.load(Relaxed)
+}
+
+/// Whether a frame belongs to the standard library or the allocator shims: by its name (see [`is_std`]),
+/// or, where the debug info has only short names (`debug = "line-tables-only"`), by its file, which for the
+/// standard library and its dependencies is under the `/rustc/<commit>/` and `/rust/deps/` prefixes that
+/// rustc remaps their sources to.
+fn is_std_frame(frame: &Frame) -> bool {
+    is_std(&frame.name)
+        || frame.file.starts_with("/rustc/")
+        || frame.file.starts_with("/rust/deps/")
+}
+
+const STD_CRATES: &[&str] = &["std::", "core::", "alloc::", "hashbrown::"];
+
+const PRIMITIVES: &[&str] = &[
+    "str", "bool", "char", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64",
+    "i128", "isize", "f32", "f64",
+];
+
+/// Whether a function name belongs to the standard library: its path, or for a trait method `<X as Trait>::f`
+/// the type `X`, is in a standard crate, or `X` is a primitive, slice, reference, pointer, tuple or a
+/// generic parameter.
+pub(crate) fn is_std(name: &str) -> bool {
+    let subject = match name.strip_prefix('<') {
+        Some(rest) if rest.contains(" as ") => rest.split(" as ").next().unwrap_or(rest),
+        Some(rest) => rest.split('>').next().unwrap_or(rest),
+        None => name,
+    };
+    let primitive_or_generic = subject.starts_with(['[', '&', '*', '('])
+        || PRIMITIVES.contains(&subject)
+        || (subject.len() == 1 && subject.starts_with(|c: char| c.is_ascii_uppercase()));
+    primitive_or_generic || STD_CRATES.iter().any(|p| subject.starts_with(p))
+}
+
+/// Demangles a Rust symbol without its hash suffix; other names are kept as they are.
+fn demangle(name: &str) -> String {
+    match rustc_demangle::try_demangle(name) {
+        Ok(demangled) => format!("{demangled:#}"),
+        Err(_) => name.to_string(),
+    }
+}
+
+/// The frames at file address `probe` (a call instruction) of the file `loader` reads, innermost first:
+/// DWARF's inlined frames with their files and lines, and for the outermost frame the symbol table's name
+/// when DWARF has only a short one (as with `debug = "line-tables-only"`, which keeps no linkage names).
+/// Without DWARF, the symbol table's name alone; empty when neither names the address.
+fn lookup(cache: &mut Cache, loader: &addr2line::Loader, probe: u64) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    // (name, whether it is a linkage name, file, line)
+    let mut found: Vec<(Option<String>, bool, Option<String>, u32)> = Vec::new();
+    if let Ok(mut iter) = loader.find_frames(probe) {
+        while let Ok(Some(frame)) = iter.next() {
+            let name = frame
+                .function
+                .as_ref()
+                .and_then(|f| f.raw_name().ok())
+                .map(|n| n.into_owned());
+            let linkage = name
+                .as_deref()
+                .is_some_and(|n| rustc_demangle::try_demangle(n).is_ok());
+            let (file, line) = frame
+                .location
+                .map_or((None, 0), |l| (l.file.map(str::to_string), l.line.unwrap_or(0)));
+            found.push((name, linkage, file, line));
+        }
+    }
+    let symbol = loader.find_symbol(probe).map(str::to_string);
+    match (found.last_mut(), symbol) {
+        (Some(outermost), Some(symbol)) if !outermost.1 => {
+            outermost.0 = Some(symbol);
+        }
+        (None, Some(symbol)) => found.push((Some(symbol), true, None, 0)),
+        _ => {}
+    }
+    for (name, _, file, line) in found {
+        // A frame DWARF gives no function for cannot be shown as one.
+        let Some(system_name) = name else { continue };
+        frames.push(Frame {
+            name: cache.intern(&demangle(&system_name)),
+            system_name: cache.intern(&system_name),
+            file: cache.intern(file.as_deref().unwrap_or("")),
+            line,
+        });
+    }
+    frames
+}
+
+/// Symbolizes the return addresses `ips` (sorted, none cached) into the cache: each file's debug info is
+/// opened once, for all of its addresses, and dropped at the end.
+fn symbolize_into(cache: &mut Cache, ips: &[usize], mappings: &[MappingInfo]) {
+    let mut by_file: HashMap<&str, Vec<(usize, &MappingInfo)>> = HashMap::new();
+    for &ip in ips {
+        let call = (ip as u64).saturating_sub(1);
+        match mappings.iter().find(|m| m.contains(call)) {
+            Some(mapping) => by_file
+                .entry(mapping.open_path())
+                .or_default()
+                .push((ip, mapping)),
+            None => {
+                cache.frames.insert(ip, Arc::from([]));
             }
-            frames.drain(..inner_internal);
-            frames.into()
-        })
-        .clone()
+        }
+    }
+    for (path, ips) in by_file {
+        let loader = addr2line::Loader::new(path).ok();
+        for (ip, mapping) in ips {
+            let frames = match &loader {
+                Some(loader) => {
+                    let call = (ip as u64).saturating_sub(1);
+                    lookup(cache, loader, mapping.file_address(call))
+                }
+                None => Vec::new(),
+            };
+            cache.frames.insert(ip, frames.into());
+        }
+    }
 }
 
-/// Symbolizes `buckets`: one location per distinct return address, one sample per distinct trimmed stack and
-/// label set. Must run inside the profiler guard.
+/// The source file of the allocator's entry points, as the debug info names it: where the compiler inlines
+/// `GlobalAlloc::alloc` into the program's code (with the shims, in one function), the return address is the
+/// program's, and only the inlined frames say that the allocator is there.
+const ALLOCATOR_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/allocator.rs");
+
+/// Whether a frame is the profiler's or one of the allocator shims that lead to it, inlined into the program's
+/// code: by name, or by the allocator's source file where names are short.
+fn is_profiler_frame(frame: &Frame) -> bool {
+    frame.name.starts_with("heap_sampler::")
+        || frame.name.starts_with("<heap_sampler::")
+        || frame.name.starts_with("__rust")
+        || frame.name.starts_with("__rg_")
+        || &*frame.file == ALLOCATOR_SOURCE
+}
+
+/// How many leading locations of a stack, and then how many leading inlined frames of the next location,
+/// are the profiler's or the allocator shims inlined into the program, or (unless `keep_std`) the standard
+/// library's: all of them are dropped, unless that would leave nothing.
+fn leading_std(located: &[(usize, Arc<[Frame]>)], keep_std: bool) -> (usize, usize) {
+    let dropped = |f: &Frame| is_profiler_frame(f) || (!keep_std && is_std_frame(f));
+    for (index, (_, frames)) in located.iter().enumerate() {
+        let std = frames.iter().take_while(|f| dropped(f)).count();
+        if frames.is_empty() || std < frames.len() {
+            // Unsymbolized (nothing is known of it) or the program's: the stack starts here.
+            return (index, std);
+        }
+    }
+    (0, 0)
+}
+
+/// Symbolizes `buckets`: one location per distinct return address (and per count of standard library frames
+/// dropped from it), one sample per distinct stack and label set. Must run inside the profiler guard.
 pub(crate) fn resolve(buckets: &[BucketSnapshot]) -> Resolved {
+    let mut resolved = Resolved {
+        mappings: mappings::read(),
+        ..Resolved::default()
+    };
+    let symbolize = symbolize();
+    let keep_std = KEEP_STD_FRAMES.load(Relaxed);
     let mut cache = CACHE.lock();
-    let cache = cache.get_or_insert_with(HashMap::new);
-    let mut resolved = Resolved::default();
-    let mut location_of: HashMap<usize, usize> = HashMap::new();
+    let cache = cache.get_or_insert_with(Cache::default);
+    // The program's frames of each bucket: a sample taken while the allocation path was being learned
+    // still has the path's frames.
+    fn program(bucket: &BucketSnapshot) -> &[usize] {
+        let frames = bucket.frames.as_slice();
+        &frames[path::path_frames(frames)..]
+    }
+    if symbolize {
+        let mut missing: Vec<usize> = buckets
+            .iter()
+            .flat_map(program)
+            .copied()
+            .filter(|ip| !cache.frames.contains_key(ip))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if cache.frames.len() + missing.len() > MAX_CACHED_ADDRESSES {
+            *cache = Cache::default();
+            missing = buckets.iter().flat_map(program).copied().collect();
+            missing.sort_unstable();
+            missing.dedup();
+        }
+        symbolize_into(cache, &missing, &resolved.mappings);
+        CACHE_BYTES.store(cache.bytes(), Relaxed);
+    }
+    let no_frames: Arc<[Frame]> = Arc::from([]);
+
+    let mut location_of: HashMap<(usize, usize), usize> = HashMap::new();
     let mut marker_of: HashMap<&'static str, usize> = HashMap::new();
-    let mut sample_of: HashMap<(Vec<usize>, LabelSet), usize> = HashMap::new();
+    // Samples by stack and labels, found by hash: the table holds indexes, not copies of the stacks.
+    let hasher = std::hash::RandomState::new();
+    let hash_of = |stack: &[usize], labels: &LabelSet| hasher.hash_one((stack, labels));
+    let mut sample_of: hashbrown::HashTable<usize> = hashbrown::HashTable::new();
+    let mut located: Vec<(usize, Arc<[Frame]>)> = Vec::new();
 
     for bucket in buckets {
-        let mut stack = Vec::with_capacity(bucket.frames.len() + 1);
-        let symbolized: Vec<(usize, Arc<[Frame]>)> = bucket
-            .frames
-            .iter()
-            .map(|&ip| (ip, frames_of(cache, ip)))
-            .collect();
-        // Everything up to the outermost profiler frame is the profiler (whatever the unwinder reported
-        // around it), then the allocation functions that called the shims.
-        let past_profiler = symbolized
-            .iter()
-            .rposition(|(_, frames)| frames.iter().any(is_profiler))
-            .map_or(0, |i| i + 1);
-        let program = symbolized[past_profiler..]
-            .iter()
-            .skip_while(|(_, frames)| frames.first().is_some_and(is_internal));
-        for (ip, frames) in program {
-            let ip = *ip;
-            let index = *location_of.entry(ip).or_insert_with(|| {
+        located.clear();
+        located.extend(program(bucket).iter().map(|&ip| {
+            let frames = match cache.frames.get(&ip) {
+                Some(frames) if symbolize => frames.clone(),
+                _ => no_frames.clone(),
+            };
+            (ip, frames)
+        }));
+        let (skip_locations, skip_inline) = leading_std(&located, keep_std);
+        let mut stack = Vec::with_capacity(located.len() - skip_locations + 1);
+        for (k, (ip, frames)) in located.iter().enumerate().skip(skip_locations) {
+            let dropped = if k == skip_locations { skip_inline } else { 0 };
+            let index = *location_of.entry((*ip, dropped)).or_insert_with(|| {
                 resolved.locations.push(ResolvedLocation {
-                    address: (ip as u64).saturating_sub(1),
-                    frames: frames.to_vec(),
+                    address: (*ip as u64).saturating_sub(1),
+                    frames: frames[dropped..].to_vec(),
                 });
                 resolved.locations.len() - 1
             });
@@ -199,18 +388,154 @@ pub(crate) fn resolve(buckets: &[BucketSnapshot]) -> Resolved {
             });
             stack.push(index);
         }
-        let key = (stack, bucket.labels);
-        match sample_of.get(&key) {
-            Some(&i) => resolved.samples[i].counts.merge(&bucket.counts),
+        let hash = hash_of(&stack, &bucket.labels);
+        let samples = &mut resolved.samples;
+        let found = sample_of
+            .find(hash, |&i| {
+                samples[i].labels == bucket.labels && samples[i].locations == stack
+            })
+            .copied();
+        match found {
+            Some(i) => samples[i].counts.merge(&bucket.counts),
             None => {
-                sample_of.insert(key.clone(), resolved.samples.len());
-                resolved.samples.push(ResolvedSample {
-                    locations: key.0,
+                sample_of.insert_unique(hash, samples.len(), |&i| {
+                    hash_of(&samples[i].locations, &samples[i].labels)
+                });
+                samples.push(ResolvedSample {
+                    locations: stack,
                     labels: bucket.labels,
                     counts: bucket.counts,
                 });
             }
         }
     }
+    judge_mappings(&mut resolved, symbolize);
     resolved
+}
+
+/// Sets each mapping's `has_*` flags from its locations (true only when every location in it has frames,
+/// files, lines), and notes on the program's file when addresses have no name or no line, and on another
+/// file when none has a name.
+fn judge_mappings(resolved: &mut Resolved, symbolize: bool) {
+    let Resolved {
+        locations,
+        mappings,
+        notes,
+        ..
+    } = resolved;
+    if !symbolize {
+        notes.push(
+            "not symbolized (set_symbolize(false) or HEAP_SAMPLER_SYMBOLIZE=0): symbolize with \
+             `go tool pprof <binary> <profile>`, or let the collector do it"
+                .to_string(),
+        );
+        return;
+    }
+    for mapping in mappings.iter_mut() {
+        let (mut total, mut unnamed, mut no_file, mut no_line) = (0usize, 0usize, 0usize, 0usize);
+        for location in locations.iter().filter(|l| l.address != 0 && mapping.contains(l.address)) {
+            total += 1;
+            unnamed += location.frames.is_empty() as usize;
+            no_file += location.frames.iter().any(|f| f.file.is_empty()) as usize;
+            no_line += location.frames.iter().any(|f| f.line == 0) as usize;
+        }
+        mapping.has_functions = total > 0 && unnamed == 0;
+        mapping.has_filenames = mapping.has_functions && no_file == 0;
+        mapping.has_line_numbers = mapping.has_filenames && no_line == 0;
+        let build = if mapping.build_id.is_empty() {
+            String::new()
+        } else {
+            format!(" (build ID {})", mapping.build_id)
+        };
+        // Another file (libc, say) often has a few internal functions without symbols: said only when none is named.
+        let note = if unnamed > 0 && (mapping.is_main || unnamed == total) {
+            format!(
+                "{}{build}: no symbols for {unnamed} of {total} addresses (stripped, or no symbol table): \
+                 they are kept as addresses; symbolize offline with `go tool pprof <unstripped copy of \
+                 the binary> <profile>`, or build without `strip` and with `debug = \"line-tables-only\"`",
+                mapping.path
+            )
+        } else if mapping.is_main && total > 0 && no_file == total {
+            format!(
+                "{}{build}: function names only, no files or lines (no debug info): build with \
+                 `debug = \"line-tables-only\"` or more for them",
+                mapping.path
+            )
+        } else {
+            continue;
+        };
+        if mapping.is_main {
+            warn_once(&note);
+        }
+        notes.push(note);
+    }
+}
+
+/// Says `note` on stderr, the first time only: a process dumps again and again.
+fn warn_once(note: &str) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Relaxed) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "heap-sampler: {note}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_library_frames_are_recognised() {
+        assert!(is_std("std::sync::mpmc::array::Channel<T>::with_capacity"));
+        assert!(is_std("alloc::raw_vec::RawVec<T,A>::grow_one"));
+        assert!(is_std("<alloc::vec::Vec<T> as core::clone::Clone>::clone"));
+        assert!(is_std("<[T] as alloc::slice::hack::ConvertVec>::to_vec"));
+        assert!(is_std("<T as alloc::string::ToString>::to_string"));
+        assert!(is_std("<str>::repeat"));
+        assert!(is_std(
+            "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem"
+        ));
+        assert!(!is_std("channels::foo"));
+        assert!(!is_std("<serde_json::Value as core::clone::Clone>::clone"));
+        assert!(!is_std("Tokio::run"));
+        assert!(!is_std("stdx::f"));
+    }
+
+    fn frame(name: &str, file: &str) -> Frame {
+        Frame {
+            name: name.into(),
+            system_name: name.into(),
+            file: file.into(),
+            line: 1,
+        }
+    }
+
+    #[test]
+    fn leading_standard_library_frames_are_found_by_name_or_file() {
+        let std_location: Arc<[Frame]> = Arc::from([
+            frame("alloc::alloc::alloc", "/rustc/abc/library/alloc/src/alloc.rs"),
+            // A short name from line tables, known by its file.
+            frame("try_allocate_in<u8>", "/rustc/abc/library/alloc/src/raw_vec/mod.rs"),
+        ]);
+        let mixed: Arc<[Frame]> = Arc::from([
+            frame("with_capacity", "/rustc/abc/library/alloc/src/vec/mod.rs"),
+            frame("app::load", "/src/app/main.rs"),
+        ]);
+        let program: Arc<[Frame]> = Arc::from([frame("app::main", "/src/app/main.rs")]);
+        let stack = [(1, std_location.clone()), (2, mixed), (3, program)];
+        assert_eq!(leading_std(&stack, false), (1, 1));
+        assert_eq!(leading_std(&stack, true), (0, 0));
+        // Nothing but the standard library: kept whole.
+        assert_eq!(leading_std(&[(1, std_location)], false), (0, 0));
+        // An address without symbols ends the search: nothing is known of it.
+        assert_eq!(leading_std(&[(1, Arc::from([]))], false), (0, 0));
+        // The allocator inlined into the program's function: dropped even when the standard library's
+        // frames are kept.
+        let inlined: Arc<[Frame]> = Arc::from([
+            frame("alloc<std::alloc::System>", ALLOCATOR_SOURCE),
+            frame("__rust_alloc", ""),
+            frame("app::load", "/src/app/main.rs"),
+        ]);
+        assert_eq!(leading_std(&[(1, inlined)], true), (0, 2));
+    }
 }

@@ -6,6 +6,7 @@ use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 mod dwarf;
+pub(crate) mod path;
 
 /// The most return addresses a stack can hold; [`set_max_stack_depth`] can lower the depth used.
 pub const MAX_STACK_DEPTH: usize = 128;
@@ -65,9 +66,6 @@ pub fn unwinder() -> Unwinder {
     }
 }
 
-/// Frames of the profiler itself that a frame-pointer walk goes through before the allocator's caller.
-const PROFILER_FRAMES: usize = 4;
-
 const FRAME_POINTERS_SUPPORTED: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
 
 thread_local! {
@@ -109,21 +107,39 @@ pub(crate) struct Stack {
 
 impl Stack {
     /// Captures the current thread's stack, starting at the caller of the function that starts at address
-    /// `skip_through` (the profiler's entry point), so that the profiler's own frames take none of the depth.
-    /// If no frame belongs to that function, the whole stack is kept (the dump trims by name as well). Must run
-    /// inside the profiler guard: the unwinder may allocate on first use.
+    /// `entry` (the profiler's entry point) whose frame pointer is `entry_frame` (used by the frame-pointer
+    /// walk), then drops the frames of the allocation path (see [`path`]), so that the stack begins at the
+    /// program's call into the allocator. Must run inside the profiler guard: the unwinder may allocate on
+    /// first use.
     ///
     /// Called on an [`Stack::empty`] stack of the caller's, which it fills in place: returning a stack would
     /// copy the whole kilobyte.
     #[inline(never)]
-    pub(crate) fn capture(&mut self, skip_through: usize) {
+    pub(crate) fn capture(&mut self, entry: usize, entry_frame: usize) {
         let depth = DEPTH.load(Relaxed).min(MAX_STACK_DEPTH);
-        match unwinder() {
-            Unwinder::FramePointer if self.walk_frame_pointers(depth) => return,
-            Unwinder::Dwarf if self.walk_cached_dwarf(depth, skip_through) => return,
-            _ => {}
+        // The path's frames are walked too, then dropped: walk that many more.
+        let walked = (depth + path::len()).min(MAX_STACK_DEPTH);
+        let done = match unwinder() {
+            Unwinder::FramePointer => self.walk_frame_pointers(walked, entry_frame),
+            Unwinder::Dwarf => self.walk_cached_dwarf(walked, entry),
+        };
+        if !done {
+            self.walk_system(walked, entry);
         }
-        self.walk_system(depth, skip_through);
+        self.drop_allocation_path(depth);
+    }
+
+    /// Removes the allocation path's frames from the inner end, and cuts the stack to `depth` frames.
+    fn drop_allocation_path(&mut self, depth: usize) {
+        let skip = path::path_frames(self.frames());
+        if skip > 0 {
+            self.frames.copy_within(skip..self.len, 0);
+            self.len -= skip;
+        }
+        if self.len > depth {
+            self.len = depth;
+            self.truncated = true;
+        }
     }
 
     /// A stack of no frames.
@@ -198,23 +214,19 @@ impl Stack {
         false
     }
 
-    /// Follows the saved frame pointers from this function's frame outwards. Only on the thread's own stack:
-    /// the stack pointer must lie within the thread's stack bounds, and then each frame pointer must lie
-    /// between the stack pointer and the top of that stack, 8-aligned, and above the previous one, or the walk
-    /// ends. Memory in that range is mapped, so no read can fault. Returns `false`, capturing nothing, when
-    /// the code runs on another stack (a coroutine, a signal stack): the caller then uses the DWARF unwinder.
-    ///
-    /// The profiler's own frames (this function, `capture`, the allocator's) are walked too, so up to
-    /// [`PROFILER_FRAMES`] more frames than `depth` are kept; the profile trims them by name.
+    /// Follows the saved frame pointers outwards from the frame whose frame pointer is `fp` (the profiler's
+    /// entry point's): its return address is the first frame. Only on the thread's own stack: the stack
+    /// pointer must lie within the thread's stack bounds, and then each frame pointer must lie between the
+    /// stack pointer and the top of that stack, 8-aligned, and above the previous one, or the walk ends.
+    /// Memory in that range is mapped, so no read can fault. Returns `false`, capturing nothing, when the code
+    /// runs on another stack (a coroutine, a signal stack): the caller then uses the DWARF unwinder.
     #[inline(never)]
-    fn walk_frame_pointers(&mut self, depth: usize) -> bool {
+    fn walk_frame_pointers(&mut self, depth: usize, mut fp: usize) -> bool {
         let (low_bound, high) = stack_bounds();
         let sp = stack_pointer();
         if sp < low_bound || sp >= high {
             return false;
         }
-        let depth = (depth + PROFILER_FRAMES).min(MAX_STACK_DEPTH);
-        let mut fp = frame_pointer();
         while fp >= sp && fp % 8 == 0 && fp.saturating_add(16) <= high {
             // SAFETY: `fp..fp + 16` lies between the stack pointer and the top of this thread's own stack,
             // which is mapped and readable; the values read are plain words.
@@ -305,7 +317,7 @@ fn stack_pointer() -> usize {
 
 /// The frame pointer register of the calling frame (0 where frame pointers are not supported).
 #[inline(always)]
-fn frame_pointer() -> usize {
+pub(crate) fn frame_pointer() -> usize {
     read_register!("rbp", "x29", 0)
 }
 

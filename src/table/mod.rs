@@ -31,6 +31,24 @@ impl core::hash::Hasher for WordHasher {
     }
 }
 
+/// Bytes of the table that a hash map (or set) with `capacity` (its [`std::collections::HashMap::capacity`])
+/// of entries of `entry` bytes has allocated: hashbrown's buckets, one control byte per bucket and a group
+/// of 16 more. Buckets are a power of two, of which 7/8 are usable (all but one below 8).
+pub(crate) fn table_bytes(capacity: usize, entry: usize) -> usize {
+    let buckets = match capacity {
+        0 => return 0,
+        1..=3 => 4,
+        4..=7 => 8,
+        _ => (capacity / 7 * 8).next_power_of_two(),
+    };
+    buckets * (entry + 1) + 16
+}
+
+/// [`table_bytes`] of a hash map.
+pub(crate) fn hash_map_bytes<K, V, S>(map: &std::collections::HashMap<K, V, S>) -> usize {
+    table_bytes(map.capacity(), size_of::<(K, V)>())
+}
+
 /// Adds `delta` (wrapping) to a count that only the holder of its stripe's lock changes, and that is read
 /// without the lock: a plain load and store, no locked instruction.
 fn bump(count: &core::sync::atomic::AtomicU64, delta: u64) {

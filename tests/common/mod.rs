@@ -205,8 +205,38 @@ pub fn check_contract(p: &Profile) {
         s(m.filename);
         s(m.build_id);
         assert!(m.memory_start < m.memory_limit);
-        assert!(m.has_functions && m.has_filenames && m.has_line_numbers && m.has_inline_frames);
+        // Each flag is claimed only when it holds for every location in the mapping (as Go's proto.go).
+        let in_mapping = p.location.iter().filter(|l| l.mapping_id == m.id);
+        if m.has_functions {
+            assert!(
+                in_mapping.clone().all(|l| !l.line.is_empty()),
+                "has_functions, but a location of {} has no function",
+                s(m.filename)
+            );
+        }
+        if m.has_filenames {
+            assert!(m.has_functions, "files without functions");
+            let named_file = |id: u64| !s(p.function[id as usize - 1].filename).is_empty();
+            assert!(
+                in_mapping
+                    .clone()
+                    .all(|l| l.line.iter().all(|line| named_file(line.function_id))),
+                "has_filenames, but a function of {} has no file",
+                s(m.filename)
+            );
+        }
+        if m.has_line_numbers {
+            assert!(
+                in_mapping.clone().all(|l| l.line.iter().all(|line| line.line > 0)),
+                "has_line_numbers, but a line of {} is 0",
+                s(m.filename)
+            );
+        }
     }
+    assert!(
+        main.has_functions,
+        "every address of the test binary is named in process"
+    );
     for f in &p.function {
         s(f.name);
         s(f.system_name);
@@ -220,9 +250,11 @@ pub fn check_contract(p: &Profile) {
                 (m.memory_start..m.memory_limit).contains(&l.address),
                 "location inside its mapping"
             );
+            // One location per address and inlined depth: a call site whose leading standard library
+            // frames are dropped where it allocates has a location of its own for that.
             assert!(
-                addresses.insert((l.mapping_id, l.address)),
-                "one location per address"
+                addresses.insert((l.mapping_id, l.address, l.line.len())),
+                "one location per address and depth"
             );
         }
         for line in &l.line {
