@@ -312,8 +312,7 @@ fn dump_periodically(periodic: &Periodic) {
         let path = periodic.dir.join(format!(
             "{PERIODIC_PREFIX}{time}-{pid}-{sequence:06}{PERIODIC_SUFFIX}"
         ));
-        if let Err(e) =
-            remove_old(&periodic.dir, periodic.keep - 1)
+        if let Err(e) = remove_old(&periodic.dir, periodic.keep - 1)
             .and_then(|()| crate::dump_profile())
             .and_then(|bytes| write_atomically(&path, &bytes))
         {

@@ -344,7 +344,7 @@ pub fn stats() -> Stats {
         max_buckets: table.max_buckets,
         table_bytes: table.bytes,
         profiler_bytes: table.bytes
-            + table::live::entry_bytes(live_samples)
+            + table::live::table_bytes()
             + table::live::FILTER_BYTES
             + labels::label_bytes()
             + peak::copy_bytes()

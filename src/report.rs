@@ -28,20 +28,27 @@ pub struct Site {
     pub alloc_objects: i64,
 }
 
-fn site_frame<'a>(resolved: &'a Resolved, locations: &[usize]) -> Option<&'a Frame> {
-    let frames = || {
-        locations
-            .iter()
-            .flat_map(|&i| resolved.locations[i].frames.iter())
-    };
-    frames()
-        .find(|f| !is_std(&f.name))
-        .or_else(|| frames().next())
+/// The frame a stack is charged to: its innermost frame outside the standard library, or, where an address
+/// of the program was not symbolized before one was found, that address (as pprof shows it); a stack of
+/// the standard library alone is charged to its innermost frame.
+fn site_frame(resolved: &Resolved, locations: &[usize]) -> Option<Frame> {
+    for &i in locations {
+        let location = &resolved.locations[i];
+        if location.frames.is_empty() {
+            return Some(Frame::address(location.address));
+        }
+        if let Some(frame) = location.frames.iter().find(|f| !is_std(&f.name)) {
+            return Some(frame.clone());
+        }
+    }
+    locations
+        .first()
+        .and_then(|&i| resolved.locations[i].frames.first().cloned())
 }
 
 /// The allocation sites of a symbolized snapshot, largest in-use first (then largest allocated).
 pub(crate) fn sites(resolved: &Resolved) -> Vec<Site> {
-    let mut by_site: HashMap<&Frame, Counts> = HashMap::new();
+    let mut by_site: HashMap<Frame, Counts> = HashMap::new();
     for sample in &resolved.samples {
         if let Some(frame) = site_frame(resolved, &sample.locations) {
             by_site.entry(frame).or_default().merge(&sample.counts);

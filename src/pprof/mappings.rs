@@ -49,7 +49,11 @@ impl MappingInfo {
     /// The path to open the mapped file by: the executable through `/proc/self/exe`, which still opens
     /// when the file was deleted or replaced after the process started.
     pub(crate) fn open_path(&self) -> &str {
-        if self.is_main { "/proc/self/exe" } else { &self.path }
+        if self.is_main {
+            "/proc/self/exe"
+        } else {
+            &self.path
+        }
     }
 }
 

@@ -39,6 +39,11 @@ pub(crate) struct Frame {
 }
 
 impl Frame {
+    /// A frame that stands for an address no lookup named, shown as pprof shows one (`0x…`).
+    pub(crate) fn address(address: u64) -> Frame {
+        Frame::marker(&format!("{address:#x}"))
+    }
+
     fn marker(name: &str) -> Frame {
         let name: Arc<str> = name.into();
         Frame {
@@ -214,9 +219,9 @@ fn lookup(cache: &mut Cache, loader: &addr2line::Loader, probe: u64) -> Vec<Fram
             let linkage = name
                 .as_deref()
                 .is_some_and(|n| rustc_demangle::try_demangle(n).is_ok());
-            let (file, line) = frame
-                .location
-                .map_or((None, 0), |l| (l.file.map(str::to_string), l.line.unwrap_or(0)));
+            let (file, line) = frame.location.map_or((None, 0), |l| {
+                (l.file.map(str::to_string), l.line.unwrap_or(0))
+            });
             found.push((name, linkage, file, line));
         }
     }
@@ -433,7 +438,10 @@ fn judge_mappings(resolved: &mut Resolved, symbolize: bool) {
     }
     for mapping in mappings.iter_mut() {
         let (mut total, mut unnamed, mut no_file, mut no_line) = (0usize, 0usize, 0usize, 0usize);
-        for location in locations.iter().filter(|l| l.address != 0 && mapping.contains(l.address)) {
+        for location in locations
+            .iter()
+            .filter(|l| l.address != 0 && mapping.contains(l.address))
+        {
             total += 1;
             unnamed += location.frames.is_empty() as usize;
             no_file += location.frames.iter().any(|f| f.file.is_empty()) as usize;
@@ -513,9 +521,15 @@ mod tests {
     #[test]
     fn leading_standard_library_frames_are_found_by_name_or_file() {
         let std_location: Arc<[Frame]> = Arc::from([
-            frame("alloc::alloc::alloc", "/rustc/abc/library/alloc/src/alloc.rs"),
+            frame(
+                "alloc::alloc::alloc",
+                "/rustc/abc/library/alloc/src/alloc.rs",
+            ),
             // A short name from line tables, known by its file.
-            frame("try_allocate_in<u8>", "/rustc/abc/library/alloc/src/raw_vec/mod.rs"),
+            frame(
+                "try_allocate_in<u8>",
+                "/rustc/abc/library/alloc/src/raw_vec/mod.rs",
+            ),
         ]);
         let mixed: Arc<[Frame]> = Arc::from([
             frame("with_capacity", "/rustc/abc/library/alloc/src/vec/mod.rs"),

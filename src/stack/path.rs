@@ -12,7 +12,9 @@
 //! (`hideRuntime` in `runtime/pprof/protomem.go`); a Rust binary may carry no names at all.
 
 use core::alloc::Layout;
-use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use core::sync::atomic::{
+    AtomicU8, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
 use crate::sampler::{self, Guard};
 

@@ -190,10 +190,10 @@ pub(crate) fn record_alloc(stack: &Stack, labels: LabelSet, weight: Weight) -> B
         return BucketId::OVERFLOW;
     }
     BUCKETS.fetch_add(1, Relaxed);
-    TABLE_BYTES.fetch_add(
-        size_of::<Bucket>() + size_of_val(stack.frames()) + 16,
-        Relaxed,
-    );
+    let allocated = |stripe: &Stripe| {
+        super::hash_map_bytes(&stripe.index) + stripe.buckets.capacity() * size_of::<Bucket>()
+    };
+    let before = allocated(&stripe);
     let next = stripe.index.insert(hash, index as u32).unwrap_or(u32::MAX);
     let mut counts = Counts::default();
     counts.add(weight);
@@ -204,6 +204,11 @@ pub(crate) fn record_alloc(stack: &Stack, labels: LabelSet, weight: Weight) -> B
         next,
         counts,
     });
+    // The bucket's frames, and what the stripe's index and vector grew by (with their spare capacity).
+    TABLE_BYTES.fetch_add(
+        size_of_val(stack.frames()) + allocated(&stripe) - before,
+        Relaxed,
+    );
     BucketId::new(stripe_no, index)
 }
 

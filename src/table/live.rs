@@ -14,7 +14,7 @@
 //! per-thread arenas, jemalloc's arenas, mimalloc's segments), so a thread's sampled allocations and frees
 //! mostly touch stripes and filter blocks that no other core writes.
 
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use hashbrown::HashTable;
 
@@ -129,9 +129,18 @@ pub(crate) fn insert(ptr: *mut u8, entry: LiveEntry) {
         }
         slot_in_use |= slot_of(live.ptr) == slot;
     }
+    let capacity = table.capacity();
     table.insert_unique(hash, Live { ptr, entry }, |live| {
         table_hash(slot_of(live.ptr))
     });
+    if table.capacity() != capacity {
+        // Tables only grow: what they allocated stays theirs after their entries are freed.
+        TABLE_BYTES.fetch_add(
+            super::table_bytes(table.capacity(), size_of::<Live>())
+                - super::table_bytes(capacity, size_of::<Live>()),
+            Relaxed,
+        );
+    }
     if !slot_in_use {
         set_filter_bit(slot, true);
     }
@@ -197,11 +206,12 @@ pub(super) unsafe fn release_locks() {
     }
 }
 
-/// Approximate bytes of the live tables holding `live` entries (entry and control byte; the tables' spare
-/// capacity is not counted).
-pub(crate) fn entry_bytes(live: usize) -> usize {
-    live.saturating_mul(size_of::<Live>() + 1)
+/// Bytes the live tables have allocated: their entries and spare capacity (they grow, and do not shrink).
+pub(crate) fn table_bytes() -> usize {
+    TABLE_BYTES.load(Relaxed)
 }
+
+static TABLE_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// The number of live sampled allocations.
 pub(crate) fn live_count() -> usize {
