@@ -180,10 +180,11 @@
 //! | variable | unit | default | example | effect |
 //! | --- | --- | --- | --- | --- |
 //! | `HEAP_SAMPLER_RATE` | bytes; binary suffixes `K`/`KiB`, `M`/`MiB`, `G`/`GiB` | the program's rate (512 KiB) | `64KiB` | sample rate from the start (0 = off, 1 = every allocation); a later [`set_sample_rate`] call wins |
-//! | `HEAP_SAMPLER_DUMP_AT_EXIT` | path | none | `/var/tmp/app.heap.pb.gz` | writes a profile there when the process exits (`main` returns or `exit` is called; not on a signal or abort) |
+//! | `HEAP_SAMPLER_DUMP_AT_EXIT` | path | none | `/var/tmp/app.heap.pb.gz` | writes a profile there when the process exits (`main` returns or `exit` is called; not on a signal or abort), and the peak profile beside it (`app.heap.peak.pb.gz`); a line on stderr says which view to open |
 //! | `HEAP_SAMPLER_DUMP_DIR` | directory | none | `/var/tmp/app-heap` | writes `heap-sampler-<UTC time>-<pid>-<n>.pb.gz` there periodically (created if missing) |
 //! | `HEAP_SAMPLER_DUMP_INTERVAL` | seconds, or a duration | `60` | `5m` | time between periodic profiles |
 //! | `HEAP_SAMPLER_DUMP_KEEP` | files | `10` | `24` | periodic profiles kept: older ones are removed |
+//! | `HEAP_SAMPLER_SYMBOLIZE` | `0` or `1` | `1` | `0` | `0` leaves symbolization to the collector (see [`set_symbolize`]) |
 //!
 //! Profiles are written to a temporary file and renamed into place, so a reader never sees half of one.
 //! Periodic profiles are written by a thread started before `main`; a process forked later has none.
@@ -244,7 +245,10 @@ pub use table::buckets::{DEFAULT_MAX_BUCKETS, set_max_buckets};
 /// `inuse_space/bytes`, in that order and always present (`inuse_space` is the default); `period` is the
 /// sample rate in bytes. Values are already unbiased estimates; `alloc_*` count since the program started and
 /// are never reset, `inuse_*` are current. Functions, files, lines and inlined frames are symbolized in
-/// process and mappings carry GNU build IDs, so `go tool pprof` needs neither the binary nor its debug info.
+/// process and mappings carry GNU build IDs, so `go tool pprof` needs neither the binary nor its debug info;
+/// a mapping whose addresses could not all be named says so (`has_functions` false), and pprof then
+/// symbolizes it from the binary given on its command line (see [`set_symbolize`]). The innermost frame of
+/// every sample is the program's call into the allocator (see [`set_keep_std_frames`]).
 ///
 /// # Errors
 /// [`Error::NotInstalled`] when no [`SamplingAllocator`] is the global allocator; [`Error::Compress`] if gzip
