@@ -10,14 +10,14 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::Error;
-use crate::pprof::{self, proto};
+use crate::pprof::{self, Dump};
 use crate::sample_type::SampleType;
 use crate::sampler::{self, Guard};
-use crate::table::buckets::{self, BucketSnapshot, Counts};
+use crate::table::buckets::{self, Counts, Snapshot};
 
 /// The buckets of a window: allocations during it, and what is held at its end.
 pub(crate) struct Delta {
-    pub(crate) buckets: Vec<BucketSnapshot>,
+    pub(crate) buckets: Snapshot,
     /// Wall time at the end of the window, in nanoseconds since the Unix epoch (as Go's delta profiles).
     pub(crate) time_nanos: i64,
     /// The length of the window, in nanoseconds: from the end of the first copy to the end of the second.
@@ -43,17 +43,17 @@ impl Delta {
     }
 
     /// The window's profile, with `default` as its default sample type.
-    pub(crate) fn profile(&self, default: SampleType) -> Result<proto::Profile, Error> {
-        let mut profile = pprof::profile_of(&self.buckets)?;
-        profile.time_nanos = self.time_nanos;
-        profile.duration_nanos = self.duration_nanos;
-        crate::sample_type::set_default(&mut profile, default);
-        Ok(profile)
+    pub(crate) fn profile(&self, default: SampleType) -> Result<Dump, Error> {
+        let mut dump = pprof::profile_of(&self.buckets)?;
+        dump.profile.time_nanos = self.time_nanos;
+        dump.profile.duration_nanos = self.duration_nanos;
+        crate::sample_type::set_default(&mut dump.profile, default);
+        Ok(dump)
     }
 }
 
 /// A copy of the bucket table, and when it was complete.
-fn snapshot() -> Result<(Vec<BucketSnapshot>, Instant), Error> {
+fn snapshot() -> Result<(Snapshot, Instant), Error> {
     if !sampler::installed() {
         return Err(Error::NotInstalled);
     }
@@ -64,37 +64,22 @@ fn snapshot() -> Result<(Vec<BucketSnapshot>, Instant), Error> {
 
 /// `after` with the `alloc_*` counts of `before` subtracted, stack by stack; buckets left with nothing
 /// allocated in the window and nothing in use are dropped.
-pub(crate) fn subtract(
-    before: &[BucketSnapshot],
-    after: Vec<BucketSnapshot>,
-) -> Vec<BucketSnapshot> {
+pub(crate) fn subtract(before: &Snapshot, mut after: Snapshot) -> Snapshot {
     // A bucket is a stack with a label set: the same stack under other labels is another bucket.
     let earlier: HashMap<_, &Counts> = before
         .iter()
-        .map(|b| {
-            (
-                (b.frames.as_slice(), b.truncated, b.overflow, b.labels),
-                &b.counts,
-            )
-        })
+        .map(|(frames, b)| ((frames, b.truncated, b.overflow, b.labels), &b.counts))
         .collect();
+    after.retain(|frames, bucket| {
+        let key = (frames, bucket.truncated, bucket.overflow, bucket.labels);
+        if let Some(&prior) = earlier.get(&key) {
+            let counts = &mut bucket.counts;
+            counts.alloc_objects = counts.alloc_objects.saturating_sub(prior.alloc_objects);
+            counts.alloc_space = counts.alloc_space.saturating_sub(prior.alloc_space);
+        }
+        bucket.counts != Counts::default()
+    });
     after
-        .into_iter()
-        .filter_map(|mut bucket| {
-            let key = (
-                bucket.frames.as_slice(),
-                bucket.truncated,
-                bucket.overflow,
-                bucket.labels,
-            );
-            if let Some(&prior) = earlier.get(&key) {
-                let counts = &mut bucket.counts;
-                counts.alloc_objects = counts.alloc_objects.saturating_sub(prior.alloc_objects);
-                counts.alloc_space = counts.alloc_space.saturating_sub(prior.alloc_space);
-            }
-            (bucket.counts != Counts::default()).then_some(bucket)
-        })
-        .collect()
 }
 
 /// A delta profile: what each stack allocated during the next `window` (`alloc_objects`, `alloc_space`), and
@@ -119,33 +104,37 @@ mod tests {
     use super::*;
     use crate::LabelSet;
 
-    fn bucket(frames: &[usize], counts: [u128; 4]) -> BucketSnapshot {
-        labeled_bucket(frames, LabelSet::default(), counts)
+    /// A bucket: its frames, labels, whether it is truncated, and counts.
+    type Bucket<'a> = (&'a [usize], LabelSet, bool, [u128; 4]);
+
+    fn bucket(frames: &[usize], counts: [u128; 4]) -> Bucket<'_> {
+        (frames, LabelSet::default(), false, counts)
     }
 
-    fn labeled_bucket(frames: &[usize], labels: LabelSet, counts: [u128; 4]) -> BucketSnapshot {
-        BucketSnapshot {
-            frames: frames.to_vec(),
-            truncated: false,
-            overflow: false,
-            labels,
-            counts: Counts {
+    fn snapshot(buckets: &[Bucket<'_>]) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        for &(frames, labels, truncated, counts) in buckets {
+            let counts = Counts {
                 alloc_objects: counts[0],
                 alloc_space: counts[1],
                 inuse_objects: counts[2],
                 inuse_space: counts[3],
-            },
+            };
+            let mut bucket = Snapshot::bucket(labels, counts);
+            bucket.truncated = truncated;
+            snapshot.push(frames, &bucket);
         }
+        snapshot
     }
 
     #[test]
     fn allocations_are_subtracted_and_in_use_is_current() {
-        let before = [
+        let before = snapshot(&[
             bucket(&[1, 2], [10, 1000, 5, 500]),
             bucket(&[3], [4, 400, 0, 0]),
             bucket(&[5], [2, 200, 2, 200]),
-        ];
-        let after = vec![
+        ]);
+        let after = snapshot(&[
             // Allocated 3 more objects during the window and freed some.
             bucket(&[1, 2], [13, 1300, 1, 100]),
             // Nothing allocated, nothing held: dropped.
@@ -154,14 +143,14 @@ mod tests {
             bucket(&[5], [2, 200, 2, 200]),
             // New during the window.
             bucket(&[6], [1, 64, 1, 64]),
-        ];
+        ]);
         let delta = subtract(&before, after);
         let counts: Vec<(Vec<usize>, [u128; 4])> = delta
             .iter()
-            .map(|b| {
+            .map(|(frames, b)| {
                 let c = b.counts;
                 (
-                    b.frames.clone(),
+                    frames.to_vec(),
                     [
                         c.alloc_objects,
                         c.alloc_space,
@@ -183,25 +172,28 @@ mod tests {
 
     #[test]
     fn truncation_and_overflow_are_part_of_the_stack() {
-        let mut truncated = bucket(&[1], [1, 8, 1, 8]);
-        truncated.truncated = true;
-        let delta = subtract(&[bucket(&[1], [1, 8, 1, 8])], vec![truncated]);
-        assert_eq!(delta[0].counts.alloc_space, 8);
+        let truncated = (&[1][..], LabelSet::default(), true, [1, 8, 1, 8]);
+        let delta = subtract(
+            &snapshot(&[bucket(&[1], [1, 8, 1, 8])]),
+            snapshot(&[truncated]),
+        );
+        let alloc_space: Vec<u128> = delta.iter().map(|(_, b)| b.counts.alloc_space).collect();
+        assert_eq!(alloc_space, [8]);
     }
 
     #[test]
     fn the_same_stack_under_other_labels_is_another_bucket() {
         let a = LabelSet::new(&[("tenant", "delta-a")]);
         let b = LabelSet::new(&[("tenant", "delta-b")]);
-        let before = [labeled_bucket(&[7], a, [5, 500, 5, 500])];
-        let after = vec![
-            labeled_bucket(&[7], a, [6, 600, 6, 600]),
-            labeled_bucket(&[7], b, [2, 200, 2, 200]),
-        ];
+        let before = snapshot(&[(&[7], a, false, [5, 500, 5, 500])]);
+        let after = snapshot(&[
+            (&[7], a, false, [6, 600, 6, 600]),
+            (&[7], b, false, [2, 200, 2, 200]),
+        ]);
         let delta = subtract(&before, after);
         let counts: Vec<(LabelSet, u128, u128)> = delta
             .iter()
-            .map(|b| (b.labels, b.counts.alloc_space, b.counts.inuse_space))
+            .map(|(_, b)| (b.labels, b.counts.alloc_space, b.counts.inuse_space))
             .collect();
         assert_eq!(counts, [(a, 100, 600), (b, 200, 200)]);
     }

@@ -35,7 +35,7 @@ pub(crate) fn render(resolved: &Resolved, sample_type: SampleType) -> String {
         }
         let mut stack = String::new();
         for &index in sample.locations.iter().rev() {
-            let location = &resolved.locations[index];
+            let location = &resolved.locations[index as usize];
             let mut push = |name: &str| {
                 if !stack.is_empty() {
                     stack.push(';');

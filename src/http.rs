@@ -293,20 +293,19 @@ impl Request {
         };
         let with_resolved = |f: &mut dyn FnMut(&Resolved)| match &window {
             Some(delta) => {
-                pprof::with_buckets(|| (Cow::Borrowed(&delta.buckets[..]), ()), |r, ()| f(r))
+                pprof::with_buckets(|| (Cow::Borrowed(&delta.buckets), ()), |r, ()| f(&r))
             }
             None => pprof::with_snapshot(f),
         };
         let t = self.sample_type;
         match self.format {
             Format::Proto => {
-                let mut profile = match &window {
+                let mut dump = match &window {
                     Some(delta) => delta.profile(t)?,
                     None => pprof::profile()?,
                 };
-                sample_type::set_default(&mut profile, t);
-                let mut response =
-                    Response::ok("application/octet-stream", pprof::encode(&profile)?);
+                sample_type::set_default(&mut dump.profile, t);
+                let mut response = Response::ok("application/octet-stream", pprof::encode(&dump)?);
                 let suffix = if window.is_some() { "-delta" } else { "" };
                 response.content_disposition = Some(format!(
                     r#"attachment; filename="{}{suffix}""#,

@@ -35,7 +35,7 @@ use std::path::Path;
 
 use crate::Error;
 use crate::lock::{self, Lock};
-use crate::pprof::{self, proto};
+use crate::pprof::{self, Dump};
 use crate::report::human_bytes;
 use crate::table::UNITS;
 use crate::table::buckets::CountsCopy;
@@ -147,8 +147,8 @@ pub fn write_peak_profile(path: impl AsRef<Path>) -> Result<(), Error> {
     })
 }
 
-/// The peak profile as a [`proto::Profile`] message.
-fn profile() -> Result<proto::Profile, Error> {
+/// The peak profile, to encode.
+fn profile() -> Result<Dump, Error> {
     let take_copy = || {
         let now = totals::inuse_bytes();
         if now >= HIGHEST.load(Relaxed) {

@@ -31,9 +31,9 @@ pub struct Site {
 /// The frame a stack is charged to: its innermost frame outside the standard library, or, where an address
 /// of the program was not symbolized before one was found, that address (as pprof shows it); a stack of
 /// the standard library alone is charged to its innermost frame.
-fn site_frame(resolved: &Resolved, locations: &[usize]) -> Option<Frame> {
+fn site_frame(resolved: &Resolved, locations: &[u32]) -> Option<Frame> {
     for &i in locations {
-        let location = &resolved.locations[i];
+        let location = &resolved.locations[i as usize];
         if location.frames.is_empty() {
             return Some(Frame::address(location.address));
         }
@@ -43,7 +43,7 @@ fn site_frame(resolved: &Resolved, locations: &[usize]) -> Option<Frame> {
     }
     locations
         .first()
-        .and_then(|&i| resolved.locations[i].frames.first().cloned())
+        .and_then(|&i| resolved.locations[i as usize].frames.first().cloned())
 }
 
 /// The allocation sites of a symbolized snapshot, largest in-use first (then largest allocated).

@@ -161,10 +161,14 @@ const KEEP: usize = 2;
 const BLOCKS: usize = 64;
 const BLOCK: usize = 10_000;
 
-/// Sequence numbers of the periodic profiles in `dir` (`heap-sampler-<time>-<pid>-<sequence>.pb.gz`).
+/// Sequence numbers of the periodic profiles in `dir` (`heap-sampler-<time>-<pid>-<sequence>.pb.gz`); none
+/// while the dump thread has not created the directory yet.
 fn sequences(dir: &Path) -> Vec<u64> {
-    let mut found: Vec<u64> = std::fs::read_dir(dir)
-        .unwrap()
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        entries => entries.unwrap(),
+    };
+    let mut found: Vec<u64> = entries
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter_map(|name| {
             let stem = name.strip_prefix("heap-sampler-")?.strip_suffix(".pb.gz")?;

@@ -2,9 +2,13 @@
 //! table, functions deduplicated by name and file, one location per return address, mappings read once.
 
 use std::collections::HashMap;
+use std::io::{self, Write};
+
+use prost::Message;
+use prost::encoding::message;
 
 use super::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
-use super::symbols::{Frame, Resolved};
+use super::symbols::{Frame, Resolved, ResolvedSample};
 use crate::labels::{self, LabelSet};
 
 /// The four sample types, in the order of every sample's values.
@@ -49,7 +53,7 @@ pub(crate) struct Header<'a> {
 /// Assembles the profile. Values are already unbiased estimates (as Go writes them); `bytes` is a numeric
 /// label with the sample's average allocation size, as Go's heap profiles carry, and a sample's label set
 /// gives string labels (key and `str`), as Go's `pprof.Do` labels give in CPU profiles.
-pub(crate) fn build(resolved: &Resolved, header: &Header<'_>) -> Profile {
+pub(crate) fn build(resolved: Resolved, header: &Header<'_>) -> Dump {
     let mut strings = Strings::new();
     let sample_type = SAMPLE_TYPES
         .iter()
@@ -122,36 +126,22 @@ pub(crate) fn build(resolved: &Resolved, header: &Header<'_>) -> Profile {
         })
         .collect();
 
+    // The string labels of each label set, in the order the samples first have them.
     let bytes_key = strings.id("bytes");
-    let mut string_labels: HashMap<LabelSet, Vec<Label>> = HashMap::new();
-    let sample = resolved
-        .samples
-        .iter()
-        .map(|s| {
-            let mut label = vec![Label {
-                key: bytes_key,
-                str: 0,
-                num: s.counts.average_size(),
-                num_unit: bytes_key,
-            }];
-            label.extend_from_slice(string_labels.entry(s.labels).or_insert_with(|| {
-                labels::pairs(s.labels)
-                    .iter()
-                    .map(|(key, value)| Label {
-                        key: strings.id(key),
-                        str: strings.id(value),
-                        num: 0,
-                        num_unit: 0,
-                    })
-                    .collect()
-            }));
-            Sample {
-                location_id: s.locations.iter().map(|&i| i as u64 + 1).collect(),
-                label,
-                value: s.counts.values().to_vec(),
-            }
-        })
-        .collect();
+    let mut labels: HashMap<LabelSet, Vec<Label>> = HashMap::new();
+    for s in &resolved.samples {
+        labels.entry(s.labels).or_insert_with(|| {
+            labels::pairs(s.labels)
+                .iter()
+                .map(|(key, value)| Label {
+                    key: strings.id(key),
+                    str: strings.id(value),
+                    num: 0,
+                    num_unit: 0,
+                })
+                .collect()
+        });
+    }
 
     let comment = header.comments.iter().map(|c| strings.id(c)).collect();
     let period_type = Some(ValueType {
@@ -159,9 +149,8 @@ pub(crate) fn build(resolved: &Resolved, header: &Header<'_>) -> Profile {
         unit: strings.id("bytes"),
     });
     let default_sample_type = strings.id("inuse_space");
-    Profile {
+    let profile = Profile {
         sample_type,
-        sample,
         mapping,
         location,
         function: functions,
@@ -172,5 +161,152 @@ pub(crate) fn build(resolved: &Resolved, header: &Header<'_>) -> Profile {
         default_sample_type,
         string_table: strings.table,
         ..Profile::default()
+    };
+    Dump {
+        profile,
+        samples: resolved.samples,
+        labels,
+        bytes_key,
+    }
+}
+
+/// A profile to encode: its message without the samples, and the samples, each encoded as its message only
+/// when the profile is written (see [`Dump::write`]), so that the messages of all samples never exist at
+/// once.
+pub(crate) struct Dump {
+    /// Everything but the samples.
+    pub(crate) profile: Profile,
+    samples: Vec<ResolvedSample>,
+    /// The string labels of each label set of the samples.
+    labels: HashMap<LabelSet, Vec<Label>>,
+    /// The string index of `bytes`, the key and unit of every sample's numeric label.
+    bytes_key: i64,
+}
+
+/// How many bytes of encoded samples are gathered before they are written.
+const CHUNK: usize = 32 << 10;
+
+impl Dump {
+    /// Writes the profile's encoding to `out`, a piece at a time: the sample types, the samples one by one,
+    /// then the rest of the message. Fields come in the order of their numbers, as prost encodes a whole
+    /// message, and the bytes are those of [`Profile::encode`] on the profile with its samples.
+    pub(crate) fn write(&self, out: &mut impl Write) -> io::Result<()> {
+        let header = self.profile.encode_to_vec();
+        // Field 1 (`sample_type`) comes first in prost's encoding; the samples (field 2) go after it.
+        let split = message::encoded_len_repeated(1, &self.profile.sample_type).min(header.len());
+        let (sample_types, rest) = header.split_at(split);
+        out.write_all(sample_types)?;
+        let mut buf = Vec::with_capacity(CHUNK + (1 << 10));
+        let mut sample = Sample::default();
+        for s in &self.samples {
+            sample.location_id.clear();
+            sample
+                .location_id
+                .extend(s.locations.iter().map(|&i| u64::from(i) + 1));
+            sample.label.clear();
+            sample.label.push(Label {
+                key: self.bytes_key,
+                str: 0,
+                num: s.counts.average_size(),
+                num_unit: self.bytes_key,
+            });
+            if let Some(labels) = self.labels.get(&s.labels) {
+                sample.label.extend_from_slice(labels);
+            }
+            sample.value.clear();
+            sample.value.extend_from_slice(&s.counts.values());
+            message::encode(2, &sample, &mut buf);
+            if buf.len() >= CHUNK {
+                out.write_all(&buf)?;
+                buf.clear();
+            }
+        }
+        out.write_all(&buf)?;
+        out.write_all(rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pprof::symbols::ResolvedLocation;
+    use crate::table::buckets::Counts;
+
+    fn frame(name: &str, line: u32) -> Frame {
+        Frame {
+            name: name.into(),
+            system_name: name.into(),
+            file: "/src/app.rs".into(),
+            line,
+        }
+    }
+
+    #[test]
+    fn samples_written_one_by_one_encode_the_whole_message() {
+        let counts = |n: u128| Counts {
+            alloc_objects: n << 32,
+            alloc_space: (64 * n) << 32,
+            inuse_objects: n << 32,
+            inuse_space: (64 * n) << 32,
+        };
+        let labeled = LabelSet::new(&[("tenant", "builder-test")]);
+        // Enough samples for several pieces.
+        let samples = (0..5_000u32)
+            .map(|i| ResolvedSample {
+                locations: [i % 3, 2].into(),
+                labels: if i % 2 == 0 { labeled } else { LabelSet::EMPTY },
+                counts: counts(u128::from(i) + 1),
+            })
+            .collect();
+        let resolved = Resolved {
+            locations: vec![
+                ResolvedLocation {
+                    address: 0x1000,
+                    frames: vec![frame("app::load", 10), frame("app::run", 20)],
+                },
+                ResolvedLocation {
+                    address: 0x2000,
+                    frames: vec![frame("app::parse", 30)],
+                },
+                ResolvedLocation {
+                    address: 0x3000,
+                    frames: vec![frame("app::main", 40)],
+                },
+            ],
+            samples,
+            ..Resolved::default()
+        };
+        let comments = ["a comment".to_string()];
+        let header = Header {
+            rate: 4096,
+            time_nanos: 7,
+            comments: &comments,
+        };
+        let dump = build(resolved, &header);
+        let mut bytes = Vec::new();
+        dump.write(&mut bytes).unwrap();
+
+        let profile = Profile::decode(bytes.as_slice()).unwrap();
+        assert_eq!(profile.sample.len(), 5_000);
+        let string = |i: i64| profile.string_table[i as usize].as_str();
+        let third = &profile.sample[3];
+        assert_eq!(third.location_id, [1, 3]);
+        assert_eq!(third.value, [4, 256, 4, 256]);
+        let labels: Vec<(&str, &str, i64)> = third
+            .label
+            .iter()
+            .map(|l| (string(l.key), string(l.str), l.num))
+            .collect();
+        assert_eq!(labels, [("bytes", "", 64)]);
+        let labels: Vec<(&str, &str)> = profile.sample[4]
+            .label
+            .iter()
+            .map(|l| (string(l.key), string(l.str)))
+            .collect();
+        assert_eq!(labels, [("bytes", ""), ("tenant", "builder-test")]);
+        assert_eq!(profile.location.len(), 3);
+        assert_eq!(string(profile.comment[0]), "a comment");
+        // In field order, as prost encodes the message with all of its samples.
+        assert_eq!(profile.encode_to_vec(), bytes);
     }
 }

@@ -6,16 +6,15 @@ pub mod proto;
 pub(crate) mod symbols;
 
 use std::borrow::Cow;
-use std::io::Write;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use prost::Message;
 
 use crate::Error;
 use crate::lock::{self, Lock};
 use crate::sampler::{self, Guard};
-use crate::table::buckets::{self, BucketSnapshot};
+use crate::table::buckets::{self, Snapshot};
+pub(crate) use builder::Dump;
 use symbols::Resolved;
 
 /// Dumps run one at a time: they share the symbol and build-ID caches, which only they lock.
@@ -36,29 +35,46 @@ pub(crate) unsafe fn release_locks() {
     unsafe { lock::release(&DUMP) }
 }
 
-/// Runs `f` on a symbolized snapshot of the bucket table, inside the profiler guard (nothing it allocates is
-/// sampled) and with no table lock held.
+/// Runs `f` on the symbolized bucket table, inside the profiler guard (nothing it allocates is sampled) and
+/// with no table lock held.
 pub(crate) fn with_snapshot<R>(f: impl FnOnce(&Resolved) -> R) -> Result<R, Error> {
-    with_buckets(
-        || (Cow::Owned(buckets::snapshot()), ()),
-        |resolved, ()| f(resolved),
-    )
+    with_table(|resolved| f(&resolved))
+}
+
+/// Runs `f` on the symbolized bucket table, inside the profiler guard and under the dump lock. The table is
+/// read a stripe at a time (see [`buckets::for_each_stripe`]): what is held is what was resolved from it,
+/// never a copy of all of its stacks.
+fn with_table<R>(f: impl FnOnce(Resolved) -> R) -> Result<R, Error> {
+    dumping(|| {
+        let resolved =
+            symbols::resolve_parts(buckets::count(), &mut |f| buckets::for_each_stripe(f));
+        f(resolved)
+    })
 }
 
 /// Runs `f` on the symbolized buckets that `take` returns (a snapshot, the difference of two, the copy at
 /// the peak), with what else it returns; both inside the profiler guard and under the dump lock.
 pub(crate) fn with_buckets<'a, T, R>(
-    take: impl FnOnce() -> (Cow<'a, [BucketSnapshot]>, T),
-    f: impl FnOnce(&Resolved, T) -> R,
+    take: impl FnOnce() -> (Cow<'a, Snapshot>, T),
+    f: impl FnOnce(Resolved, T) -> R,
 ) -> Result<R, Error> {
+    dumping(|| {
+        let (buckets, extra) = take();
+        let resolved = symbols::resolve(&buckets);
+        // A copy made for this dump is not needed any more: gone before the profile is built.
+        drop(buckets);
+        f(resolved, extra)
+    })
+}
+
+/// Runs `f` inside the profiler guard and under the dump lock, if the profiler is installed.
+fn dumping<R>(f: impl FnOnce() -> R) -> Result<R, Error> {
     if !sampler::installed() {
         return Err(Error::NotInstalled);
     }
     let _guard = Guard::enter();
     let _dump = DUMP.lock();
-    let (buckets, extra) = take();
-    let resolved = symbols::resolve(&buckets);
-    Ok(f(&resolved, extra))
+    Ok(f())
 }
 
 /// The time now, in nanoseconds since the Unix epoch, as pprof's `time_nanos`.
@@ -68,13 +84,13 @@ pub(crate) fn now_nanos() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// The profile of the bucket table as a [`proto::Profile`] message.
-pub(crate) fn profile() -> Result<proto::Profile, Error> {
-    with_snapshot(|resolved| build(resolved, now_nanos(), &[version_comment()]))
+/// The profile of the bucket table, to [`encode`].
+pub(crate) fn profile() -> Result<Dump, Error> {
+    with_table(|resolved| build(resolved, now_nanos(), &[version_comment()]))
 }
 
-/// The profile of `buckets` (e.g. the difference of two snapshots) as a [`proto::Profile`] message.
-pub(crate) fn profile_of(buckets: &[BucketSnapshot]) -> Result<proto::Profile, Error> {
+/// The profile of `buckets` (e.g. the difference of two snapshots), to [`encode`].
+pub(crate) fn profile_of(buckets: &Snapshot) -> Result<Dump, Error> {
     with_buckets(
         || (Cow::Borrowed(buckets), ()),
         |resolved, ()| build(resolved, now_nanos(), &[version_comment()]),
@@ -88,7 +104,7 @@ pub(crate) fn version_comment() -> String {
 
 /// Builds the profile of `resolved`, with the sample rate in force; what the symbolizer noted goes into the
 /// comments after `comments`.
-pub(crate) fn build(resolved: &Resolved, time_nanos: i64, comments: &[String]) -> proto::Profile {
+pub(crate) fn build(resolved: Resolved, time_nanos: i64, comments: &[String]) -> Dump {
     let comments: Vec<String> = comments.iter().chain(&resolved.notes).cloned().collect();
     let header = builder::Header {
         rate: sampler::sample_rate(),
@@ -98,14 +114,11 @@ pub(crate) fn build(resolved: &Resolved, time_nanos: i64, comments: &[String]) -
     builder::build(resolved, &header)
 }
 
-/// Encodes and gzips a profile.
-pub(crate) fn encode(profile: &proto::Profile) -> Result<Vec<u8>, Error> {
+/// Encodes and gzips a profile. The encoding goes to the compressor as it is made: only the compressed
+/// profile is ever held whole.
+pub(crate) fn encode(dump: &Dump) -> Result<Vec<u8>, Error> {
     let _guard = Guard::enter();
-    let raw = profile.encode_to_vec();
-    let mut gz = GzEncoder::new(
-        Vec::with_capacity(raw.len() / 4 + 64),
-        Compression::default(),
-    );
-    gz.write_all(&raw).map_err(Error::Compress)?;
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    dump.write(&mut gz).map_err(Error::Compress)?;
     gz.finish().map_err(Error::Compress)
 }

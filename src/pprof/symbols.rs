@@ -15,15 +15,15 @@
 
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hash};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash};
 use std::sync::Arc;
 
 use super::mappings::{self, MappingInfo};
 use crate::labels::LabelSet;
 use crate::lock::Lock;
 use crate::stack::path;
-use crate::table::buckets::{BucketSnapshot, Counts};
-use crate::table::{hash_map_bytes, table_bytes};
+use crate::table::buckets::{BucketSnapshot, Counts, Snapshot};
+use crate::table::{WordHasher, hash_map_bytes, table_bytes};
 
 /// One source-level frame of a location.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -66,8 +66,9 @@ pub(crate) struct ResolvedLocation {
 /// One stack and label set of the profile, and its counts.
 #[derive(Clone, Debug)]
 pub(crate) struct ResolvedSample {
-    /// Indexes into [`Resolved::locations`], innermost first.
-    pub(crate) locations: Vec<usize>,
+    /// Indexes into [`Resolved::locations`], innermost first. A profile of many deep stacks is mostly these:
+    /// 32-bit, and boxed without spare capacity.
+    pub(crate) locations: Box<[u32]>,
     pub(crate) labels: LabelSet,
     pub(crate) counts: Counts,
 }
@@ -307,70 +308,208 @@ fn leading_std(located: &[(usize, Arc<[Frame]>)], keep_std: bool) -> (usize, usi
     (0, 0)
 }
 
-/// Symbolizes `buckets`: one location per distinct return address (and per count of standard library frames
-/// dropped from it), one sample per distinct stack and label set. Must run inside the profiler guard.
-pub(crate) fn resolve(buckets: &[BucketSnapshot]) -> Resolved {
+/// The program's frames of a bucket: a sample taken while the allocation path was being learned still has
+/// the path's frames.
+fn program(frames: &[usize]) -> &[usize] {
+    frames.get(path::path_frames(frames)..).unwrap_or(&[])
+}
+
+/// Shows buckets, part after part, to the callback it is given (see [`resolve_parts`]).
+pub(crate) type Visit<'a> = dyn FnMut(&mut dyn FnMut(&Snapshot)) + 'a;
+
+/// Symbolizes the buckets of `snapshot` (see [`resolve_parts`]). Must run inside the profiler guard.
+pub(crate) fn resolve(snapshot: &Snapshot) -> Resolved {
+    resolve_parts(snapshot.len(), &mut |f| f(snapshot))
+}
+
+/// Symbolizes the buckets that `visit` shows its callback, part after part (the table's stripes, one at a
+/// time, so that no copy of the whole table is held): one location per distinct return address (and per
+/// count of standard library frames dropped from it), one sample per distinct stack and label set, with room
+/// made for `samples` samples at once. Must run inside the profiler guard.
+///
+/// The samples are built as the buckets are shown, which is all there is to do when the cache has every
+/// address (a warm dump). When it lacks some, `visit` is called again: the addresses are gathered and
+/// symbolized, then the samples are built anew. The buckets shown need not be the same each time (the table
+/// grows meanwhile): those that still have an address not symbolized are kept aside, and symbolized at the
+/// end.
+pub(crate) fn resolve_parts(samples: usize, visit: &mut Visit<'_>) -> Resolved {
     let mut resolved = Resolved {
         mappings: mappings::read(),
         ..Resolved::default()
     };
     let symbolize = symbolize();
-    let keep_std = KEEP_STD_FRAMES.load(Relaxed);
     let mut cache = CACHE.lock();
     let cache = cache.get_or_insert_with(Cache::default);
-    // The program's frames of each bucket: a sample taken while the allocation path was being learned
-    // still has the path's frames.
-    fn program(bucket: &BucketSnapshot) -> &[usize] {
-        let frames = bucket.frames.as_slice();
-        &frames[path::path_frames(frames)..]
-    }
-    if symbolize {
-        let mut missing: Vec<usize> = buckets
-            .iter()
-            .flat_map(program)
-            .copied()
-            .filter(|ip| !cache.frames.contains_key(ip))
-            .collect();
-        missing.sort_unstable();
-        missing.dedup();
-        if cache.frames.len() + missing.len() > MAX_CACHED_ADDRESSES {
-            *cache = Cache::default();
-            missing = buckets.iter().flat_map(program).copied().collect();
-            missing.sort_unstable();
-            missing.dedup();
+    let mut builder = SampleBuilder::new(symbolize);
+    builder.start(&mut resolved, samples);
+    let missing = add_buckets(&mut builder, &mut resolved, cache, visit, None);
+    if !builder.complete {
+        // What was built is of no use: its memory is given back before the debug info is read.
+        builder.clear(&mut resolved);
+        symbolize_buckets(cache, &resolved.mappings, missing, visit);
+        builder.start(&mut resolved, samples);
+        let mut late = Snapshot::default();
+        let missing = add_buckets(&mut builder, &mut resolved, cache, visit, Some(&mut late));
+        if !late.is_empty() {
+            symbolize_buckets(cache, &resolved.mappings, missing, &mut |f| f(&late));
+            for (frames, bucket) in late.iter() {
+                builder.add(&mut resolved, cache, frames, bucket, true);
+            }
         }
-        symbolize_into(cache, &missing, &resolved.mappings);
-        CACHE_BYTES.store(cache.bytes(), Relaxed);
     }
-    let no_frames: Arc<[Frame]> = Arc::from([]);
+    judge_mappings(&mut resolved, symbolize);
+    resolved
+}
 
-    let mut location_of: HashMap<(usize, usize), usize> = HashMap::new();
-    let mut marker_of: HashMap<&'static str, usize> = HashMap::new();
-    // Samples by stack and labels, found by hash: the table holds indexes, not copies of the stacks.
-    let hasher = std::hash::RandomState::new();
-    let hash_of = |stack: &[usize], labels: &LabelSet| hasher.hash_one((stack, labels));
-    let mut sample_of: hashbrown::HashTable<usize> = hashbrown::HashTable::new();
-    let mut located: Vec<(usize, Arc<[Frame]>)> = Vec::new();
+/// A set of return addresses.
+type Addresses = HashSet<usize, BuildHasherDefault<WordHasher>>;
 
-    for bucket in buckets {
-        located.clear();
-        located.extend(program(bucket).iter().map(|&ip| {
+/// Adds the buckets that `visit` shows to the samples, and returns the addresses the cache lacks. A bucket
+/// with such an address is not added: it goes to `late` if given, else no bucket after it is added (those
+/// added are of no use).
+fn add_buckets(
+    builder: &mut SampleBuilder,
+    resolved: &mut Resolved,
+    cache: &Cache,
+    visit: &mut Visit<'_>,
+    mut late: Option<&mut Snapshot>,
+) -> Addresses {
+    let mut missing = Addresses::default();
+    visit(&mut |part| {
+        for (frames, bucket) in part.iter() {
+            let keep_adding = late.is_some() || builder.complete;
+            if keep_adding && builder.add(resolved, cache, frames, bucket, false) {
+                continue;
+            }
+            builder.complete = false;
+            if let Some(late) = late.as_deref_mut() {
+                late.push(frames, bucket);
+            }
+            missing.extend(
+                program(frames)
+                    .iter()
+                    .filter(|ip| !cache.frames.contains_key(ip)),
+            );
+        }
+    });
+    missing
+}
+
+/// Symbolizes the addresses `missing` into the cache; if that would take the cache past
+/// [`MAX_CACHED_ADDRESSES`], the cache starts over with the addresses of the buckets that `visit` shows.
+fn symbolize_buckets(
+    cache: &mut Cache,
+    mappings: &[MappingInfo],
+    mut missing: Addresses,
+    visit: &mut Visit<'_>,
+) {
+    if cache.frames.len() + missing.len() > MAX_CACHED_ADDRESSES {
+        *cache = Cache::default();
+        missing.clear();
+        visit(&mut |part| {
+            for (frames, _) in part.iter() {
+                missing.extend(program(frames));
+            }
+        });
+    }
+    let mut missing: Vec<usize> = missing.into_iter().collect();
+    missing.sort_unstable();
+    symbolize_into(cache, &missing, mappings);
+    CACHE_BYTES.store(cache.bytes(), Relaxed);
+}
+
+/// Adds a location, and gives its index.
+fn push_location(locations: &mut Vec<ResolvedLocation>, location: ResolvedLocation) -> u32 {
+    locations.push(location);
+    // Every location holds memory of its own: 2^32 of them would take hundreds of GiB, so the index fits.
+    u32::try_from(locations.len() - 1).unwrap_or(u32::MAX)
+}
+
+/// The locations and samples of one [`resolve_parts`], found by key as buckets are added.
+struct SampleBuilder {
+    /// Whether every bucket shown was added.
+    complete: bool,
+    symbolize: bool,
+    keep_std: bool,
+    no_frames: Arc<[Frame]>,
+    /// By return address and count of leading inlined frames dropped.
+    location_of: HashMap<(usize, usize), u32, BuildHasherDefault<WordHasher>>,
+    marker_of: HashMap<&'static str, u32>,
+    /// Samples by stack and labels, found by hash: the table holds indexes, not copies of the stacks.
+    sample_of: hashbrown::HashTable<usize>,
+    hasher: std::hash::RandomState,
+    /// The bucket being added: its addresses with their frames, then its stack of location indexes.
+    located: Vec<(usize, Arc<[Frame]>)>,
+    stack: Vec<u32>,
+}
+
+impl SampleBuilder {
+    fn new(symbolize: bool) -> SampleBuilder {
+        SampleBuilder {
+            complete: true,
+            symbolize,
+            keep_std: KEEP_STD_FRAMES.load(Relaxed),
+            no_frames: Arc::from([]),
+            location_of: HashMap::default(),
+            marker_of: HashMap::new(),
+            sample_of: hashbrown::HashTable::new(),
+            hasher: std::hash::RandomState::new(),
+            located: Vec::new(),
+            stack: Vec::new(),
+        }
+    }
+
+    /// Makes room for `samples` samples, at once rather than as they come: a vector or table that grows
+    /// holds its old and its new memory while it moves.
+    fn start(&mut self, resolved: &mut Resolved, samples: usize) {
+        resolved.samples.reserve(samples);
+        // Called with nothing built yet: no entry is moved, so none needs its hash.
+        self.sample_of.reserve(samples, |_| 0);
+    }
+
+    /// Forgets the locations and samples found, and gives back their memory.
+    fn clear(&mut self, resolved: &mut Resolved) {
+        self.complete = true;
+        self.location_of = HashMap::default();
+        self.marker_of = HashMap::new();
+        self.sample_of = hashbrown::HashTable::new();
+        resolved.locations = Vec::new();
+        resolved.samples = Vec::new();
+    }
+
+    /// Adds a bucket whose frames are `frames` to the sample of its stack and labels. When symbolizing, an
+    /// address the cache lacks makes it add nothing and return false, unless `unnamed_ok` (the address is
+    /// then shown unsymbolized).
+    fn add(
+        &mut self,
+        resolved: &mut Resolved,
+        cache: &Cache,
+        frames: &[usize],
+        bucket: &BucketSnapshot,
+        unnamed_ok: bool,
+    ) -> bool {
+        self.located.clear();
+        for &ip in program(frames) {
             let frames = match cache.frames.get(&ip) {
-                Some(frames) if symbolize => frames.clone(),
-                _ => no_frames.clone(),
+                Some(frames) if self.symbolize => frames.clone(),
+                None if self.symbolize && !unnamed_ok => return false,
+                _ => self.no_frames.clone(),
             };
-            (ip, frames)
-        }));
-        let (skip_locations, skip_inline) = leading_std(&located, keep_std);
-        let mut stack = Vec::with_capacity(located.len() - skip_locations + 1);
-        for (k, (ip, frames)) in located.iter().enumerate().skip(skip_locations) {
+            self.located.push((ip, frames));
+        }
+        let (skip_locations, skip_inline) = leading_std(&self.located, self.keep_std);
+        let stack = &mut self.stack;
+        stack.clear();
+        for (k, (ip, frames)) in self.located.iter().enumerate().skip(skip_locations) {
             let dropped = if k == skip_locations { skip_inline } else { 0 };
-            let index = *location_of.entry((*ip, dropped)).or_insert_with(|| {
-                resolved.locations.push(ResolvedLocation {
-                    address: (*ip as u64).saturating_sub(1),
-                    frames: frames[dropped..].to_vec(),
-                });
-                resolved.locations.len() - 1
+            let index = *self.location_of.entry((*ip, dropped)).or_insert_with(|| {
+                push_location(
+                    &mut resolved.locations,
+                    ResolvedLocation {
+                        address: (*ip as u64).saturating_sub(1),
+                        frames: frames.get(dropped..).unwrap_or(&[]).to_vec(),
+                    },
+                )
             });
             stack.push(index);
         }
@@ -384,38 +523,42 @@ pub(crate) fn resolve(buckets: &[BucketSnapshot]) -> Resolved {
             None
         };
         if let Some(marker) = marker {
-            let index = *marker_of.entry(marker).or_insert_with(|| {
-                resolved.locations.push(ResolvedLocation {
-                    address: 0,
-                    frames: vec![Frame::marker(marker)],
-                });
-                resolved.locations.len() - 1
+            let index = *self.marker_of.entry(marker).or_insert_with(|| {
+                push_location(
+                    &mut resolved.locations,
+                    ResolvedLocation {
+                        address: 0,
+                        frames: vec![Frame::marker(marker)],
+                    },
+                )
             });
             stack.push(index);
         }
-        let hash = hash_of(&stack, &bucket.labels);
+        let hasher = &self.hasher;
+        let hash_of = |stack: &[u32], labels: &LabelSet| hasher.hash_one((stack, labels));
+        let hash = hash_of(stack, &bucket.labels);
         let samples = &mut resolved.samples;
-        let found = sample_of
+        let found = self
+            .sample_of
             .find(hash, |&i| {
-                samples[i].labels == bucket.labels && samples[i].locations == stack
+                samples[i].labels == bucket.labels && *samples[i].locations == **stack
             })
             .copied();
         match found {
             Some(i) => samples[i].counts.merge(&bucket.counts),
             None => {
-                sample_of.insert_unique(hash, samples.len(), |&i| {
+                self.sample_of.insert_unique(hash, samples.len(), |&i| {
                     hash_of(&samples[i].locations, &samples[i].labels)
                 });
                 samples.push(ResolvedSample {
-                    locations: stack,
+                    locations: stack.as_slice().into(),
                     labels: bucket.labels,
                     counts: bucket.counts,
                 });
             }
         }
+        true
     }
-    judge_mappings(&mut resolved, symbolize);
-    resolved
 }
 
 /// Sets each mapping's `has_*` flags from its locations (true only when every location in it has frames,
@@ -551,5 +694,51 @@ mod tests {
             frame("app::load", "/src/app/main.rs"),
         ]);
         assert_eq!(leading_std(&[(1, inlined)], true), (0, 2));
+    }
+
+    #[test]
+    fn buckets_that_appear_while_resolving_are_symbolized_too() {
+        // Addresses in no mapping: symbolized as unnamed, and cached as such.
+        let (a, b, c) = (0x7_0000_0011, 0x7_0000_0021, 0x7_0000_0031);
+        let counts = Counts {
+            alloc_objects: 1 << 32,
+            ..Counts::default()
+        };
+        let bucket = Snapshot::bucket(LabelSet::EMPTY, counts);
+        let mut first = Snapshot::default();
+        first.push(&[a, b], &bucket);
+        let mut grown = first.clone();
+        grown.push(&[c, b], &bucket);
+        // The same stack again, as another shard's bucket.
+        grown.push(&[a, b], &bucket);
+        let mut calls = 0;
+        // The table grows after the first look: `c` is first seen when the samples are built again.
+        let resolved = resolve_parts(1, &mut |f| {
+            calls += 1;
+            f(if calls == 1 { &first } else { &grown })
+        });
+        assert_eq!(calls, 2);
+        let mut stacks: Vec<(Vec<u64>, u128)> = resolved
+            .samples
+            .iter()
+            .map(|s| {
+                let addresses = s
+                    .locations
+                    .iter()
+                    .map(|&i| resolved.locations[i as usize].address + 1)
+                    .collect();
+                (addresses, s.counts.alloc_objects >> 32)
+            })
+            .collect();
+        stacks.sort();
+        assert_eq!(
+            stacks,
+            [(vec![a as u64, b as u64], 2), (vec![c as u64, b as u64], 1)]
+        );
+        let cached = CACHE
+            .lock()
+            .as_ref()
+            .is_some_and(|cache| cache.frames.contains_key(&c));
+        assert!(cached, "the late address is in the cache");
     }
 }

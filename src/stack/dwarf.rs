@@ -369,16 +369,18 @@ impl Cursor {
     fn apply(&mut self, from_rbp: bool, cfa_offset: usize, rbp_slot: usize) -> Step {
         let base = if from_rbp { self.fp } else { self.sp };
         let cfa = base.wrapping_add(cfa_offset);
-        // Every slot read lies in [sp, stack_top), the live part of this thread's stack; a CFA outside it
-        // means the rules do not describe this stack (a frame pointer not kept as the rule assumes).
+        // Every slot read lies in [sp, stack_top), the live part of this thread's stack, and is a whole
+        // aligned word; a CFA outside it or not 8-aligned means the rules do not describe this stack (a frame
+        // pointer not kept as the rule assumes, a stale rule of unloaded code).
         let lowest_read = cfa.wrapping_sub(8 * rbp_slot.max(1));
-        if cfa <= self.sp || cfa > self.stack_top || lowest_read < self.sp {
+        if cfa % 8 != 0 || cfa <= self.sp || cfa > self.stack_top || lowest_read < self.sp {
             return Step::Fallback;
         }
-        // SAFETY: `cfa - 8` lies in [sp, stack_top), mapped stack memory of this thread (checked above).
+        // SAFETY: `cfa - 8` is 8-aligned and lies in [sp, stack_top), mapped stack memory of this thread
+        // (checked above).
         let return_address = unsafe { *((cfa - 8) as *const usize) };
         if rbp_slot != 0 {
-            // SAFETY: `cfa - 8·rbp_slot` lies in [sp, stack_top) (checked above).
+            // SAFETY: `cfa - 8·rbp_slot` is 8-aligned and lies in [sp, stack_top) (checked above).
             self.fp = unsafe { *((cfa - 8 * rbp_slot) as *const usize) };
         }
         self.sp = cfa;
@@ -492,6 +494,31 @@ pub(super) fn walk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rule_that_does_not_fit_the_stack_falls_back_without_reading() {
+        let stack = [0usize; 16];
+        let (low, high) = (
+            stack.as_ptr() as usize,
+            stack.as_ptr() as usize + size_of_val(&stack),
+        );
+        let cursor = |fp: usize| Cursor {
+            lookup: 1,
+            sp: low,
+            fp,
+            stack_top: high,
+        };
+        // A frame pointer that is not a word's address (a corrupted or stale rule): never read through.
+        assert!(matches!(cursor(low + 3).apply(true, 16, 2), Step::Fallback));
+        // A CFA above the stack's top, or below the stack pointer.
+        assert!(matches!(cursor(high).apply(true, 16, 2), Step::Fallback));
+        assert!(matches!(
+            cursor(low).apply(false, 8 * 64, 0),
+            Step::Fallback
+        ));
+        // A rule that fits reads the return address at CFA − 8.
+        assert!(matches!(cursor(low).apply(false, 16, 0), Step::End));
+    }
 
     #[test]
     fn rules_round_trip_through_table_words() {

@@ -244,11 +244,13 @@ pub(super) unsafe fn release_locks() {
     }
 }
 
-/// A copy of one bucket, taken by [`snapshot`].
-#[derive(Clone, Debug)]
+/// A copy of one bucket, in a [`Snapshot`] that holds its frames.
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct BucketSnapshot {
-    /// Return addresses, innermost first; empty for the overflow bucket.
-    pub(crate) frames: Vec<usize>,
+    /// Where its frames start in [`Snapshot::frames`], and how many there are (at most
+    /// [`crate::stack::MAX_STACK_DEPTH`]).
+    start: usize,
+    len: u16,
     pub(crate) truncated: bool,
     pub(crate) overflow: bool,
     /// The labels of the allocations counted (empty for the overflow bucket).
@@ -256,54 +258,188 @@ pub(crate) struct BucketSnapshot {
     pub(crate) counts: Counts,
 }
 
-/// Copies every bucket, one stripe at a time (each stripe is locked only while it is copied). Must run inside
-/// the profiler guard.
-pub(crate) fn snapshot() -> Vec<BucketSnapshot> {
-    let mut out = Vec::with_capacity(BUCKETS.load(Relaxed) + 1);
-    for stripe in stripes() {
-        let stripe = stripe.lock();
-        out.extend(stripe.buckets.iter().map(|b| BucketSnapshot {
-            frames: b.frames.to_vec(),
-            truncated: b.truncated,
-            overflow: false,
-            labels: b.labels,
-            counts: b.counts,
-        }));
+/// A copy of buckets: the frames of all of them in one vector, each bucket a range of it, so that a copy of a
+/// table of many stacks is a few allocations rather than one per bucket, without spare capacity per stack.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Snapshot {
+    /// Return addresses, innermost first, bucket after bucket.
+    frames: Vec<usize>,
+    buckets: Vec<BucketSnapshot>,
+}
+
+impl Snapshot {
+    /// Adds a bucket with frames `frames` (innermost first; empty for the overflow bucket) and what else
+    /// `bucket` says (its own range is ignored).
+    pub(crate) fn push(&mut self, frames: &[usize], bucket: &BucketSnapshot) {
+        // A stack holds at most `MAX_STACK_DEPTH` frames: the bound is never reached.
+        let frames = &frames[..frames.len().min(usize::from(u16::MAX))];
+        self.buckets.push(BucketSnapshot {
+            start: self.frames.len(),
+            len: frames.len() as u16,
+            ..*bucket
+        });
+        self.frames.extend_from_slice(frames);
     }
-    let mut out = merge_threads(out);
-    let overflow = *OVERFLOW.lock();
-    push_overflow(&mut out, overflow);
+
+    /// A bucket without frames (the range of [`Snapshot::push`]) and with these counts: to be pushed.
+    pub(crate) fn bucket(labels: LabelSet, counts: Counts) -> BucketSnapshot {
+        BucketSnapshot {
+            start: 0,
+            len: 0,
+            truncated: false,
+            overflow: false,
+            labels,
+            counts,
+        }
+    }
+
+    /// The frames of `bucket`, one of this snapshot's.
+    pub(crate) fn frames(&self, bucket: &BucketSnapshot) -> &[usize] {
+        self.frames
+            .get(bucket.start..bucket.start + usize::from(bucket.len))
+            .unwrap_or(&[])
+    }
+
+    /// Each bucket with its frames.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[usize], &BucketSnapshot)> {
+        self.buckets.iter().map(|b| (self.frames(b), b))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+
+    /// Keeps the buckets for which `keep` is true, and lets it change their counts. The frames of those
+    /// dropped stay in [`Snapshot::frames`] until the snapshot is dropped.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&[usize], &mut BucketSnapshot) -> bool) {
+        let Snapshot { frames, buckets } = self;
+        buckets.retain_mut(|b| {
+            let own = frames
+                .get(b.start..b.start + usize::from(b.len))
+                .unwrap_or(&[]);
+            keep(own, b)
+        });
+    }
+
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.buckets.clear();
+    }
+
+    /// Appends the buckets of `stripe`, with `counts` instead of theirs when given (one per bucket, in order;
+    /// the buckets past its end are not copied).
+    fn copy_stripe(&mut self, stripe: &Stripe, counts: Option<&mut dyn Iterator<Item = Counts>>) {
+        let mut copy = |b: &Bucket, counts: Counts| {
+            self.push(
+                &b.frames,
+                &BucketSnapshot {
+                    truncated: b.truncated,
+                    ..Snapshot::bucket(b.labels, counts)
+                },
+            );
+        };
+        match counts {
+            Some(counts) => stripe
+                .buckets
+                .iter()
+                .zip(counts)
+                .for_each(|(b, counts)| copy(b, counts)),
+            None => stripe.buckets.iter().for_each(|b| copy(b, b.counts)),
+        }
+    }
+
+    /// Merges the buckets that threads of different shards keep for one stack and label set into one, in a
+    /// fixed order (by label set, then stack). The frames of the buckets merged into others stay in
+    /// [`Snapshot::frames`].
+    fn merge_threads(&mut self) {
+        let Snapshot { frames, buckets } = self;
+        let key = |b: &BucketSnapshot| {
+            let own = frames
+                .get(b.start..b.start + usize::from(b.len))
+                .unwrap_or(&[]);
+            (b.labels.id(), b.truncated, own)
+        };
+        buckets.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
+        buckets.dedup_by(|later, kept| {
+            let same = key(later) == key(kept);
+            if same {
+                kept.counts.merge(&later.counts);
+            }
+            same
+        });
+    }
+
+    fn push_overflow(&mut self, overflow: Counts) {
+        if overflow != Counts::default() {
+            self.push(
+                &[],
+                &BucketSnapshot {
+                    overflow: true,
+                    ..Snapshot::bucket(LabelSet::EMPTY, overflow)
+                },
+            );
+        }
+    }
+}
+
+/// Copies every bucket, one stripe at a time (each stripe is locked only while it is copied), merging the
+/// buckets of one stack and label set. Must run inside the profiler guard.
+pub(crate) fn snapshot() -> Snapshot {
+    let mut out = Snapshot {
+        frames: Vec::with_capacity(frame_count(|_| usize::MAX)),
+        buckets: Vec::with_capacity(BUCKETS.load(Relaxed) + 1),
+    };
+    for stripe in stripes() {
+        out.copy_stripe(&stripe.lock(), None);
+    }
+    out.merge_threads();
+    out.push_overflow(*OVERFLOW.lock());
     out
 }
 
-/// Merges the buckets that threads of different shards keep for one stack and label set into one, in a
-/// fixed order (by label set, then stack).
-fn merge_threads(mut buckets: Vec<BucketSnapshot>) -> Vec<BucketSnapshot> {
-    buckets.sort_unstable_by(|a, b| {
-        (a.labels.id(), a.truncated, &a.frames).cmp(&(b.labels.id(), b.truncated, &b.frames))
-    });
-    buckets.dedup_by(|later, kept| {
-        let same = later.labels == kept.labels
-            && later.truncated == kept.truncated
-            && later.frames == kept.frames;
-        if same {
-            kept.counts.merge(&later.counts);
-        }
-        same
-    });
-    buckets
+/// How many frames the first `limit(i)` buckets of each stripe `i` have: a copy that allocates its frames
+/// once has no spare capacity to copy as it grows.
+fn frame_count(limit: impl Fn(usize) -> usize) -> usize {
+    stripes()
+        .enumerate()
+        .map(|(i, stripe)| {
+            let stripe = stripe.lock();
+            stripe
+                .buckets
+                .iter()
+                .take(limit(i))
+                .map(|b| b.frames.len())
+                .sum::<usize>()
+        })
+        .sum()
 }
 
-fn push_overflow(out: &mut Vec<BucketSnapshot>, overflow: Counts) {
-    if overflow != Counts::default() {
-        out.push(BucketSnapshot {
-            frames: Vec::new(),
-            truncated: false,
-            overflow: true,
-            labels: LabelSet::EMPTY,
-            counts: overflow,
-        });
+/// Shows every bucket to `f` without a copy of the whole table: each stripe is copied (locked only while it
+/// is) into one buffer that `f` reads, then the overflow bucket. Buckets are not merged: the buckets that
+/// threads of different shards keep for one stack come one by one, in no particular order. Must run inside
+/// the profiler guard.
+pub(crate) fn for_each_stripe(f: &mut dyn FnMut(&Snapshot)) {
+    let mut part = Snapshot::default();
+    for stripe in stripes() {
+        part.clear();
+        part.copy_stripe(&stripe.lock(), None);
+        f(&part);
     }
+    part.clear();
+    part.push_overflow(*OVERFLOW.lock());
+    if !part.is_empty() {
+        f(&part);
+    }
+}
+
+/// How many buckets the table has (each stack counted by threads of several shards once per shard), and
+/// the overflow bucket: at least as many as a dump has samples, unless buckets are added meanwhile.
+pub(crate) fn count() -> usize {
+    BUCKETS.load(Relaxed) + 1
 }
 
 /// The counts of every bucket at one moment, without their stacks (see [`crate::peak`]): a flat copy, stripe
@@ -359,28 +495,21 @@ impl CountsCopy {
 
     /// The copied counts with the stacks and labels of their buckets, as [`snapshot`] gives them. Must run
     /// inside the profiler guard.
-    pub(crate) fn snapshot(&self) -> Vec<BucketSnapshot> {
-        let mut out = Vec::with_capacity(self.counts.len() + 1);
-        let mut counts = self.counts.iter();
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let mut out = Snapshot {
+            frames: Vec::with_capacity(frame_count(|stripe| self.lens[stripe] as usize)),
+            buckets: Vec::with_capacity(self.counts.len() + 1),
+        };
+        let mut counts = self.counts.iter().copied();
         for (stripe, &len) in stripes().zip(self.lens.iter()) {
-            let stripe = stripe.lock();
             // Buckets are only ever appended: the first `len` are those copied.
-            for (b, &counts) in stripe
-                .buckets
-                .iter()
-                .zip(counts.by_ref().take(len as usize))
-            {
-                out.push(BucketSnapshot {
-                    frames: b.frames.to_vec(),
-                    truncated: b.truncated,
-                    overflow: false,
-                    labels: b.labels,
-                    counts,
-                });
-            }
+            out.copy_stripe(
+                &stripe.lock(),
+                Some(&mut counts.by_ref().take(len as usize)),
+            );
         }
-        let mut out = merge_threads(out);
-        push_overflow(&mut out, self.overflow);
+        out.merge_threads();
+        out.push_overflow(self.overflow);
         out
     }
 }
@@ -450,5 +579,52 @@ mod tests {
             hash_frames(&[1, 2, 3], false),
             hash_frames(&[1, 2, 3], true)
         );
+    }
+
+    #[test]
+    fn a_snapshot_merges_the_buckets_of_a_stack_and_keeps_each_bucket_its_frames() {
+        let counts = |n: u128| Counts {
+            alloc_objects: n,
+            ..Counts::default()
+        };
+        let labeled = LabelSet::new(&[("shard", "snapshot-test")]);
+        let mut snapshot = Snapshot::default();
+        snapshot.push(&[3, 4], &Snapshot::bucket(LabelSet::EMPTY, counts(1)));
+        snapshot.push(&[1, 2, 3], &Snapshot::bucket(LabelSet::EMPTY, counts(2)));
+        // The first stack again, from another shard; then under labels.
+        snapshot.push(&[3, 4], &Snapshot::bucket(LabelSet::EMPTY, counts(4)));
+        snapshot.push(&[3, 4], &Snapshot::bucket(labeled, counts(8)));
+        let mut truncated = Snapshot::bucket(LabelSet::EMPTY, counts(16));
+        truncated.truncated = true;
+        snapshot.push(&[3, 4], &truncated);
+        snapshot.merge_threads();
+        snapshot.push_overflow(counts(32));
+        let buckets: Vec<(Vec<usize>, LabelSet, bool, bool, u128)> = snapshot
+            .iter()
+            .map(|(frames, b)| {
+                let c = b.counts.alloc_objects;
+                (frames.to_vec(), b.labels, b.truncated, b.overflow, c)
+            })
+            .collect();
+        let empty = LabelSet::EMPTY;
+        assert_eq!(
+            buckets,
+            [
+                (vec![1, 2, 3], empty, false, false, 2),
+                (vec![3, 4], empty, false, false, 5),
+                (vec![3, 4], empty, true, false, 16),
+                (vec![3, 4], labeled, false, false, 8),
+                (vec![], empty, false, true, 32),
+            ]
+        );
+        snapshot.retain(|frames, b| {
+            b.counts.alloc_objects += 100;
+            frames.len() != 3
+        });
+        let kept: Vec<u128> = snapshot
+            .iter()
+            .map(|(_, b)| b.counts.alloc_objects)
+            .collect();
+        assert_eq!(kept, [105, 116, 108, 132]);
     }
 }
