@@ -20,6 +20,7 @@
 //! | `…/heap` | `inuse_space` | what holds memory now: allocations not yet freed (leaks, caches, bloat) |
 //! | `…/allocs` | `alloc_space` | where the allocator's work goes: every allocation since start, freed or not (churn) |
 //! | `…/` | | an HTML index of the two |
+//! | `…/symbol` | | `num_symbols: 1`; a POST of addresses is answered by [`symbol`] |
 //!
 //! The last path segment names the profile, so the handler can be mounted under any prefix.
 //!
@@ -162,6 +163,8 @@ pub fn handle(path: &str, query: &str) -> Response {
         "heap" => Endpoint::Heap,
         "allocs" => Endpoint::Allocs,
         "" => return index(),
+        // Go's answer to a GET: symbols can be looked up (with a POST, see `symbol`).
+        "symbol" => return Response::ok(TEXT, b"num_symbols: 1\n".to_vec()),
         other => {
             return Response::error(
                 404,
@@ -176,6 +179,34 @@ pub fn handle(path: &str, query: &str) -> Response {
     match request.serve() {
         Ok(response) => response,
         Err(error) => Response::error(500, &format!("failed to collect profile: {error}")),
+    }
+}
+
+/// Answers a POST to `/debug/pprof/symbol` whose body is `body`, as Go's `net/http/pprof` does: the body is
+/// hexadecimal addresses joined by `+` (`0x4a1b2c+0x4a1d00`), the answer a line `0x4a1b2c name` for each
+/// address a function is known for. `go tool pprof` sends it for the mappings of a profile that do not say
+/// they are symbolized (a system library without symbols for some of its addresses, or every mapping when
+/// [`crate::set_symbolize`] is off). Mount it for POST beside [`handle`]; the built-in server does.
+pub fn symbol(body: &[u8]) -> Response {
+    let _guard = Guard::enter();
+    let text = String::from_utf8_lossy(body);
+    let addresses: Vec<u64> = text
+        .split('+')
+        .filter_map(|word| {
+            let word = word.trim();
+            let hex = word.strip_prefix("0x").unwrap_or(word);
+            u64::from_str_radix(hex, 16).ok()
+        })
+        .collect();
+    match pprof::function_names(&addresses) {
+        Ok(names) => {
+            let mut out = String::new();
+            for (address, name) in names {
+                let _ = writeln!(out, "{address:#x} {name}");
+            }
+            Response::ok(TEXT, out.into_bytes())
+        }
+        Err(error) => Response::error(500, &format!("failed to look symbols up: {error}")),
     }
 }
 

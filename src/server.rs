@@ -131,17 +131,34 @@ fn error_response(status: u16, message: String) -> tiny_http::Response<io::Curso
     response
 }
 
-fn respond(request: tiny_http::Request) {
-    if !matches!(
-        request.method(),
-        tiny_http::Method::Get | tiny_http::Method::Head
-    ) {
-        let _ = request.respond(error_response(405, "profiles are read with GET\n".into()));
-        return;
-    }
+/// The most bytes of a symbol lookup's body that are read: pprof sends the addresses of one profile.
+const MAX_SYMBOL_REQUEST: u64 = 1 << 20;
+
+fn respond(mut request: tiny_http::Request) {
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-    let answer = crate::http::handle(path, query);
+    let answer = match request.method() {
+        tiny_http::Method::Get | tiny_http::Method::Head => crate::http::handle(path, query),
+        tiny_http::Method::Post if path.ends_with("/symbol") => {
+            let mut body = Vec::new();
+            let read = io::Read::read_to_end(
+                &mut io::Read::take(request.as_reader(), MAX_SYMBOL_REQUEST),
+                &mut body,
+            );
+            if read.is_err() {
+                return;
+            }
+            crate::http::symbol(&body)
+        }
+        _ => {
+            let _ = request.respond(error_response(
+                405,
+                "profiles are read with GET; symbols are looked up with a POST to /debug/pprof/symbol\n"
+                    .into(),
+            ));
+            return;
+        }
+    };
     let headers: Vec<tiny_http::Header> = answer
         .headers()
         .into_iter()

@@ -66,15 +66,15 @@ struct FileInfo {
 }
 
 impl FileInfo {
-    /// `p_vaddr − p_offset` of the executable segment that the executable mapping of `len` bytes at file
-    /// offset `offset` maps (0 if none does). The mapping starts at the page below the segment's offset and
-    /// may reach into the neighbouring segments' pages: only an executable segment can be the one.
-    fn vaddr_minus_offset(&self, offset: u64, len: u64) -> u64 {
+    /// The executable segment that the executable mapping of `len` bytes at file offset `offset` maps: its
+    /// `p_offset` and `p_vaddr − p_offset`. The mapping starts at the page below the segment's offset and may
+    /// reach into the neighbouring segments' pages: only an executable segment can be the one.
+    fn segment(&self, offset: u64, len: u64) -> Option<(u64, u64)> {
         let end = offset.saturating_add(len);
         self.segments
             .iter()
             .find(|&&(start, _, size)| start < end && offset < start.saturating_add(size))
-            .map_or(0, |&(start, vaddr, _)| vaddr.wrapping_sub(start))
+            .map(|&(start, vaddr, _)| (start, vaddr.wrapping_sub(start)))
     }
 }
 
@@ -110,8 +110,19 @@ pub(crate) fn read() -> Vec<MappingInfo> {
             .entry(mapping.path.clone())
             .or_insert_with(|| file_info(mapping.open_path()));
         mapping.build_id = info.build_id.clone();
-        mapping.vaddr_minus_offset =
-            info.vaddr_minus_offset(mapping.file_offset, mapping.limit - mapping.start);
+        let len = mapping.limit - mapping.start;
+        if let Some((segment_offset, vaddr_minus_offset)) = info.segment(mapping.file_offset, len) {
+            mapping.vaddr_minus_offset = vaddr_minus_offset;
+            // The mapping begins at the page below the segment (GNU ld does not align code segments to
+            // pages in the file); pprof relates addresses to the file through the mapping's start and
+            // offset as if they were the segment's, so the mapping is described from the segment's first
+            // byte, which maps the same addresses to the same file offsets.
+            let skip = segment_offset.saturating_sub(mapping.file_offset);
+            if skip < len {
+                mapping.start += skip;
+                mapping.file_offset += skip;
+            }
+        }
     }
     let bytes = crate::table::hash_map_bytes(files)
         + files

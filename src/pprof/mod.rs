@@ -67,6 +67,12 @@ pub(crate) fn with_buckets<'a, T, R>(
     })
 }
 
+/// The function names of `addresses`, for pprof's remote symbolization (see
+/// [`crate::http::symbol`]).
+pub(crate) fn function_names(addresses: &[u64]) -> Result<Vec<(u64, std::sync::Arc<str>)>, Error> {
+    dumping(|| symbols::function_names(addresses))
+}
+
 /// Runs `f` inside the profiler guard and under the dump lock, if the profiler is installed.
 fn dumping<R>(f: impl FnOnce() -> R) -> Result<R, Error> {
     if !sampler::installed() {

@@ -622,6 +622,35 @@ fn judge_mappings(resolved: &mut Resolved, symbolize: bool) {
     }
 }
 
+/// The function names of `addresses` (a location's address: a call instruction, one byte before a return
+/// address), innermost inlined function first as Go's `runtime.FuncForPC` gives it, for pprof's remote
+/// symbolization; addresses no lookup names are left out. Must run inside the profiler guard and under the
+/// dump lock.
+pub(crate) fn function_names(addresses: &[u64]) -> Vec<(u64, Arc<str>)> {
+    let mappings = mappings::read();
+    let mut cache = CACHE.lock();
+    let cache = cache.get_or_insert_with(Cache::default);
+    let mut missing: Vec<usize> = addresses
+        .iter()
+        .map(|&a| a.wrapping_add(1) as usize)
+        .filter(|ip| !cache.frames.contains_key(ip))
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if cache.frames.len() + missing.len() > MAX_CACHED_ADDRESSES {
+        *cache = Cache::default();
+    }
+    symbolize_into(cache, &missing, &mappings);
+    CACHE_BYTES.store(cache.bytes(), Relaxed);
+    addresses
+        .iter()
+        .filter_map(|&a| {
+            let frames = cache.frames.get(&(a.wrapping_add(1) as usize))?;
+            Some((a, frames.first()?.name.clone()))
+        })
+        .collect()
+}
+
 /// Says `note` on stderr, the first time only: a process dumps again and again.
 fn warn_once(note: &str) {
     static WARNED: AtomicBool = AtomicBool::new(false);
