@@ -65,6 +65,15 @@ fn ring_stacks(p: &Profile) -> HashMap<Vec<u64>, (i64, i64, i64)> {
     out
 }
 
+/// Sets the flag when dropped, unwinding included.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Rate 4 KiB: buffers of 16–64 KiB are sampled with p ≥ 1 − e^(−4) = 0.982; 2,048 live buffers give an in-use
 /// estimate with relative standard error below sqrt((1−p)/(n·p)) = 0.003, so ±5 % is over 15 σ.
 #[test]
@@ -97,6 +106,9 @@ fn dumps_under_load_are_fast_valid_and_consistent() {
                 })
             })
             .collect();
+        // A failed check below stops the workers as it unwinds, so the test fails with its message instead of
+        // waiting for them.
+        let _stop_on_exit = StopOnDrop(&stop);
         let mut previous: Option<HashMap<Vec<u64>, (i64, i64, i64)>> = None;
         let mut slowest = Duration::ZERO;
         for _ in 0..100 {
