@@ -226,26 +226,34 @@ extern "C" fn dump_at_exit() {
     }
     let Some(path) = EXIT_DUMP.get() else { return };
     let _guard = Guard::enter();
+    let stats = || crate::stats();
+    let bytes = |n: u64| human_bytes(i64::try_from(n).unwrap_or(i64::MAX));
+    let written = crate::dump_profile().and_then(|profile| crate::output::write(path, &profile));
+    if let Err(e) = written {
+        warn(format!("{DUMP_AT_EXIT}: {e}"));
+        return;
+    }
+    let exit_line = format!(
+        "wrote the heap profile at exit to {path} ({inuse} still in use, {allocated} allocated in all: \
+         `go tool pprof -sample_index=alloc_space {path}`)",
+        path = path.display(),
+        inuse = bytes(stats().inuse_bytes),
+        allocated = bytes(stats().alloc_bytes),
+    );
+    // Beside a pipe or a device there is no place for a second file.
+    if crate::output::is_stream(path) {
+        warn(exit_line);
+        return;
+    }
     let peak_path = peak_path_beside(path);
-    let written = crate::dump_profile()
-        .and_then(|bytes| write_atomically(path, &bytes))
-        .and_then(|()| crate::dump_peak_profile())
-        .and_then(|bytes| write_atomically(&peak_path, &bytes));
-    match written {
-        Ok(()) => {
-            let stats = crate::stats();
-            warn(format!(
-                "wrote the heap profile at exit to {path} ({inuse} still in use, {allocated} allocated in \
-                 all: `go tool pprof -sample_index=alloc_space {path}`) and the profile at the peak \
-                 ({peak} in use) to {peak_file} (`go tool pprof {peak_file}`)",
-                path = path.display(),
-                peak_file = peak_path.display(),
-                inuse = human_bytes(i64::try_from(stats.inuse_bytes).unwrap_or(i64::MAX)),
-                allocated = human_bytes(i64::try_from(stats.alloc_bytes).unwrap_or(i64::MAX)),
-                peak = human_bytes(i64::try_from(stats.peak_inuse_bytes).unwrap_or(i64::MAX)),
-            ));
-        }
-        Err(e) => warn(format!("{DUMP_AT_EXIT}: {e}")),
+    match crate::dump_peak_profile().and_then(|peak| crate::output::write(&peak_path, &peak)) {
+        Ok(()) => warn(format!(
+            "{exit_line} and the profile at the peak ({peak} in use) to {peak_file} \
+             (`go tool pprof {peak_file}`)",
+            peak = bytes(stats().peak_inuse_bytes),
+            peak_file = peak_path.display(),
+        )),
+        Err(e) => warn(format!("{exit_line}; the profile at the peak: {e}")),
     }
 }
 
@@ -261,25 +269,6 @@ fn peak_path_beside(path: &Path) -> PathBuf {
         None => format!("{name}.peak{PERIODIC_SUFFIX}"),
     };
     path.with_file_name(peak)
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory, renamed into place, so that a
-/// reader never sees half a profile, even if the process ends during the write.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let failed = |source| Error::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    std::fs::write(&temp, bytes).map_err(failed)?;
-    std::fs::rename(&temp, path).map_err(|source| {
-        let _ = std::fs::remove_file(&temp);
-        failed(source)
-    })
 }
 
 /// The body of the periodic dump thread: a profile into the directory every interval, keeping the newest
@@ -314,7 +303,7 @@ fn dump_periodically(periodic: &Periodic) {
         ));
         if let Err(e) = remove_old(&periodic.dir, periodic.keep - 1)
             .and_then(|()| crate::dump_profile())
-            .and_then(|bytes| write_atomically(&path, &bytes))
+            .and_then(|bytes| crate::output::write(&path, &bytes))
         {
             report(&e);
         }

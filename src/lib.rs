@@ -186,7 +186,8 @@
 //! | `HEAP_SAMPLER_DUMP_KEEP` | files | `10` | `24` | periodic profiles kept: older ones are removed |
 //! | `HEAP_SAMPLER_SYMBOLIZE` | `0` or `1` | `1` | `0` | `0` leaves symbolization to the collector (see [`set_symbolize`]) |
 //!
-//! Profiles are written to a temporary file and renamed into place, so a reader never sees half of one.
+//! Profiles are written to a temporary file in the target's real directory and renamed into place, so a reader
+//! never sees half of one; a FIFO or a device (`/dev/stdout`) is written to in place, never replaced.
 //! Periodic profiles are written by a thread started before `main`; a process forked later has none.
 
 mod allocator;
@@ -200,6 +201,7 @@ mod fork;
 pub mod http;
 mod labels;
 mod lock;
+mod output;
 mod peak;
 mod pprof;
 mod report;
@@ -257,17 +259,14 @@ pub fn dump_profile() -> Result<Vec<u8>, Error> {
     pprof::encode(&pprof::profile()?)
 }
 
-/// Writes [`dump_profile`]'s output to `path` (conventionally `*.pb.gz`), replacing the file.
+/// Writes [`dump_profile`]'s output to `path` (conventionally `*.pb.gz`), replacing the file atomically
+/// (through a temporary file in its real directory, renamed over it; a symlink is followed and its target
+/// replaced). A FIFO or a character device at `path` is written to in place.
 ///
 /// # Errors
 /// As [`dump_profile`], and [`Error::Write`] when the file cannot be written.
 pub fn write_profile(path: impl AsRef<Path>) -> Result<(), Error> {
-    let path = path.as_ref();
-    let bytes = dump_profile()?;
-    std::fs::write(path, bytes).map_err(|source| Error::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+    output::write(path.as_ref(), &dump_profile()?)
 }
 
 /// Heap estimates and the profiler's own figures. Cheap to read (a few dozen relaxed loads, no lock, no

@@ -134,17 +134,13 @@ pub fn dump_peak_profile() -> Result<Vec<u8>, Error> {
     pprof::encode(&profile()?)
 }
 
-/// Writes [`dump_peak_profile`]'s output to `path` (conventionally `*.pb.gz`), replacing the file.
+/// Writes [`dump_peak_profile`]'s output to `path` (conventionally `*.pb.gz`), as [`crate::write_profile`]
+/// does: atomically for a regular file, in place for a FIFO or a device.
 ///
 /// # Errors
 /// As [`dump_peak_profile`], and [`Error::Write`] when the file cannot be written.
 pub fn write_peak_profile(path: impl AsRef<Path>) -> Result<(), Error> {
-    let path = path.as_ref();
-    let bytes = dump_peak_profile()?;
-    std::fs::write(path, bytes).map_err(|source| Error::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+    crate::output::write(path.as_ref(), &dump_peak_profile()?)
 }
 
 /// The peak profile, to encode.

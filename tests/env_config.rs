@@ -156,6 +156,39 @@ fn garbage_is_reported_once_and_the_program_runs_on() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// An exit dump into a full device (a node like `/dev/full`, made in a temporary directory): the failure is
+/// reported on stderr, the node stays a device, and the program's exit status is its own.
+#[test]
+fn an_exit_dump_that_fails_is_reported_and_the_exit_status_kept() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
+    let dir = common::temp_dir("env-full");
+    let full = dir.join("full");
+    let c_path = std::ffi::CString::new(full.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mknod only creates the node (it needs root, as CI runs).
+    let made =
+        unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 7)) } == 0;
+    let device = if made {
+        full
+    } else {
+        Path::new("/dev/full").to_path_buf()
+    };
+    let out = run_example(10, 10, &[("HEAP_SAMPLER_DUMP_AT_EXIT", &device)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("HEAP_SAMPLER_DUMP_AT_EXIT: cannot write")
+            && stderr.contains("No space left"),
+        "the failed exit dump is reported:\n{stderr}"
+    );
+    assert!(
+        std::fs::metadata(&device)
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// Periodic profiles kept, and what the child holds while they are written.
 const KEEP: usize = 2;
 const BLOCKS: usize = 64;
