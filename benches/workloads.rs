@@ -38,7 +38,11 @@ const JEMALLOC: u8 = 3;
 
 static MODE: AtomicU8 = AtomicU8::new(UNSET);
 static SAMPLING: SamplingAllocator<System> = SamplingAllocator::new(System);
-#[cfg(feature = "jemalloc-bench")]
+#[cfg(all(
+    feature = "jemalloc-bench",
+    target_os = "linux",
+    target_arch = "x86_64"
+))]
 static JE: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Reads the allocator choice from the environment without allocating (getenv), once.
@@ -70,7 +74,7 @@ macro_rules! dispatch {
     ($method:ident($($arg:expr),*)) => {
         match mode() {
             SAMPLED => SAMPLING.$method($($arg),*),
-            #[cfg(feature = "jemalloc-bench")]
+            #[cfg(all(feature = "jemalloc-bench", target_os = "linux", target_arch = "x86_64"))]
             JEMALLOC => JE.$method($($arg),*),
             _ => System.$method($($arg),*),
         }
@@ -212,7 +216,11 @@ const WORKLOADS: [Workload; 5] = [
 
 fn variants() -> Vec<&'static str> {
     let mut v = vec!["bare", "sampled", "sampled-fp"];
-    if cfg!(feature = "jemalloc-bench") {
+    if cfg!(all(
+        feature = "jemalloc-bench",
+        target_os = "linux",
+        target_arch = "x86_64"
+    )) {
         v.extend(["jemalloc", "jemalloc-prof"]);
     }
     v

@@ -147,8 +147,13 @@ fn warn(message: String) {
     let _ = writeln!(std::io::stderr(), "heap-sampler: {message}");
 }
 
+// The process's constructors: `.init_array` on ELF systems, `__mod_init_func` on Darwin.
 #[used]
-#[unsafe(link_section = ".init_array")]
+#[cfg_attr(not(target_vendor = "apple"), unsafe(link_section = ".init_array"))]
+#[cfg_attr(
+    target_vendor = "apple",
+    unsafe(link_section = "__DATA,__mod_init_func")
+)]
 static CONFIGURE: extern "C" fn() = configure;
 
 /// The process constructor: reads the environment once and applies it.

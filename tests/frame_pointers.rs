@@ -4,7 +4,6 @@
 mod common;
 
 use std::alloc::System;
-use std::hint::black_box;
 
 use heap_sampler::{SamplingAllocator, Unwinder};
 
@@ -106,7 +105,7 @@ mod coroutine {
     }
 
     extern "C" fn allocates() {
-        black_box(vec![1u8; 100]);
+        std::hint::black_box(vec![1u8; 100]);
     }
 
     static mut HOLE: usize = 0;

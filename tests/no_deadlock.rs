@@ -1,6 +1,8 @@
 //! No deadlock with the other users of the unwinder and the dynamic loader: backtrace's lock, std's
 //! backtraces in panic hooks, dlopen/dlclose, dl_iterate_phdr with an allocating callback, plain churn, and
-//! dumps every 100 ms, all in exact mode (every allocation captures a stack).
+//! dumps every 100 ms, all in exact mode (every allocation captures a stack). Linux: the loader's
+//! `dl_iterate_phdr` is one of the users.
+#![cfg(target_os = "linux")]
 
 mod common;
 

@@ -80,7 +80,15 @@ fn stack_bounds() -> (usize, usize) {
     if known != (0, 0) {
         return known;
     }
-    let mut bounds = (1, 1);
+    let bounds = read_stack_bounds().unwrap_or((1, 1));
+    let _ = STACK_BOUNDS.try_with(|b| b.set(bounds));
+    bounds
+}
+
+/// The calling thread's stack, `[low, high)`, from its pthread attributes.
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+fn read_stack_bounds() -> Option<(usize, usize)> {
+    let mut bounds = None;
     // SAFETY: pthread_getattr_np fills `attr` for the calling thread, which is destroyed after use; the
     // out-parameters are valid locals.
     unsafe {
@@ -88,13 +96,38 @@ fn stack_bounds() -> (usize, usize) {
         if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) == 0 {
             let (mut addr, mut size) = (core::ptr::null_mut(), 0usize);
             if libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0 && !addr.is_null() {
-                bounds = (addr as usize, (addr as usize).saturating_add(size));
+                bounds = Some((addr as usize, (addr as usize).saturating_add(size)));
             }
             libc::pthread_attr_destroy(&mut attr);
         }
     }
-    let _ = STACK_BOUNDS.try_with(|b| b.set(bounds));
     bounds
+}
+
+/// The calling thread's stack, `[low, high)`: Darwin gives its top (the highest address) and size.
+#[cfg(target_vendor = "apple")]
+fn read_stack_bounds() -> Option<(usize, usize)> {
+    // SAFETY: both calls only read the calling thread's own descriptor.
+    let (top, size) = unsafe {
+        let this = libc::pthread_self();
+        (
+            libc::pthread_get_stackaddr_np(this) as usize,
+            libc::pthread_get_stacksize_np(this),
+        )
+    };
+    (top != 0).then(|| (top.saturating_sub(size), top))
+}
+
+/// Elsewhere the bounds are unknown: the frame-pointer walk then captures nothing (the DWARF unwinder is
+/// used).
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_vendor = "apple"
+)))]
+fn read_stack_bounds() -> Option<(usize, usize)> {
+    None
 }
 
 /// The return addresses of one captured stack, innermost first. Only the first `len` frames are written: the
