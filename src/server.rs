@@ -62,10 +62,8 @@ fn start(addr: &str, loopback_only: bool) -> Result<ProfileServer, Error> {
         source,
     };
     let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(bind_error)?.collect();
-    if loopback_only {
-        if let Some(public) = addrs.iter().find(|a| !a.ip().is_loopback()) {
-            return Err(Error::NotLoopback(*public));
-        }
+    if loopback_only && let Some(public) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        return Err(Error::NotLoopback(*public));
     }
     let listener = TcpListener::bind(&addrs[..]).map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;

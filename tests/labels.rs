@@ -216,16 +216,16 @@ fn labels_follow_tasks_across_await_and_threads() {
     let mut between = Vec::new();
     let (mut out_one, mut out_two) = (None, None);
     while out_one.is_none() || out_two.is_none() {
-        if out_one.is_none() {
-            if let Poll::Ready(v) = one.as_mut().poll(&mut cx) {
-                out_one = Some(v);
-            }
+        if out_one.is_none()
+            && let Poll::Ready(v) = one.as_mut().poll(&mut cx)
+        {
+            out_one = Some(v);
         }
         between.push(Vec::<u8>::with_capacity(100));
-        if out_two.is_none() {
-            if let Poll::Ready(v) = two.as_mut().poll(&mut cx) {
-                out_two = Some(v);
-            }
+        if out_two.is_none()
+            && let Poll::Ready(v) = two.as_mut().poll(&mut cx)
+        {
+            out_two = Some(v);
         }
     }
     assert_eq!(LabelSet::current(), LabelSet::EMPTY);

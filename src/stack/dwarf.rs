@@ -373,7 +373,8 @@ impl Cursor {
         // aligned word; a CFA outside it or not 8-aligned means the rules do not describe this stack (a frame
         // pointer not kept as the rule assumes, a stale rule of unloaded code).
         let lowest_read = cfa.wrapping_sub(8 * rbp_slot.max(1));
-        if cfa % 8 != 0 || cfa <= self.sp || cfa > self.stack_top || lowest_read < self.sp {
+        if !cfa.is_multiple_of(8) || cfa <= self.sp || cfa > self.stack_top || lowest_read < self.sp
+        {
             return Step::Fallback;
         }
         // SAFETY: `cfa - 8` is 8-aligned and lies in [sp, stack_top), mapped stack memory of this thread

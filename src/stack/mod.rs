@@ -260,7 +260,7 @@ impl Stack {
         if sp < low_bound || sp >= high {
             return false;
         }
-        while fp >= sp && fp % 8 == 0 && fp.saturating_add(16) <= high {
+        while fp >= sp && fp.is_multiple_of(8) && fp.saturating_add(16) <= high {
             // SAFETY: `fp..fp + 16` lies between the stack pointer and the top of this thread's own stack,
             // which is mapped and readable; the values read are plain words.
             let (next, ret) = unsafe { (*(fp as *const usize), *((fp + 8) as *const usize)) };
