@@ -306,9 +306,11 @@ fn dump_periodically(periodic: &Periodic) {
         let path = periodic.dir.join(format!(
             "{PERIODIC_PREFIX}{time}-{pid}-{sequence:06}{PERIODIC_SUFFIX}"
         ));
-        if let Err(e) = remove_old(&periodic.dir, periodic.keep - 1)
-            .and_then(|()| crate::dump_profile())
+        // The new profile first, then the oldest go: a process that ends at any point leaves at least the
+        // newest `keep` complete profiles (and one more, if it ends between the two).
+        if let Err(e) = crate::dump_profile()
             .and_then(|bytes| crate::output::write(&path, &bytes))
+            .and_then(|()| remove_old(&periodic.dir, periodic.keep))
         {
             report(&e);
         }

@@ -251,7 +251,12 @@ fn periodic_profiles_keep_the_newest_files() {
         "nothing reported:\n{stderr}"
     );
     let found = sequences(&dir);
-    assert_eq!(found.len(), KEEP, "the newest {KEEP} are kept: {found:?}");
+    // Each profile is written before the oldest is removed: the child, ending at any point, leaves the
+    // newest KEEP, and one more if it ended between a write and its removal.
+    assert!(
+        (KEEP..=KEEP + 1).contains(&found.len()),
+        "the newest {KEEP} are kept: {found:?}"
+    );
     assert!(found[0] > 1, "older profiles were removed: {found:?}");
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
