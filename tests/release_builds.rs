@@ -825,20 +825,6 @@ fn panic_abort() {
     check_configuration(PANIC_ABORT);
 }
 
-fn readelf_build_id(path: &Path) -> String {
-    let out = Command::new("readelf")
-        .arg("-n")
-        .arg(path)
-        .output()
-        .expect("readelf (binutils) runs");
-    let notes = String::from_utf8_lossy(&out.stdout);
-    notes
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Build ID: "))
-        .unwrap_or_else(|| panic!("no build ID note in {}:\n{notes}", path.display()))
-        .to_string()
-}
-
 /// `go tool pprof -top -noinlines -sample_index=inuse_space -unit=B BINARY PROFILE`: by containing function,
 /// as the profiler could only trim whole locations (see [`Naming::Offline`]).
 fn pprof_top(go: &PathBuf, binary: &Path, profile: &Path) -> String {
@@ -939,8 +925,8 @@ fn stripped_copy_symbolizes_offline() {
         .expect("strip (binutils) runs");
     assert!(status.success(), "strip -s failed");
     assert_eq!(
-        readelf_build_id(&stripped),
-        readelf_build_id(&built.exe),
+        common::readelf_build_id(&stripped),
+        common::readelf_build_id(&built.exe),
         "strip keeps the build ID"
     );
     let run = run(&stripped, &dir, &[]);
@@ -1029,7 +1015,7 @@ fn symbolization_left_to_the_collector() {
     );
     assert_eq!(
         common::string(p, p.mapping[0].build_id),
-        readelf_build_id(&built.exe),
+        common::readelf_build_id(&built.exe),
         "the main mapping carries the binary's build ID"
     );
     check_address_conversion(p, &built.exe, &run.kept);

@@ -35,26 +35,12 @@ fn child_writes_a_profile() {
     drop(kept);
 }
 
-fn readelf_build_id(path: &std::path::Path) -> String {
-    let out = Command::new("readelf")
-        .arg("-n")
-        .arg(path)
-        .output()
-        .expect("readelf (binutils) runs");
-    let notes = String::from_utf8_lossy(&out.stdout);
-    notes
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Build ID: "))
-        .unwrap_or_else(|| panic!("no build ID note in {}:\n{notes}", path.display()))
-        .to_string()
-}
-
 #[test]
 fn symbols_survive_deleting_the_binary() {
     let dir = common::temp_dir("symbols");
     let copy = dir.join("copied-test-binary");
     std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
-    let build_id = readelf_build_id(&copy);
+    let build_id = common::readelf_build_id(&copy);
     let profile_path = dir.join("child.pb.gz");
     let child = Command::new(&copy)
         .args(["--exact", "child_writes_a_profile", "--test-threads=1"])

@@ -26,6 +26,21 @@ pub fn decode(gzipped: &[u8]) -> Profile {
     Profile::decode(raw.as_slice()).expect("profile decodes as profile.proto")
 }
 
+/// The GNU build ID of the ELF file at `path`, as `readelf -n` (binutils) prints it.
+pub fn readelf_build_id(path: &std::path::Path) -> String {
+    let out = Command::new("readelf")
+        .arg("-n")
+        .arg(path)
+        .output()
+        .expect("readelf (binutils) runs");
+    let notes = String::from_utf8_lossy(&out.stdout);
+    notes
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .unwrap_or_else(|| panic!("no build ID note in {}:\n{notes}", path.display()))
+        .to_string()
+}
+
 /// Dumps and decodes the current profile.
 pub fn profile() -> Profile {
     decode(&heap_sampler::dump_profile().expect("dump_profile"))
