@@ -31,6 +31,17 @@ fn backtraces() {
     black_box(format!("{trace:?}"));
 }
 
+/// How long the workers' first iterations may take. Under AddressSanitizer the panic worker's first panic,
+/// whose backtrace has std parse the instrumented binary's debug info with every allocation sampled, takes
+/// far longer than in a plain build.
+fn warmup_limit() -> Duration {
+    if common::under_address_sanitizer() {
+        Duration::from_secs(120)
+    } else {
+        Duration::from_secs(30)
+    }
+}
+
 fn panics() {
     black_box(std::panic::catch_unwind(|| panic!("expected panic, caught")).is_err());
 }
@@ -91,7 +102,7 @@ fn no_deadlock_with_unwinders_loaders_and_dumps() {
     if !common::is_child() {
         let (_, stderr) = common::run_child(
             "no_deadlock_with_unwinders_loaders_and_dumps",
-            Duration::from_secs(60),
+            Duration::from_secs(60) + warmup_limit(),
         );
         eprintln!(
             "{}",
@@ -147,8 +158,12 @@ fn no_deadlock_with_unwinders_loaders_and_dumps() {
         let warmup = Instant::now();
         while progress.iter().any(|c| c.load(Ordering::Relaxed) == 0) {
             assert!(
-                warmup.elapsed() < Duration::from_secs(30),
-                "a worker never finished its first iteration"
+                warmup.elapsed() < warmup_limit(),
+                "a worker never finished its first iteration: iterations by worker ({WORKERS:?}): {:?}",
+                progress
+                    .iter()
+                    .map(|c| c.load(Ordering::Relaxed))
+                    .collect::<Vec<_>>()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
