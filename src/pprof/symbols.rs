@@ -283,13 +283,24 @@ fn symbolize_into(cache: &mut Cache, ips: &[usize], mappings: &[MappingInfo]) {
 /// program's, and only the inlined frames say that the allocator is there.
 const ALLOCATOR_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/allocator.rs");
 
+/// The functions that only hand an allocation to the global allocator (`alloc::alloc::alloc` and its kin,
+/// `Global`'s `Allocator` methods). In builds that do not inline them each crate has a copy of its own, at
+/// an address of its own, so the allocation path learned by address does not hold the program's copy.
+const ALLOCATION_SHIMS: &[&str] = &[
+    "alloc::alloc::",
+    "<alloc::alloc::",
+    "std::alloc::",
+    "<std::alloc::",
+];
+
 /// Whether a frame is the profiler's or one of the allocator shims that lead to it, inlined into the program's
-/// code: by name, or by the allocator's source file where names are short.
+/// code or copied into it: by name, or by the allocator's source file where names are short.
 fn is_profiler_frame(frame: &Frame) -> bool {
     frame.name.starts_with("heap_sampler::")
         || frame.name.starts_with("<heap_sampler::")
         || frame.name.starts_with("__rust")
         || frame.name.starts_with("__rg_")
+        || ALLOCATION_SHIMS.iter().any(|p| frame.name.starts_with(p))
         || &*frame.file == ALLOCATOR_SOURCE
 }
 
@@ -297,15 +308,22 @@ fn is_profiler_frame(frame: &Frame) -> bool {
 /// are the profiler's or the allocator shims inlined into the program, or (unless `keep_std`) the standard
 /// library's: all of them are dropped, unless that would leave nothing.
 fn leading_std(located: &[(usize, Arc<[Frame]>)], keep_std: bool) -> (usize, usize) {
-    let dropped = |f: &Frame| is_profiler_frame(f) || (!keep_std && is_std_frame(f));
-    for (index, (_, frames)) in located.iter().enumerate() {
-        let std = frames.iter().take_while(|f| dropped(f)).count();
-        if frames.is_empty() || std < frames.len() {
-            // Unsymbolized (nothing is known of it) or the program's: the stack starts here.
-            return (index, std);
+    let leading = |dropped: &dyn Fn(&Frame) -> bool| {
+        for (index, (_, frames)) in located.iter().enumerate() {
+            let std = frames.iter().take_while(|f| dropped(f)).count();
+            if frames.is_empty() || std < frames.len() {
+                // Unsymbolized (nothing is known of it) or kept: the stack starts here.
+                return Some((index, std));
+            }
         }
+        None
+    };
+    // The profiler's frames and the shims go always; the standard library's only when something remains.
+    let profiler = leading(&is_profiler_frame).unwrap_or((0, 0));
+    if keep_std {
+        return profiler;
     }
-    (0, 0)
+    leading(&|f: &Frame| is_profiler_frame(f) || is_std_frame(f)).unwrap_or(profiler)
 }
 
 /// The program's frames of a bucket: a sample taken while the allocation path was being learned still has
@@ -710,9 +728,10 @@ mod tests {
         let program: Arc<[Frame]> = Arc::from([frame("app::main", "/src/app/main.rs")]);
         let stack = [(1, std_location.clone()), (2, mixed), (3, program)];
         assert_eq!(leading_std(&stack, false), (1, 1));
-        assert_eq!(leading_std(&stack, true), (0, 0));
-        // Nothing but the standard library: kept whole.
-        assert_eq!(leading_std(&[(1, std_location)], false), (0, 0));
+        // Kept, but for the allocation shim: `alloc::alloc::alloc` only hands the request on.
+        assert_eq!(leading_std(&stack, true), (0, 1));
+        // Nothing but the standard library: kept whole, but for the allocation shim that leads it.
+        assert_eq!(leading_std(&[(1, std_location)], false), (0, 1));
         // An address without symbols ends the search: nothing is known of it.
         assert_eq!(leading_std(&[(1, Arc::from([]))], false), (0, 0));
         // The allocator inlined into the program's function: dropped even when the standard library's
