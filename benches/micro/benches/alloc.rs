@@ -13,10 +13,10 @@
 //!   dump, which symbolizes, is timed once and printed).
 //!
 //! After criterion's own report, the bench prints each variant's time as a ratio to the bare allocator,
-//! read from criterion's estimates of this run. Run with `cargo bench --bench alloc`; a filter argument
-//! selects benches by name as usual (`free_filter` too). `cargo bench --bench alloc -- interleaved` instead
-//! times wrapped and bare pairs in interleaved batches, which resolve differences of a fraction of a
-//! nanosecond on a machine whose speed drifts.
+//! read from criterion's estimates of this run. Run with `cargo bench --manifest-path
+//! benches/micro/Cargo.toml`; a filter argument selects benches by name as usual (`free_filter` too). With
+//! `-- interleaved` it instead times wrapped and bare pairs in interleaved batches, which resolve
+//! differences of a fraction of a nanosecond on a machine whose speed drifts.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
