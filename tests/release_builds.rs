@@ -3,13 +3,12 @@
 //! and its profile must charge every byte it keeps to the function that keeps it, as the leaf of its
 //! samples, with none of the profiler's own frames anywhere.
 //!
-//! The builds share one target directory, `fixture-builds` in the main crate's target directory, which CI
-//! keeps between runs: then a change to the profiler recompiles it and the fixture per configuration (10 to
-//! 40 s each), not the dependencies, and an unchanged tree builds nothing. Each configuration compiles every
-//! dependency once, though: every profile setting, `strip` included, enters every unit's `-C metadata`
-//! hash (`strip = true` after `debug = false` recompiled all 37 packages). Builds run one at a time, and
-//! each binary is copied out before the next build overwrites `release/fixture-builds`; a configuration
-//! built once is reused by every test of this process that needs it.
+//! The builds share one target directory, `fixture-builds` in the main crate's target directory. The
+//! profiler and the fixture take each configuration's settings; every other dependency is built one way
+//! for all of them (see [`dependency_profile`]), so that a configuration that changes only the profiler's
+//! and the program's code compiles those two alone. Builds run one at a time, and each binary is copied out
+//! before the next build overwrites `release/fixture-builds`; a configuration built once is reused by every
+//! test of this process that needs it.
 
 mod common;
 
@@ -89,6 +88,7 @@ fn build_with(settings: Settings, relink_args: &[&str]) -> Built {
     }
     let target = shared_target_dir();
     let mut cargo = Command::new(env!("CARGO"));
+    cargo.args(dependency_profile(settings));
     if relink_args.is_empty() {
         cargo.args(["build", "--release", "--manifest-path", FIXTURE]);
     } else {
@@ -150,6 +150,38 @@ fn build_with(settings: Settings, relink_args: &[&str]) -> Built {
     let built = Built { exe, seconds, size };
     builds.insert(name, built.clone());
     built
+}
+
+/// `--config` arguments that build every dependency but the profiler unoptimized and without debug info,
+/// whatever the configuration, and the profiler with the configuration's `opt-level` and `debug` (cargo's
+/// release defaults otherwise). What a configuration is about happens in the fixture and the profiler: the
+/// allocation path, what is inlined into the program, the debug info the symbolizer reads. The other
+/// dependencies (the symbolizer's readers, the unwinder's fallback) only run slower unoptimized; built one
+/// way, they are compiled once for all configurations but those that change every unit (`lto`, `panic`),
+/// and in a fraction of the time.
+fn dependency_profile(settings: Settings) -> Vec<String> {
+    let setting = |key: &str| {
+        settings
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|&(_, value)| value)
+    };
+    // TOML values: integers and booleans bare, the rest quoted.
+    let toml = |value: &str| match value {
+        "true" | "false" | "0" | "1" | "2" | "3" => value.to_string(),
+        _ => format!("{value:?}"),
+    };
+    let opt_level = toml(setting("OPT_LEVEL").unwrap_or("3"));
+    let debug = toml(setting("DEBUG").unwrap_or("false"));
+    [
+        r#"profile.release.package."*".opt-level=0"#.to_string(),
+        r#"profile.release.package."*".debug=false"#.to_string(),
+        format!("profile.release.package.heap-sampler.opt-level={opt_level}"),
+        format!("profile.release.package.heap-sampler.debug={debug}"),
+    ]
+    .into_iter()
+    .flat_map(|value| ["--config".to_string(), value])
+    .collect()
 }
 
 fn build(settings: Settings) -> Built {
