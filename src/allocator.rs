@@ -126,7 +126,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for SamplingAllocator<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if live::maybe_sampled(ptr) {
+        if sampler::SAMPLING_SUPPORTED && live::maybe_sampled(ptr) {
             // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract.
             return unsafe { self.dealloc_maybe_sampled(ptr, layout) };
         }
@@ -140,7 +140,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for SamplingAllocator<A> {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // Untrack before the inner call: once it returns, the old address may already be reused by another
         // thread's sampled allocation.
-        let old = if live::maybe_sampled(ptr) {
+        let old = if sampler::SAMPLING_SUPPORTED && live::maybe_sampled(ptr) {
             Self::untrack(ptr)
         } else {
             None

@@ -11,6 +11,9 @@ use std::path::PathBuf;
 pub enum Error {
     /// No allocation has gone through a [`crate::SamplingAllocator`]: it is not the global allocator.
     NotInstalled,
+    /// This target does not sample (see [`crate::SAMPLING_SUPPORTED`]): the allocator passes every call
+    /// through and there is no profile to take.
+    Unsupported,
     /// Writing the profile to `path` failed.
     Write {
         /// Where the profile was to be written.
@@ -47,6 +50,13 @@ impl fmt::Display for Error {
                  `#[global_allocator] static ALLOC: heap_sampler::SamplingAllocator<std::alloc::System> = \
                  heap_sampler::SamplingAllocator::new(std::alloc::System);` to the binary",
             ),
+            Error::Unsupported => write!(
+                f,
+                "no heap profile: heap-sampler does not sample on this target ({} {}), where \
+                 SamplingAllocator only passes allocations through; profile on Linux or macOS",
+                std::env::consts::ARCH,
+                std::env::consts::OS
+            ),
             Error::Write { path, source } => write!(
                 f,
                 "cannot write the heap profile to {}: {source}; choose a path in a writable directory",
@@ -78,7 +88,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::NotInstalled | Error::UnknownSampleType(_) => None,
+            Error::NotInstalled | Error::Unsupported | Error::UnknownSampleType(_) => None,
             Error::Write { source, .. } | Error::Compress(source) => Some(source),
             #[cfg(feature = "flamegraph")]
             Error::Flamegraph(source) => Some(source),

@@ -13,7 +13,16 @@ pub(crate) fn register_fork_handlers() {
     // Registered before any thread can see it done, so no fork can slip between the two.
     FORK_HANDLERS.call_once(|| {
         // SAFETY: the handlers are `extern "C"` functions without arguments that never unwind.
-        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+        #[cfg(unix)]
+        unsafe {
+            libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork))
+        };
+        // A system without `fork` never calls them.
+        #[cfg(not(unix))]
+        let _ = (
+            before_fork as extern "C" fn(),
+            after_fork as extern "C" fn(),
+        );
     });
 }
 

@@ -191,6 +191,8 @@
 //! Periodic profiles are written by a thread started before `main`; a process forked later has none.
 
 mod allocator;
+// The process constructor, the exit and periodic dumps: where sampling is supported.
+#[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
 mod config;
 mod delta;
 mod error;
@@ -231,7 +233,9 @@ pub use pprof::proto;
 pub use pprof::symbols::{set_keep_std_frames, set_symbolize, symbolize};
 pub use report::{Site, report, top_sites};
 pub use sample_type::SampleType;
-pub use sampler::{DEFAULT_SAMPLE_RATE, sample_rate, set_sample_rate, set_seed};
+pub use sampler::{
+    DEFAULT_SAMPLE_RATE, SAMPLING_SUPPORTED, sample_rate, set_sample_rate, set_seed,
+};
 #[cfg(feature = "server")]
 pub use server::{ProfileServer, serve, serve_non_loopback};
 pub use stack::{

@@ -9,7 +9,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use crate::Error;
@@ -37,9 +36,17 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 }
 
 /// Whether `path` is a FIFO or a character device, written to in place.
+#[cfg(unix)]
 pub(crate) fn is_stream(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
     std::fs::metadata(path)
         .is_ok_and(|meta| meta.file_type().is_fifo() || meta.file_type().is_char_device())
+}
+
+/// Whether `path` is a FIFO or a character device: never, where the system has neither.
+#[cfg(not(unix))]
+pub(crate) fn is_stream(_path: &Path) -> bool {
+    false
 }
 
 /// `path` with every symlink of its last component followed (its directory as given): the file a write to
@@ -81,12 +88,13 @@ fn replace_atomically(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
     written
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::ffi::CString;
     use std::io::Read;
     use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir =

@@ -211,9 +211,31 @@ pub(crate) fn with_forced_sample<R>(f: impl FnOnce() -> R) -> R {
     result
 }
 
+/// Whether this build samples: on Linux, Android and Apple's systems, where the stack walks, the process
+/// constructor, the `fork` handlers and the mapping tables the profiler relies on exist. Elsewhere
+/// [`crate::SamplingAllocator`] is a plain pass-through to its inner allocator (it never samples, and costs
+/// nothing), and every dump returns [`crate::Error::Unsupported`].
+pub const SAMPLING_SUPPORTED: bool = cfg!(any(
+    target_os = "linux",
+    target_os = "android",
+    target_vendor = "apple"
+));
+
 /// Whether any allocation has gone through a [`crate::SamplingAllocator`] in this process.
 pub(crate) fn installed() -> bool {
     INSTALLED.load(Relaxed)
+}
+
+/// Whether a profile can be taken: [`crate::Error::Unsupported`] on a target without sampling,
+/// [`crate::Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator.
+pub(crate) fn check_installed() -> Result<(), crate::Error> {
+    if !SAMPLING_SUPPORTED {
+        Err(crate::Error::Unsupported)
+    } else if !installed() {
+        Err(crate::Error::NotInstalled)
+    } else {
+        Ok(())
+    }
 }
 
 fn bump_epoch() {
@@ -226,6 +248,9 @@ fn bump_epoch() {
 /// `configured_rate` is the installed allocator's own rate, used until one is set.
 #[inline(always)]
 pub(crate) fn on_alloc(size: usize, configured_rate: usize) -> Option<usize> {
+    if !SAMPLING_SUPPORTED {
+        return None;
+    }
     STATE
         .try_with(|state| {
             let next = state.countdown.get().wrapping_sub(size as isize);

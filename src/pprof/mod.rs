@@ -75,9 +75,7 @@ pub(crate) fn function_names(addresses: &[u64]) -> Result<Vec<(u64, std::sync::A
 
 /// Runs `f` inside the profiler guard and under the dump lock, if the profiler is installed.
 fn dumping<R>(f: impl FnOnce() -> R) -> Result<R, Error> {
-    if !sampler::installed() {
-        return Err(Error::NotInstalled);
-    }
+    sampler::check_installed()?;
     let _guard = Guard::enter();
     let _dump = DUMP.lock();
     Ok(f())
