@@ -53,10 +53,21 @@ fn forked_children_allocate_and_dump_while_threads_hold_profiler_locks() {
             }
         });
         std::thread::sleep(Duration::from_millis(200));
-        let outcome = fork_children(300, in_child);
+        let outcome = fork_children(children(), in_child);
         stop.store(true, Ordering::Relaxed);
         assert_eq!(outcome, (0, 0), "forked children that hung, that failed");
     });
+}
+
+/// How many children each test forks, one after the other. Under AddressSanitizer, which copies its
+/// shadow memory's page tables into every child, a third: that run looks for memory errors in the paths a
+/// fork takes, which every child takes alike; the plain run forks all of them to meet the rare interleavings.
+fn children() -> usize {
+    if common::under_address_sanitizer() {
+        100
+    } else {
+        300
+    }
 }
 
 /// Forks `count` children that run `child` and `_exit` with its status, one at a time; returns how many hung
@@ -122,7 +133,7 @@ fn forked_children_enter_labels_with_sampling_off() {
             });
         }
         std::thread::sleep(Duration::from_millis(100));
-        let outcome = fork_children(300, || {
+        let outcome = fork_children(children(), || {
             heap_sampler::with_labels(&[("child", "yes")], || black_box(vec![0u8; 64]));
             0
         });
