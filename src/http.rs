@@ -43,7 +43,10 @@
 //! # Mounting it
 //!
 //! [`handle`] blocks: for `seconds=N` for N seconds, otherwise for the few milliseconds a dump takes (the
-//! first one symbolizes, ~0.2 s). In async servers call it from a blocking task. With axum 0.8:
+//! first one symbolizes, ~0.2 s). In async servers call it from a blocking task. It cannot see the client go
+//! away, so a window runs to its end even when nobody waits for it: bound the blocking tasks it may hold, or
+//! use the built-in server, which waits out a window on a timer and ends it (freeing its first copy of the
+//! profile) as soon as the client disconnects, as Go's handler does. With axum 0.8:
 //!
 //! ```ignore
 //! use axum::{Router, http::{StatusCode, Uri, header}, response::IntoResponse, routing::get};
@@ -79,7 +82,8 @@
 //! // served with hyper::server::conn::http1::Builder::new().serve_connection(io, service_fn(pprof))
 //! ```
 //!
-//! Or, with the `server` feature, `heap_sampler::serve` runs a small server of its own.
+//! Or, with the `server` feature, `heap_sampler::serve` runs a small server of its own, with bounded threads,
+//! connections and windows.
 //!
 //! Profiles show the program's code and its allocation patterns: serve them on loopback, or behind the
 //! authentication of the rest of the service's admin endpoints.
