@@ -8,7 +8,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +22,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio_io_timeout::TimeoutStream;
 
@@ -126,9 +127,6 @@ fn start(addr: &str, loopback_only: bool) -> Result<ProfileServer, Error> {
     if loopback_only && let Some(public) = addrs.iter().find(|a| !a.ip().is_loopback()) {
         return Err(Error::NotLoopback(*public));
     }
-    let listener = TcpListener::bind(&addrs[..]).map_err(bind_error)?;
-    let local = listener.local_addr().map_err(bind_error)?;
-    listener.set_nonblocking(true).map_err(bind_error)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -138,8 +136,9 @@ fn start(addr: &str, loopback_only: bool) -> Result<ProfileServer, Error> {
         .map_err(bind_error)?;
     let listener = {
         let _entered = runtime.enter();
-        tokio::net::TcpListener::from_std(listener).map_err(bind_error)?
+        listen(&addrs).map_err(bind_error)?
     };
+    let local = listener.local_addr().map_err(bind_error)?;
     let shared = Arc::new(Shared {
         connections: Arc::new(AtomicUsize::new(0)),
         windows: Arc::new(AtomicUsize::new(0)),
@@ -160,6 +159,30 @@ fn start(addr: &str, loopback_only: bool) -> Result<ProfileServer, Error> {
         stop: Some(stop),
         thread: Some(thread),
     })
+}
+
+/// Listens on the first of `addrs` that can be bound, as `std::net::TcpListener::bind` does, with a backlog
+/// of [`MAX_CONNECTIONS`] (std's is 128), so that a burst of connections waits to be accepted instead of
+/// having its SYNs dropped and retried a second later. In the runtime's context.
+fn listen(addrs: &[SocketAddr]) -> io::Result<TcpListener> {
+    let mut last = io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "could not resolve to any addresses",
+    );
+    for &addr in addrs {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As std does on Unix: a port whose last connections are in TIME_WAIT can be listened on again.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr) {
+            Ok(()) => return socket.listen(MAX_CONNECTIONS as u32),
+            Err(error) => last = error,
+        }
+    }
+    Err(last)
 }
 
 /// Runs `work` until `stop` is sent or dropped; `work` is dropped then.
@@ -205,7 +228,7 @@ impl Drop for Slot {
 }
 
 /// Accepts connections, each served by a task of its own, until dropped.
-async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+async fn accept(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -231,7 +254,7 @@ async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
 }
 
 /// Serves one connection until the client closes it, a timeout closes it, or the server stops.
-async fn connection(stream: tokio::net::TcpStream, _slot: Slot, shared: Arc<Shared>) {
+async fn connection(stream: TcpStream, _slot: Slot, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     // A write timeout only: hyper reads the connection while a window is waited out, to see the client go,
     // so a read timeout would end the window. Reading the header is bounded by hyper's own timeout.
