@@ -10,8 +10,8 @@ use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::{Pin, pin};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -127,38 +127,70 @@ fn start(addr: &str, loopback_only: bool) -> Result<ProfileServer, Error> {
     if loopback_only && let Some(public) = addrs.iter().find(|a| !a.ip().is_loopback()) {
         return Err(Error::NotLoopback(*public));
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .max_blocking_threads(DUMP_THREADS)
-        .thread_name("heap-sampler-dump")
-        .build()
-        .map_err(bind_error)?;
-    let listener = {
-        let _entered = runtime.enter();
-        listen(&addrs).map_err(bind_error)?
-    };
-    let local = listener.local_addr().map_err(bind_error)?;
     let shared = Arc::new(Shared {
         connections: Arc::new(AtomicUsize::new(0)),
         windows: Arc::new(AtomicUsize::new(0)),
     });
     let windows = Arc::clone(&shared.windows);
     let (stop, stopped) = oneshot::channel();
+    // The runtime is built, used and dropped on the server's thread alone: dropping a runtime waits for its
+    // threads, which tokio refuses to do (it panics) in a caller's async context.
+    let (listening, listened) = mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
         .name("heap-sampler-http".into())
         .spawn(move || {
+            let (runtime, listener) = match runtime_listening(&addrs) {
+                Ok((runtime, listener, local)) => {
+                    let _ = listening.send(Ok(local));
+                    (runtime, listener)
+                }
+                Err(error) => {
+                    let _ = listening.send(Err(error));
+                    return;
+                }
+            };
             runtime.block_on(until(stopped, accept(listener, shared)));
             // The listener is closed; open connections and windows are dropped with their tasks.
             runtime.shutdown_timeout(STOP_WAIT);
         })
         .map_err(bind_error)?;
-    Ok(ProfileServer {
-        addr: local,
-        windows,
-        stop: Some(stop),
-        thread: Some(thread),
-    })
+    let listened = listened.recv().unwrap_or_else(|_| {
+        Err(io::Error::other(
+            "the profile server's thread ended before it listened",
+        ))
+    });
+    match listened {
+        Ok(local) => Ok(ProfileServer {
+            addr: local,
+            windows,
+            stop: Some(stop),
+            thread: Some(thread),
+        }),
+        Err(error) => {
+            let _ = thread.join();
+            Err(bind_error(error))
+        }
+    }
+}
+
+/// The server's runtime, with one thread (the caller's, in `block_on`) for connections and windows and at
+/// most [`DUMP_THREADS`] for dumps; its listener on the first of `addrs` that can be bound; and that
+/// listener's address.
+fn runtime_listening(
+    addrs: &[SocketAddr],
+) -> io::Result<(tokio::runtime::Runtime, TcpListener, SocketAddr)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .max_blocking_threads(DUMP_THREADS)
+        .thread_name("heap-sampler-dump")
+        .build()?;
+    let listener = {
+        let _entered = runtime.enter();
+        listen(addrs)?
+    };
+    let local = listener.local_addr()?;
+    Ok((runtime, listener, local))
 }
 
 /// Listens on the first of `addrs` that can be bound, as `std::net::TcpListener::bind` does, with a backlog

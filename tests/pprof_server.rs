@@ -598,6 +598,27 @@ fn the_server_stays_on_loopback_and_stops_cleanly() {
     assert!(TcpStream::connect(addr).is_err());
 }
 
+/// A program whose `main` is async (`#[tokio::main]`) starts the server inside its runtime, gets an error
+/// for a port that is taken, and stops the server there: the server's own runtime is never built, dropped or
+/// waited for on the caller's thread, where tokio would panic.
+#[test]
+fn the_server_starts_and_stops_inside_an_async_runtime() {
+    let _serial = common::serial();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let server = heap_sampler::serve("127.0.0.1:0").unwrap();
+        let addr = server.addr();
+        let taken = heap_sampler::serve(&addr.to_string()).expect_err("port in use");
+        assert!(matches!(taken, heap_sampler::Error::Bind { .. }), "{taken}");
+        let index = request(addr, "GET /debug/pprof/ HTTP/1.0\r\n\r\n");
+        assert!(index.starts_with("HTTP/1.0 200 OK"), "{index}");
+        drop(server);
+        assert!(TcpStream::connect(addr).is_err());
+    });
+}
+
 /// Serving requests leaves the in-use estimate where it was: memory that the server's tasks and threads
 /// allocate (sampled like the program's) is subtracted again when they free it, on whichever thread. Exact
 /// mode: 200 requests once left about 370 KB of phantom in-use here (frees on threads inside the profiler
