@@ -502,6 +502,49 @@ fn silent_connections_are_closed() {
     server.stop();
 }
 
+/// A client that pipelines requests and reads none of the answers is closed once the server's write has made
+/// no progress for the write timeout (30 s): the client's own writes, stalled since the server stopped
+/// reading requests, then fail. Without the timeout both sides would wait for ever.
+#[test]
+fn a_client_that_reads_nothing_is_closed() {
+    // Independent of the profiler's settings: it runs beside the other tests.
+    let server = heap_sampler::serve("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(server.addr()).unwrap();
+    let start = Instant::now();
+    let (done, writer) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Index pages of about 1 KiB each: far more than the sockets' buffers hold, were they all answered.
+        let chunk = "GET /debug/pprof/ HTTP/1.1\r\nHost: test\r\n\r\n".repeat(1024);
+        let mut sent = 0usize;
+        let result = loop {
+            if let Err(error) = client.write_all(chunk.as_bytes()) {
+                break Err(error);
+            }
+            sent += chunk.len();
+            if sent > 256 << 20 {
+                break Ok(sent);
+            }
+        };
+        let _ = done.send(result);
+    });
+    let result = writer
+        .recv_timeout(PATIENCE + Duration::from_secs(30))
+        .expect("the client's writes still blocked: the server did not close the connection");
+    eprintln!(
+        "a client that reads nothing: its writes failed after {:?}: {result:?}",
+        start.elapsed()
+    );
+    let error = result.expect_err("the server stopped reading requests");
+    assert!(
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "{error}"
+    );
+    server.stop();
+}
+
 /// A request hyper cannot parse gets 400: raw bytes in the path, a line that is not HTTP, a TLS hello.
 #[test]
 fn garbage_requests_get_400() {
