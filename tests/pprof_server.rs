@@ -1,8 +1,8 @@
 //! The built-in server (feature `server`) read by the real client: `go tool pprof -raw` against the live
 //! `/debug/pprof/heap` and a two-second `/debug/pprof/allocs?seconds=2` delta while a thread allocates; the
 //! server's loopback rule and clean stop; and its bounds: abandoned delta windows end and free their slots,
-//! idle connections hold no threads, connections beyond the bound are closed, silent ones time out, and
-//! what is not HTTP gets 400.
+//! idle connections hold no threads, connections beyond the bound are closed, silent ones and ones that
+//! read nothing time out, and what is not HTTP gets 400.
 
 mod common;
 
