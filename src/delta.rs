@@ -24,24 +24,42 @@ pub(crate) struct Delta {
     pub(crate) duration_nanos: i64,
 }
 
-impl Delta {
-    /// Copies the bucket table, waits `window`, copies it again and subtracts. Blocks the calling thread for
-    /// `window`; holds no lock while it waits.
+/// A delta window begun: the copy of the bucket table at its start. [`Window::finish`] ends it, whenever the
+/// caller chooses: [`dump_delta_profile`] and [`crate::http::handle`] sleep their thread in between, the
+/// built-in server waits on a timer (and drops the window if its client goes away).
+pub(crate) struct Window {
+    before: Snapshot,
+    /// When the first copy was complete.
+    start: Instant,
+}
+
+impl Window {
+    /// Begins a window: copies the bucket table. Holds no lock once it returns.
     ///
     /// # Errors
-    /// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator (before waiting).
-    pub(crate) fn collect(window: Duration) -> Result<Delta, Error> {
+    /// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator.
+    pub(crate) fn start() -> Result<Window, Error> {
         let (before, start) = snapshot()?;
-        std::thread::sleep(window);
+        Ok(Window { before, start })
+    }
+
+    /// Ends the window now: copies the bucket table again and subtracts the first copy.
+    ///
+    /// # Errors
+    /// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator.
+    pub(crate) fn finish(self) -> Result<Delta, Error> {
         let (after, end) = snapshot()?;
         let _guard = Guard::enter();
         Ok(Delta {
-            buckets: subtract(&before, after),
+            buckets: subtract(&self.before, after),
             time_nanos: pprof::now_nanos(),
-            duration_nanos: i64::try_from(end.duration_since(start).as_nanos()).unwrap_or(i64::MAX),
+            duration_nanos: i64::try_from(end.duration_since(self.start).as_nanos())
+                .unwrap_or(i64::MAX),
         })
     }
+}
 
+impl Delta {
     /// The window's profile, with `default` as its default sample type.
     pub(crate) fn profile(&self, default: SampleType) -> Result<Dump, Error> {
         let mut dump = pprof::profile_of(&self.buckets)?;
@@ -95,7 +113,9 @@ pub(crate) fn subtract(before: &Snapshot, mut after: Snapshot) -> Snapshot {
 /// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator (at once, without
 /// waiting); [`Error::Compress`] if gzip fails.
 pub fn dump_delta_profile(window: Duration) -> Result<Vec<u8>, Error> {
-    let delta = Delta::collect(window)?;
+    let started = Window::start()?;
+    std::thread::sleep(window);
+    let delta = started.finish()?;
     pprof::encode(&delta.profile(SampleType::AllocSpace)?)
 }
 

@@ -28,7 +28,7 @@
 //!
 //! | parameter | meaning |
 //! | --- | --- |
-//! | `seconds=N` | a delta profile: `alloc_*` counted during the next `N` seconds (the response waits that long), `inuse_*` as at the end; `duration_nanos` is the window. As Go's, except that Go also subtracts in-use values |
+//! | `seconds=N` | a delta profile: `alloc_*` counted during the next `N` seconds (the response waits that long), `inuse_*` as at the end; `duration_nanos` is the window. `N` is at most [`MAX_SECONDS`] (an hour). As Go's, except that Go also subtracts in-use values |
 //! | `debug=1` | the top sites as text ([`crate::report`]'s format) instead of pprof; not with `seconds`, as in Go |
 //! | `format=folded` | folded stacks as text ([`crate::folded_stacks`]), for flamegraph and diff tools |
 //! | `format=svg` | a flamegraph SVG (`flamegraph_svg`; feature `flamegraph`, else 501) |
@@ -36,12 +36,17 @@
 //! | `sample_index=T` | the sample type shown or made default: `alloc_objects`, `alloc_space`, `inuse_objects`, `inuse_space` |
 //!
 //! `seconds` also applies to `format=folded` and `format=svg`. Other parameters (such as Go's `gc`) are
-//! ignored, as Go does. An invalid value gets status 400 and a message that says what is accepted.
+//! ignored, as Go does. An invalid value gets status 400 and a message that says what is accepted; so does a
+//! window longer than [`MAX_SECONDS`] (Go refuses a window longer than its server's `WriteTimeout` the same
+//! way), which would hold the request, and the first copy of the profile, for longer than any client waits.
 //!
 //! # Mounting it
 //!
 //! [`handle`] blocks: for `seconds=N` for N seconds, otherwise for the few milliseconds a dump takes (the
-//! first one symbolizes, ~0.2 s). In async servers call it from a blocking task. With axum 0.8:
+//! first one symbolizes, ~0.2 s). In async servers call it from a blocking task. It cannot see the client go
+//! away, so a window runs to its end even when nobody waits for it: bound the blocking tasks it may hold, or
+//! use the built-in server, which waits out a window on a timer and ends it (freeing its first copy of the
+//! profile) as soon as the client disconnects, as Go's handler does. With axum 0.8:
 //!
 //! ```ignore
 //! use axum::{Router, http::{StatusCode, Uri, header}, response::IntoResponse, routing::get};
@@ -77,7 +82,8 @@
 //! // served with hyper::server::conn::http1::Builder::new().serve_connection(io, service_fn(pprof))
 //! ```
 //!
-//! Or, with the `server` feature, `heap_sampler::serve` runs a small server of its own.
+//! Or, with the `server` feature, `heap_sampler::serve` runs a small server of its own, with bounded threads,
+//! connections and windows.
 //!
 //! Profiles show the program's code and its allocation patterns: serve them on loopback, or behind the
 //! authentication of the rest of the service's admin endpoints.
@@ -86,10 +92,11 @@ use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::fmt::Write;
+use std::num::IntErrorKind;
 use std::time::Duration;
 
 use crate::Error;
-use crate::delta::Delta;
+use crate::delta::Window;
 use crate::pprof::{self, symbols::Resolved};
 use crate::report::{self, Site};
 use crate::sample_type::{self, SampleType};
@@ -139,7 +146,8 @@ impl Response {
         }
     }
 
-    fn error(status: u16, message: &str) -> Response {
+    /// A plain-text error: `message` and a newline.
+    pub(crate) fn error(status: u16, message: &str) -> Response {
         Response {
             status,
             content_type: TEXT,
@@ -147,39 +155,70 @@ impl Response {
             body: format!("{message}\n").into_bytes(),
         }
     }
+
+    /// The 500 for a profile that could not be taken.
+    pub(crate) fn failed(error: &Error) -> Response {
+        Response::error(500, &format!("failed to collect profile: {error}"))
+    }
 }
+
+/// The longest delta window, in seconds, that `seconds=N` may ask for: an hour. Longer ones get 400.
+pub const MAX_SECONDS: u64 = 3600;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
 /// Answers a request for `path` (e.g. `/debug/pprof/heap`) with query string `query` (without the `?`, e.g.
 /// `seconds=30`; `""` for none), as Go's `net/http/pprof` does for its heap and allocs profiles. See the
-/// [module documentation](self) for the paths and parameters. Blocks for `seconds`, if given.
+/// [module documentation](self) for the paths and parameters. Blocks for `seconds`, if given (at most
+/// [`MAX_SECONDS`]), and cannot be cancelled meanwhile.
 ///
 /// Never fails: errors become responses (400 for an invalid parameter, with a message; 500 when no
 /// [`crate::SamplingAllocator`] is installed). The profiler's own work for the request is not sampled.
 pub fn handle(path: &str, query: &str) -> Response {
     let _guard = Guard::enter();
-    let endpoint = match path.rsplit('/').next().unwrap_or("") {
-        "heap" => Endpoint::Heap,
-        "allocs" => Endpoint::Allocs,
-        "" => return index(),
-        // Go's answer to a GET: symbols can be looked up (with a POST, see `symbol`).
-        "symbol" => return Response::ok(TEXT, b"num_symbols: 1\n".to_vec()),
-        other => {
-            return Response::error(
-                404,
-                &format!("unknown profile {other:?}: this server has heap and allocs"),
-            );
-        }
-    };
-    let request = match Request::parse(endpoint, query) {
+    let request = match parse(path, query) {
         Ok(request) => request,
         Err(response) => return response,
     };
-    match request.serve() {
-        Ok(response) => response,
-        Err(error) => Response::error(500, &format!("failed to collect profile: {error}")),
+    let window = match request.window() {
+        Some(length) => match Window::start() {
+            Ok(window) => {
+                std::thread::sleep(length);
+                Some(window)
+            }
+            Err(error) => return Response::failed(&error),
+        },
+        None => None,
+    };
+    request.respond(window)
+}
+
+/// The first step of [`handle`], for a server that schedules the rest itself: the request for a profile at
+/// `path` with `query`, or the whole response for one that needs no profile (the index, a `symbol` GET) or
+/// cannot be served (404, 400, 501).
+pub(crate) fn parse(path: &str, query: &str) -> Result<Request, Response> {
+    let _guard = Guard::enter();
+    let endpoint = match path.rsplit('/').next().unwrap_or("") {
+        "heap" => Endpoint::Heap,
+        "allocs" => Endpoint::Allocs,
+        "" => return Err(index()),
+        // Go's answer to a GET: symbols can be looked up (with a POST, see `symbol`).
+        "symbol" => return Err(Response::ok(TEXT, b"num_symbols: 1\n".to_vec())),
+        other => {
+            return Err(Response::error(
+                404,
+                &format!("unknown profile {other:?}: this server has heap and allocs"),
+            ));
+        }
+    };
+    let request = Request::parse(endpoint, query)?;
+    if request.format == Format::Svg && !cfg!(feature = "flamegraph") {
+        // Said at once, before any window is waited for.
+        return Err(request
+            .svg("")
+            .unwrap_or_else(|error| Response::failed(&error)));
     }
+    Ok(request)
 }
 
 /// Answers a POST to `/debug/pprof/symbol` whose body is `body`, as Go's `net/http/pprof` does: the body is
@@ -242,7 +281,7 @@ enum Format {
 
 /// A parsed request for a profile.
 #[derive(Debug, PartialEq, Eq)]
-struct Request {
+pub(crate) struct Request {
     endpoint: Endpoint,
     seconds: Option<u64>,
     format: Format,
@@ -264,11 +303,18 @@ impl Request {
                 .filter(|v| !v.is_empty())
         };
         let bad = |message: &str| Response::error(400, message);
+        let too_long = || {
+            bad(&format!(
+                r#"invalid value for "seconds" - must be at most {MAX_SECONDS}"#
+            ))
+        };
 
         let seconds = match param("seconds") {
             None => None,
             Some(v) => match v.parse::<u64>() {
-                Ok(n) if n > 0 => Some(n),
+                Ok(n) if (1..=MAX_SECONDS).contains(&n) => Some(n),
+                Ok(1..) => return Err(too_long()),
+                Err(e) if *e.kind() == IntErrorKind::PosOverflow => return Err(too_long()),
                 _ => {
                     return Err(bad(
                         r#"invalid value for "seconds" - must be a positive integer"#,
@@ -313,15 +359,21 @@ impl Request {
         })
     }
 
-    fn serve(&self) -> Result<Response, Error> {
-        if self.format == Format::Svg && !cfg!(feature = "flamegraph") {
-            // Said at once, before any window is waited for.
-            return self.svg("");
-        }
-        let window = match self.seconds {
-            Some(seconds) => Some(Delta::collect(Duration::from_secs(seconds))?),
-            None => None,
-        };
+    /// The delta window asked for with `seconds`, if any: [`Request::respond`] wants it begun this long ago.
+    pub(crate) fn window(&self) -> Option<Duration> {
+        self.seconds.map(Duration::from_secs)
+    }
+
+    /// Answers the request. `window` is the delta window begun [`Request::window`] ago, for a request that
+    /// has one (`None` otherwise); it ends now. Errors become a 500.
+    pub(crate) fn respond(&self, window: Option<Window>) -> Response {
+        let _guard = Guard::enter();
+        self.serve(window)
+            .unwrap_or_else(|error| Response::failed(&error))
+    }
+
+    fn serve(&self, window: Option<Window>) -> Result<Response, Error> {
+        let window = window.map(Window::finish).transpose()?;
         let with_resolved = |f: &mut dyn FnMut(&Resolved)| match &window {
             Some(delta) => {
                 pprof::with_buckets(|| (Cow::Borrowed(&delta.buckets), ()), |r, ()| f(&r))
@@ -479,6 +531,18 @@ mod tests {
                 r#"400 invalid value for "seconds" - must be a positive integer"#,
             ),
             (
+                "seconds=3601",
+                r#"400 invalid value for "seconds" - must be at most 3600"#,
+            ),
+            (
+                "seconds=100000",
+                r#"400 invalid value for "seconds" - must be at most 3600"#,
+            ),
+            (
+                "seconds=99999999999999999999",
+                r#"400 invalid value for "seconds" - must be at most 3600"#,
+            ),
+            (
                 "debug=x",
                 r#"400 invalid value for "debug" - must be 0 (pprof) or 1 (text)"#,
             ),
@@ -501,6 +565,10 @@ mod tests {
                 "{query}"
             );
         }
+        assert_eq!(
+            parse(Endpoint::Allocs, "seconds=3600").map(|r| r.window()),
+            Ok(Some(Duration::from_secs(MAX_SECONDS)))
+        );
         let sample = parse(Endpoint::Heap, "sample_index=space").unwrap_err();
         assert!(
             sample.starts_with(

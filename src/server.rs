@@ -1,34 +1,96 @@
-//! A small built-in HTTP server for the `/debug/pprof` endpoints (feature `server`), on tiny_http, for
-//! programs that have no HTTP server of their own, as Go's `http.ListenAndServe("localhost:6060", nil)`.
+//! A small built-in HTTP server for the `/debug/pprof` endpoints (feature `server`), for programs that have no
+//! HTTP server of their own, as Go's `http.ListenAndServe("localhost:6060", nil)`.
+//!
+//! It is hyper's HTTP/1 server on a current-thread tokio runtime of its own, with bounded threads,
+//! connections, timeouts and delta windows, each window ended when its client disconnects; [`ProfileServer`]
+//! documents them for users.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::task::Poll;
 use std::thread::JoinHandle;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+use tokio_io_timeout::TimeoutStream;
 
 use crate::Error;
+use crate::delta::Window;
+use crate::http::{self, Response};
 
-/// Requests answered at once; more get 503. A delta profile holds its request for its window.
-const MAX_IN_FLIGHT: usize = 8;
+/// Connections open at once; one more is closed as soon as it is accepted.
+const MAX_CONNECTIONS: usize = 1024;
+/// Delta windows waited out at once; each holds a copy of the bucket table. More get 503.
+const MAX_WINDOWS: usize = 8;
+/// Threads that build profiles; more requests wait for one.
+const DUMP_THREADS: usize = 4;
+/// How long a connection may take to send a whole request header, from when it is accepted or its previous
+/// response was sent.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long writing a response may make no progress (a client that reads nothing).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most bytes of a request header (431 beyond it), and of a connection's read buffer: profile requests
+/// are a line and a few headers, but a browser may send every cookie it has for `localhost`.
+const MAX_HEADER: usize = 64 << 10;
+/// How long a symbol lookup's body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most bytes of a symbol lookup's body: pprof sends the addresses of one profile.
+const MAX_SYMBOL_REQUEST: usize = 1 << 20;
+/// The pause after a failed accept that is not the client's doing (no file descriptor left): the pending
+/// connections wait in the kernel's backlog meanwhile.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long [`ProfileServer::stop`] waits for dumps being built; they then finish on their own.
+const STOP_WAIT: Duration = Duration::from_millis(500);
 
-/// A running profile server: serves [`crate::http::handle`] on its address until [`ProfileServer::stop`] or
-/// drop. Each request runs on a thread of its own, so a `seconds=30` delta does not hold up a `heap`
-/// request. The server's threads, and tiny_http's, are sampled like the rest of the program (a few KiB per
-/// connection, freed when it closes); building a profile itself is not.
+/// A running profile server: serves [`crate::http::handle`]'s endpoints on its address until
+/// [`ProfileServer::stop`] or drop.
+///
+/// It is hyper's HTTP/1 server on a current-thread tokio runtime of its own, and meant to be left running, so
+/// what it holds is bounded whatever its clients do:
+///
+/// | what | bound |
+/// | --- | --- |
+/// | threads | one, `heap-sampler-http`, on which every connection and every delta window is a task; dumps (copying the table, symbolizing, gzip) run on at most 4 more, `heap-sampler-dump`, and wait their turn beyond that |
+/// | connections | 1024 open at once; a connection beyond them is accepted and closed at once |
+/// | a client that sends nothing | closed when it has not sent a whole request header within 10 s, also between the requests of a kept-alive connection |
+/// | a request header | 64 KiB; beyond it 431 |
+/// | a client that reads nothing | closed when its response has made no progress for 30 s |
+/// | delta windows (`seconds=N`) | 8 at a time, each at most [`crate::http::MAX_SECONDS`]; beyond them 503 |
+/// | a symbol lookup's body | 1 MiB, within 10 s; beyond them 413 or 408 |
+///
+/// A delta window is waited out on a timer, not on a thread. When its client disconnects the window ends at
+/// once, as Go's handler stops when its request's context is cancelled: its slot and its copy of the profile
+/// are freed. A request that is not HTTP gets 400 (from hyper, with an empty body).
+///
+/// The server's tasks and buffers are sampled like the rest of the program (a few KiB per connection, freed
+/// when it closes); building a profile itself is not.
 #[derive(Debug)]
 pub struct ProfileServer {
     addr: SocketAddr,
-    /// A second handle on the listening socket, to shut it down.
-    listener: Option<TcpListener>,
+    /// Delta windows in progress, shared with the server.
+    windows: Arc<AtomicUsize>,
+    /// Tells the server's thread to stop (dropping it does too).
+    stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// Starts a profile server on `addr` (`"127.0.0.1:6060"`, `"localhost:0"`, `"[::1]:6060"`; port 0 picks a
 /// free one, see [`ProfileServer::addr`]) and returns at once; it serves Go's `/debug/pprof/heap` and
 /// `/debug/pprof/allocs` (see [`crate::http`]) on a background thread until the returned handle is stopped
-/// or dropped. Needs the `server` feature.
+/// or dropped, with bounded threads, connections and windows (see [`ProfileServer`]). Needs the `server`
+/// feature.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), heap_sampler::Error> {
@@ -42,7 +104,7 @@ pub struct ProfileServer {
 ///
 /// # Errors
 /// [`Error::NotLoopback`] if `addr` resolves to an address that is not loopback; [`Error::Bind`] if it does
-/// not resolve or cannot be listened on (e.g. the port is taken).
+/// not resolve or cannot be listened on (e.g. the port is taken), or the server's thread cannot start.
 pub fn serve(addr: &str) -> Result<ProfileServer, Error> {
     start(addr, true)
 }
@@ -51,7 +113,7 @@ pub fn serve(addr: &str) -> Result<ProfileServer, Error> {
 /// a firewall admits only the profiler's collectors.
 ///
 /// # Errors
-/// [`Error::Bind`] if `addr` does not resolve or cannot be listened on.
+/// [`Error::Bind`] if `addr` does not resolve or cannot be listened on, or the server's thread cannot start.
 pub fn serve_non_loopback(addr: &str) -> Result<ProfileServer, Error> {
     start(addr, false)
 }
@@ -65,108 +127,296 @@ fn start(addr: &str, loopback_only: bool) -> Result<ProfileServer, Error> {
     if loopback_only && let Some(public) = addrs.iter().find(|a| !a.ip().is_loopback()) {
         return Err(Error::NotLoopback(*public));
     }
-    let listener = TcpListener::bind(&addrs[..]).map_err(bind_error)?;
-    let local = listener.local_addr().map_err(bind_error)?;
-    let control = listener.try_clone().map_err(bind_error)?;
-    let server = tiny_http::Server::from_listener(listener, None)
-        .map_err(|e| bind_error(io::Error::other(e)))?;
+    let shared = Arc::new(Shared {
+        connections: Arc::new(AtomicUsize::new(0)),
+        windows: Arc::new(AtomicUsize::new(0)),
+    });
+    let windows = Arc::clone(&shared.windows);
+    let (stop, stopped) = oneshot::channel();
+    // The runtime is built, used and dropped on the server's thread alone: dropping a runtime waits for its
+    // threads, which tokio refuses to do (it panics) in a caller's async context.
+    let (listening, listened) = mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
         .name("heap-sampler-http".into())
         .spawn(move || {
-            let in_flight = Arc::new(AtomicUsize::new(0));
-            while let Ok(request) = server.recv() {
-                dispatch(request, &in_flight);
-            }
+            let (runtime, listener) = match runtime_listening(&addrs) {
+                Ok((runtime, listener, local)) => {
+                    let _ = listening.send(Ok(local));
+                    (runtime, listener)
+                }
+                Err(error) => {
+                    let _ = listening.send(Err(error));
+                    return;
+                }
+            };
+            runtime.block_on(until(stopped, accept(listener, shared)));
+            // The listener is closed; open connections and windows are dropped with their tasks.
+            runtime.shutdown_timeout(STOP_WAIT);
         })
         .map_err(bind_error)?;
-    Ok(ProfileServer {
-        addr: local,
-        listener: Some(control),
-        thread: Some(thread),
+    let listened = listened.recv().unwrap_or_else(|_| {
+        Err(io::Error::other(
+            "the profile server's thread ended before it listened",
+        ))
+    });
+    match listened {
+        Ok(local) => Ok(ProfileServer {
+            addr: local,
+            windows,
+            stop: Some(stop),
+            thread: Some(thread),
+        }),
+        Err(error) => {
+            let _ = thread.join();
+            Err(bind_error(error))
+        }
+    }
+}
+
+/// The server's runtime, with one thread (the caller's, in `block_on`) for connections and windows and at
+/// most [`DUMP_THREADS`] for dumps; its listener on the first of `addrs` that can be bound; and that
+/// listener's address.
+fn runtime_listening(
+    addrs: &[SocketAddr],
+) -> io::Result<(tokio::runtime::Runtime, TcpListener, SocketAddr)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .max_blocking_threads(DUMP_THREADS)
+        .thread_name("heap-sampler-dump")
+        .build()?;
+    let listener = {
+        let _entered = runtime.enter();
+        listen(addrs)?
+    };
+    let local = listener.local_addr()?;
+    Ok((runtime, listener, local))
+}
+
+/// Listens on the first of `addrs` that can be bound, as `std::net::TcpListener::bind` does, with a backlog
+/// of [`MAX_CONNECTIONS`] (std's is 128), so that a burst of connections waits to be accepted instead of
+/// having its SYNs dropped and retried a second later. In the runtime's context.
+fn listen(addrs: &[SocketAddr]) -> io::Result<TcpListener> {
+    let mut last = io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "could not resolve to any addresses",
+    );
+    for &addr in addrs {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As std does on Unix: a port whose last connections are in TIME_WAIT can be listened on again.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr) {
+            Ok(()) => return socket.listen(MAX_CONNECTIONS as u32),
+            Err(error) => last = error,
+        }
+    }
+    Err(last)
+}
+
+/// Runs `work` until `stop` is sent or dropped; `work` is dropped then.
+async fn until(mut stop: oneshot::Receiver<()>, work: impl Future<Output = ()>) {
+    let mut work = pin!(work);
+    std::future::poll_fn(|cx| {
+        if Pin::new(&mut stop).poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        work.as_mut().poll(cx)
     })
+    .await;
 }
 
-/// Answers `request` on a thread of its own, or with 503 when too many are in flight.
-fn dispatch(request: tiny_http::Request, in_flight: &Arc<AtomicUsize>) {
-    if in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
-        in_flight.fetch_sub(1, Ordering::Relaxed);
-        let _ = request.respond(error_response(
-            503,
-            format!(
-                "{MAX_IN_FLIGHT} profile requests are in progress; retry when one has finished\n"
-            ),
-        ));
-        return;
-    }
-    /// Counts the request out when its thread ends, or when it cannot start.
-    struct InFlight(Arc<AtomicUsize>);
-    impl Drop for InFlight {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    let counted = InFlight(Arc::clone(in_flight));
-    let _ = std::thread::Builder::new()
-        .name("heap-sampler-http-request".into())
-        .spawn(move || {
-            let _counted = counted;
-            respond(request);
-        });
+/// What the server's tasks share.
+struct Shared {
+    /// Connections open.
+    connections: Arc<AtomicUsize>,
+    /// Delta windows in progress.
+    windows: Arc<AtomicUsize>,
 }
 
-/// A plain-text error with `X-Go-Pprof: 1`, so that `go tool pprof` prints its message (as for the
-/// handler's own errors).
-fn error_response(status: u16, message: String) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
-    let mut response = tiny_http::Response::from_string(message).with_status_code(status);
-    for (name, value) in [
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("X-Go-Pprof", "1"),
-    ] {
-        if let Ok(header) = tiny_http::Header::from_bytes(name, value) {
-            response.add_header(header);
-        }
+/// One of a bounded count of places (a connection, a window), given back when dropped: also when the task
+/// holding it is dropped because its client went away or the server stopped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// A place in `count`, if fewer than `max` are taken.
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(Arc::clone(count)))
     }
-    response
 }
 
-/// The most bytes of a symbol lookup's body that are read: pprof sends the addresses of one profile.
-const MAX_SYMBOL_REQUEST: u64 = 1 << 20;
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
-fn respond(mut request: tiny_http::Request) {
-    let url = request.url().to_string();
-    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-    let answer = match request.method() {
-        tiny_http::Method::Get | tiny_http::Method::Head => crate::http::handle(path, query),
-        tiny_http::Method::Post if path.ends_with("/symbol") => {
-            let mut body = Vec::new();
-            let read = io::Read::read_to_end(
-                &mut io::Read::take(request.as_reader(), MAX_SYMBOL_REQUEST),
-                &mut body,
-            );
-            if read.is_err() {
-                return;
+/// Accepts connections, each served by a task of its own, until dropped.
+async fn accept(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // A connection reset before it was accepted is that client's affair; anything else (EMFILE,
+                // ENFILE, ENOBUFS) would fail again at once, so wait for descriptors or memory to be freed.
+                if !matches!(
+                    error.kind(),
+                    io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::Interrupted
+                ) {
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+                continue;
             }
-            crate::http::symbol(&body)
+        };
+        // At the bound the connection is closed at once, so that the backlog keeps moving.
+        if let Some(slot) = Slot::take(&shared.connections, MAX_CONNECTIONS) {
+            tokio::spawn(connection(stream, slot, Arc::clone(&shared)));
         }
-        _ => {
-            let _ = request.respond(error_response(
-                405,
-                "profiles are read with GET; symbols are looked up with a POST to /debug/pprof/symbol\n"
-                    .into(),
-            ));
-            return;
+    }
+}
+
+/// Serves one connection until the client closes it, a timeout closes it, or the server stops.
+async fn connection(stream: TcpStream, _slot: Slot, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    // A write timeout only: hyper reads the connection while a window is waited out, to see the client go,
+    // so a read timeout would end the window. Reading the header is bounded by hyper's own timeout.
+    let mut stream = TimeoutStream::new(stream);
+    stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let service = service_fn(move |request| {
+        let shared = Arc::clone(&shared);
+        async move { Ok::<_, Infallible>(to_hyper(answer(request, &shared).await)) }
+    });
+    // With half-closed connections not allowed (hyper's default), a client that closes its end while its
+    // request is being answered ends the connection, and the answer's future is dropped.
+    let _ = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEADER)
+        // `X-Go-Pprof`, as Go writes it; names are case-insensitive, but not to every reader.
+        .title_case_headers(true)
+        .serve_connection(TokioIo::new(Box::pin(stream)), service)
+        .await;
+}
+
+/// Answers one request.
+async fn answer(request: hyper::Request<Incoming>, shared: &Shared) -> Response {
+    let path = request.uri().path().to_owned();
+    match *request.method() {
+        Method::GET | Method::HEAD => {
+            let query = request.uri().query().unwrap_or("").to_owned();
+            profile(&path, &query, shared).await
+        }
+        Method::POST if path.ends_with("/symbol") => symbol(request.into_body()).await,
+        _ => Response::error(
+            405,
+            "profiles are read with GET; symbols are looked up with a POST to /debug/pprof/symbol",
+        ),
+    }
+}
+
+/// Answers a GET as [`http::handle`] does, with a delta window waited out on a timer.
+async fn profile(path: &str, query: &str, shared: &Shared) -> Response {
+    let request = match http::parse(path, query) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    let window = match request.window() {
+        None => None,
+        Some(length) => {
+            let Some(slot) = Slot::take(&shared.windows, MAX_WINDOWS) else {
+                return Response::error(
+                    503,
+                    &format!(
+                        "{MAX_WINDOWS} delta profiles (seconds=N) are in progress; retry when one has \
+                         finished, or ask for the profile without seconds"
+                    ),
+                );
+            };
+            let started = match blocking(Window::start).await {
+                Ok(Ok(started)) => started,
+                Ok(Err(error)) => return Response::failed(&error),
+                Err(response) => return response,
+            };
+            tokio::time::sleep(length).await;
+            Some((started, slot))
         }
     };
-    let headers: Vec<tiny_http::Header> = answer
-        .headers()
-        .into_iter()
-        .filter_map(|(name, value)| tiny_http::Header::from_bytes(name, value).ok())
-        .collect();
-    let mut response = tiny_http::Response::from_data(answer.body).with_status_code(answer.status);
-    for header in headers {
-        response.add_header(header);
+    blocking(move || {
+        let (window, _slot) = window.unzip();
+        request.respond(window)
+    })
+    .await
+    .unwrap_or_else(|response| response)
+}
+
+/// Answers a POST to `…/symbol` with [`http::symbol`].
+async fn symbol(body: Incoming) -> Response {
+    let too_large = || {
+        Response::error(
+            413,
+            &format!(
+                "a symbol lookup's body is at most {MAX_SYMBOL_REQUEST} bytes; send its addresses in \
+                 several requests"
+            ),
+        )
+    };
+    // A declared length is refused before anything is read.
+    if body.size_hint().lower() > MAX_SYMBOL_REQUEST as u64 {
+        return too_large();
     }
-    let _ = request.respond(response);
+    let body = Limited::new(body, MAX_SYMBOL_REQUEST).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, body).await {
+        Ok(Ok(body)) => {
+            let body = body.to_bytes();
+            blocking(move || http::symbol(&body))
+                .await
+                .unwrap_or_else(|response| response)
+        }
+        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => too_large(),
+        Ok(Err(error)) => Response::error(400, &format!("cannot read the request body: {error}")),
+        Err(_) => Response::error(
+            408,
+            &format!(
+                "the request body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        ),
+    }
+}
+
+/// Runs `work` on one of the dump threads; a 500 if it panicked or the server stopped first.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| Response::error(500, &format!("failed to collect profile: {error}")))
+}
+
+/// `response` as hyper sends it, with [`Response::headers`].
+fn to_hyper(response: Response) -> hyper::Response<Full<Bytes>> {
+    let mut builder = hyper::Response::builder().status(response.status);
+    for (name, value) in response.headers() {
+        builder = builder.header(name, value);
+    }
+    builder
+        .body(Full::new(Bytes::from(response.body)))
+        .unwrap_or_else(|_| {
+            // Only a status or header value that HTTP cannot carry; the handler makes none.
+            let mut fallback = hyper::Response::new(Full::new(Bytes::new()));
+            *fallback.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            fallback
+        })
 }
 
 impl ProfileServer {
@@ -175,19 +425,24 @@ impl ProfileServer {
         self.addr
     }
 
-    /// Stops the server: the listening socket is closed when this returns (new connections are refused) and
-    /// the server's thread has ended. Requests already being answered (a delta profile's window) finish on
-    /// their own threads. Dropping the handle does the same.
+    /// The delta windows (`…?seconds=N` requests) in progress now: at most 8, beyond which requests for
+    /// one get 503. A window is counted from its request until its response is built, and counted out as
+    /// soon as the server sees its client disconnect.
+    pub fn windows_in_progress(&self) -> usize {
+        self.windows.load(Ordering::Acquire)
+    }
+
+    /// Stops the server: when this returns the listening socket is closed (new connections are refused),
+    /// open connections are closed, windows in progress are abandoned, and the server's thread has ended. A
+    /// dump being built is waited for at most half a second; after that it finishes on its own thread and
+    /// its answer is dropped. Dropping the handle does the same.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        if let Some(listener) = self.listener.take() {
-            // SAFETY: `listener` owns a valid socket descriptor for the duration of the call. Shutting a
-            // listening socket down makes it refuse connections and wakes tiny_http's thread blocked in
-            // `accept`, which then ends and closes its own handle on the socket.
-            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
