@@ -72,9 +72,7 @@ impl Delta {
 
 /// A copy of the bucket table, and when it was complete.
 fn snapshot() -> Result<(Snapshot, Instant), Error> {
-    if !sampler::installed() {
-        return Err(Error::NotInstalled);
-    }
+    sampler::check_installed()?;
     let _guard = Guard::enter();
     let snapshot = buckets::snapshot();
     Ok((snapshot, Instant::now()))

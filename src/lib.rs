@@ -257,8 +257,9 @@ pub use table::buckets::{DEFAULT_MAX_BUCKETS, set_max_buckets};
 /// every sample is the program's call into the allocator (see [`set_keep_std_frames`]).
 ///
 /// # Errors
-/// [`Error::NotInstalled`] when no [`SamplingAllocator`] is the global allocator; [`Error::Compress`] if gzip
-/// fails.
+/// [`Error::NotInstalled`] when no [`SamplingAllocator`] is the global allocator ([`Error::Unsupported`]
+/// on a target without sampling, see [`SAMPLING_SUPPORTED`]; so for every dump function); [`Error::Compress`]
+/// if gzip fails.
 pub fn dump_profile() -> Result<Vec<u8>, Error> {
     pprof::encode(&pprof::profile()?)
 }
