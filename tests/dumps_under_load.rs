@@ -1,4 +1,4 @@
-//! Dumps taken while eight threads churn are fast, valid and consistent: cumulative counts never go down, and
+//! Dumps taken while eight threads churn are valid and consistent: cumulative counts never go down, and
 //! once the threads stop, repeated dumps agree and match the live bytes.
 
 mod common;
@@ -87,11 +87,11 @@ impl Drop for StopOnDrop<'_> {
 /// Rate 4 KiB: buffers of 16–64 KiB are sampled with p ≥ 1 − e^(−4) = 0.982; 2,048 live buffers give an in-use
 /// estimate with relative standard error below sqrt((1−p)/(n·p)) = 0.003, so ±5 % is over 15 σ.
 #[test]
-fn dumps_under_load_are_fast_valid_and_consistent() {
+fn dumps_under_load_are_valid_and_consistent() {
     if !common::is_child() {
         // In a child process under a watchdog: a hang prints every thread's stack instead of stalling CI.
         let (_, stderr) = common::run_child(
-            "dumps_under_load_are_fast_valid_and_consistent",
+            "dumps_under_load_are_valid_and_consistent",
             Duration::from_secs(120),
         );
         eprint!(
@@ -141,12 +141,9 @@ fn dumps_under_load_are_fast_valid_and_consistent() {
             previous = Some(stacks);
         }
         stop.store(true, Ordering::Relaxed);
+        // Reported, not asserted: a loaded machine can stretch any dump. A dump that never ends is caught by
+        // the child's watchdog; `benches/dump_memory.rs` measures what dumps cost.
         eprintln!("slowest of {} dumps under load: {slowest:?}", dumps());
-        // The 2 s bound is for real builds; under AddressSanitizer the dumps are only checked for what they
-        // hold (the child's watchdog still bounds the whole test).
-        if !common::under_address_sanitizer() {
-            assert!(slowest < Duration::from_secs(2), "a dump took {slowest:?}");
-        }
         handles
             .into_iter()
             .map(|h| h.join().unwrap())
