@@ -151,14 +151,16 @@ fn rule_after_miss(address: usize) -> Result<Rule, Miss> {
     Ok(rule)
 }
 
-/// Register rules per row and rows of `DW_CFA_remember_state` the CFI evaluation keeps, in place (a
-/// function's CFI rarely sets more than 8 registers; more makes gimli return an error, and the walk falls
-/// back to libgcc).
+/// Register rules per row and rows the CFI evaluation keeps, in place. x86_64 code saves at most the six
+/// callee-saved registers besides the return address; the rows are the CIE's initial rules (when it sets
+/// more than one), the row being evaluated and one `DW_CFA_remember_state`. CFI that needs more makes gimli
+/// return an error, and the walk falls back to libgcc. Every row is copied a few times on the stack while a
+/// rule is computed, so their size is most of the stack that a rule lookup needs.
 struct InlineStorage;
 
 impl<T: gimli::ReaderOffset> UnwindContextStorage<T> for InlineStorage {
-    type Rules = [(Register, RegisterRule<T>); 24];
-    type Stack = [UnwindTableRow<T, Self>; 4];
+    type Rules = [(Register, RegisterRule<T>); 12];
+    type Stack = [UnwindTableRow<T, Self>; 3];
 }
 
 /// Finds the FDE covering `address` and evaluates its CFI program up to it.
