@@ -3,10 +3,11 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 
+use crate::labels::{self, LabelSet};
 use crate::sampler::{self, DEFAULT_SAMPLE_RATE, Guard};
-use crate::stack::{self, Stack, path};
+use crate::stack::{self, Room, Stack, path};
 use crate::table::{Weight, buckets, live};
-use crate::{labels, peak, totals};
+use crate::{peak, totals};
 
 /// A global allocator that samples the allocations of an inner allocator into a heap profile.
 ///
@@ -46,7 +47,9 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     }
 
     /// Records a sampled allocation of `size` bytes at `ptr` (non-null), before `ptr` reaches the program:
-    /// in the bucket of its stack and the thread's labels, in the live table, and in the heap totals.
+    /// in the bucket of its stack and the thread's labels, in the live table, and in the heap totals. The
+    /// stack is captured only when the thread's stack has room for the walk (see [`stack::Room`]); otherwise
+    /// the sample is recorded with no stack, under `[stack not captured]`, with its full weight.
     ///
     /// Rate 0 marks the probe that learns the allocation path (see [`crate::stack::path`]): its stack is
     /// learned from, and nothing is recorded.
@@ -64,10 +67,17 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
             return;
         }
         crate::fork::register_fork_handlers();
-        let mut stack = Stack::empty();
-        stack.capture(entry, stack::frame_pointer());
         let weight = Weight::of(size, rate);
-        let bucket = buckets::record_alloc(&stack, labels::for_sample(), weight);
+        let labels = labels::for_sample();
+        // This frame stays small: the captured stack lives in the frame of `record_with_stack`, entered only
+        // when the walk fits.
+        let room = Room::here();
+        let bucket = if room.fits_walk() {
+            record_with_stack(entry, stack::frame_pointer(), room, labels, weight)
+        } else {
+            stack::note_stackless_sample();
+            buckets::record_alloc(&[], false, labels, weight)
+        };
         live::insert(ptr, live::LiveEntry { bucket, weight });
         peak::after_alloc(totals::on_alloc(weight));
     }
@@ -99,6 +109,24 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
             live::insert(ptr, entry);
         }
     }
+}
+
+/// Captures the stack of a sampled allocation whose entry point is `entry` (with frame pointer
+/// `entry_frame`), given the `room` its thread's stack has left there, and adds the sample to its bucket.
+/// Not generic, so that one copy serves every inner allocator.
+#[inline(never)]
+fn record_with_stack(
+    entry: usize,
+    entry_frame: usize,
+    room: Room,
+    labels: LabelSet,
+    weight: Weight,
+) -> buckets::BucketId {
+    let mut stack = Stack::empty();
+    if !stack.capture(entry, entry_frame, room) {
+        stack::note_stackless_sample();
+    }
+    buckets::record_alloc(stack.frames(), stack.truncated(), labels, weight)
 }
 
 // SAFETY: every method forwards to the inner allocator with the caller's arguments unchanged and returns its

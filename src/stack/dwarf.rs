@@ -318,6 +318,8 @@ enum Step {
     End,
     /// A frame needs the system unwinder.
     Fallback,
+    /// A frame's rule is not in the table, and the stack has no room to compute it.
+    NoRoom,
 }
 
 /// The registers of the frame being unwound.
@@ -331,6 +333,8 @@ struct Cursor {
     fp: usize,
     /// The top of the thread's stack: every read lies in `[sp, stack_top)`.
     stack_top: usize,
+    /// Whether the stack has room to compute a rule missing from the table.
+    rules_fit: bool,
 }
 
 impl Cursor {
@@ -352,6 +356,9 @@ impl Cursor {
 
     #[inline(never)]
     fn step_after_miss(mut self) -> (Step, Cursor) {
+        if !self.rules_fit {
+            return (Step::NoRoom, self);
+        }
         let step = match rule_after_miss(self.lookup) {
             Ok(Rule::Step {
                 from_rbp,
@@ -401,17 +408,22 @@ pub(super) enum Walk {
     Done { len: usize, truncated: bool },
     /// A frame needs the system unwinder: unwind the whole stack with it.
     Fallback,
+    /// A rule had to be computed, and `rules_fit` was false: nothing was captured.
+    NoRoom,
 }
 
 /// Writes up to `frames.len()` return addresses of the current thread's stack into `frames`, innermost
 /// first, starting with the caller of the function that starts at `skip_through` (or with this function's
 /// caller if it is not found in the first few frames). `stack_top` is the top of the thread's own stack, on
-/// which the caller has checked it runs.
+/// which the caller has checked it runs. Without `rules_fit`, the walk looks nothing up (it has not the stack
+/// room for libgcc's FDE lookup and the CFI evaluation): a rule missing from the table ends it with
+/// [`Walk::NoRoom`].
 #[inline(never)]
 pub(super) fn walk(
     frames: &mut [MaybeUninit<usize>],
     skip_through: usize,
     stack_top: usize,
+    rules_fit: bool,
 ) -> Walk {
     let (pc, sp, fp) = registers();
     let mut cursor = Cursor {
@@ -419,6 +431,7 @@ pub(super) fn walk(
         sp,
         fp,
         stack_top,
+        rules_fit,
     };
     // The profiler's own frames, up to the entry point, recognised by a remembered return address.
     let mut own = [0usize; ENTRY_SEARCH_FRAMES];
@@ -440,10 +453,14 @@ pub(super) fn walk(
                 break;
             }
             Step::Fallback => return Walk::Fallback,
+            Step::NoRoom => return Walk::NoRoom,
         }
     }
     let kept = if entry_found {
         &own[..0]
+    } else if !rules_fit {
+        // Finding the entry point by function address is an FDE lookup too.
+        return Walk::NoRoom;
     } else {
         // The first walk (or a new entry point): find the entry by function address; failing that, keep
         // every frame, and the dump trims the profiler's by name.
@@ -490,6 +507,7 @@ pub(super) fn walk(
                 };
             }
             Step::Fallback => return Walk::Fallback,
+            Step::NoRoom => return Walk::NoRoom,
         }
     }
 }
@@ -510,6 +528,7 @@ mod tests {
             sp: low,
             fp,
             stack_top: high,
+            rules_fit: true,
         };
         // A frame pointer that is not a word's address (a corrupted or stale rule): never read through.
         assert!(matches!(cursor(low + 3).apply(true, 16, 2), Step::Fallback));
