@@ -5,7 +5,7 @@ use core::alloc::{GlobalAlloc, Layout};
 
 use crate::labels::{self, LabelSet};
 use crate::sampler::{self, DEFAULT_SAMPLE_RATE, Guard};
-use crate::stack::{self, Room, Stack, path};
+use crate::stack::{self, Room, Stack, path, spare};
 use crate::table::{Weight, buckets, live};
 use crate::{peak, totals};
 
@@ -70,16 +70,21 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         let weight = Weight::of(size, rate);
         let labels = labels::for_sample();
         // This frame stays small: the captured stack lives in the frame of `record_with_stack`, entered only
-        // when the walk fits.
+        // when the walk fits; a sample without its stack is recorded on the spare stack.
         let room = Room::here();
-        let bucket = if room.fits_walk() {
-            record_with_stack(entry, stack::frame_pointer(), room, labels, weight)
+        if room.fits_walk() {
+            let bucket = record_with_stack(entry, stack::frame_pointer(), room, labels, weight);
+            record_live(ptr, bucket, weight);
         } else {
             stack::note_stackless_sample();
-            buckets::record_alloc(&[], false, labels, weight)
-        };
-        live::insert(ptr, live::LiveEntry { bucket, weight });
-        peak::after_alloc(totals::on_alloc(weight));
+            spare::run(&mut || {
+                record_live(
+                    ptr,
+                    buckets::record_alloc(&[], false, labels, weight),
+                    weight,
+                );
+            });
+        }
     }
 
     /// Forgets `ptr` if it was sampled, returning what it recorded (bucket counts are not yet changed).
@@ -88,7 +93,9 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     fn untrack(ptr: *mut u8) -> Option<live::LiveEntry> {
         // Inside the guard only the profiler's own memory is freed, and that is never sampled.
         let _guard = Guard::enter()?;
-        live::remove(ptr)
+        let mut entry = None;
+        stack::with_room_for_free(&mut || entry = live::remove(ptr));
+        entry
     }
 
     /// Subtracts a freed sampled allocation from the heap totals and from its bucket; a free that ends a peak
@@ -97,16 +104,20 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     #[inline(never)]
     fn record_free(entry: live::LiveEntry) {
         if let Some(_guard) = Guard::enter() {
-            peak::before_free(totals::on_free(entry.weight));
-            buckets::record_free(entry.bucket, entry.weight);
+            stack::with_room_for_free(&mut || {
+                peak::before_free(totals::on_free(entry.weight));
+                buckets::record_free(entry.bucket, entry.weight);
+            });
         }
     }
 
+    /// Enters `ptr` in the live table again after its reallocation failed.
     #[cold]
     #[inline(never)]
     fn retrack(ptr: *mut u8, entry: live::LiveEntry) {
         if let Some(_guard) = Guard::enter() {
-            live::insert(ptr, entry);
+            // On the spare stack: the entry may have to grow the table, and a failed reallocation is rare.
+            spare::run(&mut || live::insert(ptr, entry));
         }
     }
 }
@@ -127,6 +138,12 @@ fn record_with_stack(
         stack::note_stackless_sample();
     }
     buckets::record_alloc(stack.frames(), stack.truncated(), labels, weight)
+}
+
+/// Enters a sampled allocation recorded in `bucket` in the live table and the heap totals.
+fn record_live(ptr: *mut u8, bucket: buckets::BucketId, weight: Weight) {
+    live::insert(ptr, live::LiveEntry { bucket, weight });
+    peak::after_alloc(totals::on_alloc(weight));
 }
 
 // SAFETY: every method forwards to the inner allocator with the caller's arguments unchanged and returns its

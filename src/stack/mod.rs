@@ -7,6 +7,7 @@ use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 mod dwarf;
 pub(crate) mod path;
+pub(crate) mod spare;
 
 /// The most return addresses a stack can hold; [`set_max_stack_depth`] can lower the depth used.
 pub const MAX_STACK_DEPTH: usize = 128;
@@ -48,8 +49,15 @@ pub fn max_stack_depth() -> usize {
 /// Each is half as much again as the most measured on x86_64, recording of the sample included (which may
 /// grow the profiler's tables through the inner allocator, measured with glibc's malloc). The DWARF walk is
 /// checked twice more where it goes on: a walk that meets an address missing from its table, or that falls
-/// back to the system unwinder, without the room for that, captures nothing. Where the bounds cannot be read,
-/// or the code runs on another stack than its thread's (a coroutine, a signal stack), nothing is checked.
+/// back to the system unwinder, without the room for that, captures nothing.
+///
+/// On x86_64 the work that cannot be skipped runs on a spare stack of the profiler's (64 KiB, one per
+/// process, used by one thread at a time): the recording of a sample without its stack, the first reading of
+/// a thread's stack bounds, and the bookkeeping of the free of a sampled allocation where the thread has less
+/// than 1 KiB left (7 KiB with debug assertions). So a thread needs little more stack than its inner
+/// allocator's own use to allocate and free anywhere with the profiler on. Elsewhere that work runs on the
+/// thread's stack. Where the bounds cannot be read, or the code runs on another stack than its thread's (a
+/// coroutine, a signal stack), nothing is checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Unwinder {
@@ -101,7 +109,11 @@ fn stack_bounds() -> (usize, usize) {
     if known != (0, 0) {
         return known;
     }
-    let bounds = read_stack_bounds().unwrap_or((1, 1));
+    // On the spare stack: the first sample of a thread may come when its stack is nearly used up, and the
+    // read cannot be checked against bounds not known yet.
+    let mut bounds = None;
+    spare::run(&mut || bounds = read_stack_bounds());
+    let bounds = bounds.unwrap_or((1, 1));
     let _ = STACK_BOUNDS.try_with(|b| b.set(bounds));
     bounds
 }
@@ -128,6 +140,9 @@ struct Needs {
     dwarf_rule: usize,
     /// The system unwinder: libgcc's `_Unwind_Backtrace` through the `backtrace` crate.
     system: usize,
+    /// The bookkeeping of the free of a sampled allocation: finding and removing its live entry, subtracting
+    /// its weight.
+    free: usize,
 }
 
 const NEEDS: Needs = if cfg!(debug_assertions) {
@@ -136,6 +151,7 @@ const NEEDS: Needs = if cfg!(debug_assertions) {
         cached_dwarf: 13 << 10,
         dwarf_rule: 26 << 10,
         system: 13 << 10,
+        free: 7 << 10,
     }
 } else {
     Needs {
@@ -143,6 +159,7 @@ const NEEDS: Needs = if cfg!(debug_assertions) {
         cached_dwarf: 3 << 10,
         dwarf_rule: 7 << 10,
         system: 5 << 10,
+        free: 1 << 10,
     }
 };
 
@@ -163,6 +180,17 @@ pub(crate) fn note_stackless_sample() {
 /// Samples recorded without their stack for want of stack room, since the program started.
 pub(crate) fn stackless_samples() -> u64 {
     STACKLESS_SAMPLES.load(Relaxed)
+}
+
+/// Runs `f`, the bookkeeping of the free of a sampled allocation, on this thread's stack when it has the room
+/// for it, else on the spare stack: unlike a sample's stack, it cannot be skipped. Must run inside the
+/// profiler guard.
+pub(crate) fn with_room_for_free(f: &mut dyn FnMut()) {
+    if Room::here().fits(NEEDS.free) {
+        f();
+    } else {
+        spare::run(f);
+    }
 }
 
 /// The stack left to the current thread below its stack pointer, from its stack bounds: how far a sampled
