@@ -518,28 +518,67 @@ mod tests {
 
     #[test]
     fn a_rule_that_does_not_fit_the_stack_falls_back_without_reading() {
-        let stack = [0usize; 16];
-        let (low, high) = (
-            stack.as_ptr() as usize,
-            stack.as_ptr() as usize + size_of_val(&stack),
-        );
-        let cursor = |fp: usize| Cursor {
+        // A one-page "stack" between two inaccessible pages: a read outside it faults, failing the test.
+        // SAFETY: a private anonymous mapping of three pages, the outer two made inaccessible; only the
+        // middle one is read (by `apply`, if it is right) or written (here), and all is unmapped at the end.
+        let base = unsafe {
+            let base = libc::mmap(
+                core::ptr::null_mut(),
+                3 * 4096,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(base, libc::MAP_FAILED);
+            let stack = base.cast::<u8>().add(4096).cast();
+            assert_eq!(
+                libc::mprotect(stack, 4096, libc::PROT_READ | libc::PROT_WRITE),
+                0
+            );
+            base as usize
+        };
+        let (low, high) = (base + 4096, base + 2 * 4096);
+        let cursor = |sp: usize, fp: usize| Cursor {
             lookup: 1,
-            sp: low,
+            sp,
             fp,
             stack_top: high,
             rules_fit: true,
         };
-        // A frame pointer that is not a word's address (a corrupted or stale rule): never read through.
-        assert!(matches!(cursor(low + 3).apply(true, 16, 2), Step::Fallback));
-        // A CFA above the stack's top, or below the stack pointer.
-        assert!(matches!(cursor(high).apply(true, 16, 2), Step::Fallback));
+        let falls_back = |sp, fp, from_rbp, cfa_offset, rbp_slot| {
+            matches!(
+                cursor(sp, fp).apply(from_rbp, cfa_offset, rbp_slot),
+                Step::Fallback
+            )
+        };
+        // A frame pointer that is not a word's address (a corrupted or stale rule).
+        assert!(falls_back(low, low + 3, true, 16, 2));
+        // A CFA above the stack's top, from the frame pointer or the stack pointer.
+        assert!(falls_back(low, high, true, 16, 2));
+        assert!(falls_back(low, low, false, 8 * 1024, 0));
+        // A CFA at or below the stack pointer, and one that wraps around the address space.
+        assert!(falls_back(low + 64, low, true, 16, 2));
+        assert!(falls_back(low + 64, low + 64, false, 0, 0));
+        assert!(falls_back(low + 64, usize::MAX - 8, true, 16, 2));
+        // The caller's frame pointer saved below the stack pointer.
+        assert!(falls_back(low + 64, low, false, 16, 4));
+        // A rule that fits reads the return address at CFA − 8 and the frame pointer at CFA − 16, here the
+        // last two words below the top.
+        let return_address = 0x5555_0000_1234_usize;
+        // SAFETY: the two words lie in the middle page, mapped read-write.
+        unsafe {
+            ((high - 8) as *mut usize).write(return_address);
+            ((high - 16) as *mut usize).write(low + 256);
+        }
+        let mut at_top = cursor(high - 16, 0);
         assert!(matches!(
-            cursor(low).apply(false, 8 * 64, 0),
-            Step::Fallback
+            at_top.apply(false, 16, 2),
+            Step::Frame(found) if found == return_address
         ));
-        // A rule that fits reads the return address at CFA − 8.
-        assert!(matches!(cursor(low).apply(false, 16, 0), Step::End));
+        assert_eq!((at_top.sp, at_top.fp), (high, low + 256));
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(base as *mut libc::c_void, 3 * 4096) };
     }
 
     #[test]
