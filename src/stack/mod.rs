@@ -105,25 +105,38 @@ thread_local! {
 /// The current thread's stack bounds. May allocate the first time (glibc reads /proc/self/maps for the main
 /// thread): must run inside the profiler guard.
 fn stack_bounds() -> (usize, usize) {
-    let known = STACK_BOUNDS.try_with(Cell::get).unwrap_or((1, 1));
-    if known != (0, 0) {
-        return known;
+    known_bounds().unwrap_or_else(|| {
+        // On the spare stack: the first sample of a thread may come when its stack is nearly used up, and the
+        // read cannot be checked against bounds not known yet.
+        let mut bounds = None;
+        spare::run(&mut || bounds = read_stack_bounds());
+        remember_bounds(bounds)
+    })
+}
+
+/// The bounds read for this thread, if they have been.
+fn known_bounds() -> Option<(usize, usize)> {
+    match STACK_BOUNDS.try_with(Cell::get) {
+        Ok((0, 0)) => None,
+        known => Some(known.unwrap_or((1, 1))),
     }
-    // On the spare stack: the first sample of a thread may come when its stack is nearly used up, and the
-    // read cannot be checked against bounds not known yet.
-    let mut bounds = None;
-    spare::run(&mut || bounds = read_stack_bounds());
+}
+
+/// Keeps the bounds read for this thread (`(1, 1)` if they could not be read) and returns them.
+fn remember_bounds(bounds: Option<(usize, usize)>) -> (usize, usize) {
     let bounds = bounds.unwrap_or((1, 1));
     let _ = STACK_BOUNDS.try_with(|b| b.set(bounds));
     bounds
 }
 
-/// Reads the calling thread's stack bounds now, if they are not known yet. The process constructor calls
-/// it, so that the main thread's bounds, the costly ones (glibc parses /proc/self/maps with `sscanf`), are
-/// read on the constructor's short stack rather than by a sample taken deep in the program. Must run inside
-/// the profiler guard.
+/// Reads the calling thread's stack bounds now, on its own stack, if they are not known yet. The process
+/// constructor calls it, so that the main thread's bounds, the costly ones (glibc parses /proc/self/maps with
+/// `sscanf`), are read on the constructor's short stack rather than by a sample taken deep in the program,
+/// and without the spare stack. Must run inside the profiler guard.
 pub(crate) fn read_bounds_early() {
-    stack_bounds();
+    if known_bounds().is_none() {
+        remember_bounds(read_stack_bounds());
+    }
 }
 
 /// Bytes of stack, below the stack pointer where [`Room::here`] is read, that the parts of a sampled

@@ -113,7 +113,10 @@ mod imp {
         }
     }
 
-    /// Calls the closure that `data` points to (a `*mut &mut dyn FnMut()`).
+    /// Calls the closure that `data` points to.
+    ///
+    /// # Safety
+    /// `data` is a `*mut &mut dyn FnMut()`, valid for the call.
     unsafe extern "C" fn call_closure(data: *mut c_void) {
         // SAFETY: `run` passes a pointer to its `&mut dyn FnMut()`, which outlives this call.
         let f = unsafe { &mut *data.cast::<&mut dyn FnMut()>() };
