@@ -3,10 +3,11 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 
+use crate::labels::{self, LabelSet};
 use crate::sampler::{self, DEFAULT_SAMPLE_RATE, Guard};
-use crate::stack::{self, Stack, path};
+use crate::stack::{self, Room, Stack, path, spare};
 use crate::table::{Weight, buckets, live};
-use crate::{labels, peak, totals};
+use crate::{peak, totals};
 
 /// A global allocator that samples the allocations of an inner allocator into a heap profile.
 ///
@@ -46,7 +47,9 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     }
 
     /// Records a sampled allocation of `size` bytes at `ptr` (non-null), before `ptr` reaches the program:
-    /// in the bucket of its stack and the thread's labels, in the live table, and in the heap totals.
+    /// in the bucket of its stack and the thread's labels, in the live table, and in the heap totals. The
+    /// stack is captured only when the thread's stack has room for the walk (see [`stack::Room`]); otherwise
+    /// the sample is recorded with no stack, under `[stack not captured]`, with its full weight.
     ///
     /// Rate 0 marks the probe that learns the allocation path (see [`crate::stack::path`]): its stack is
     /// learned from, and nothing is recorded.
@@ -64,12 +67,24 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
             return;
         }
         crate::fork::register_fork_handlers();
-        let mut stack = Stack::empty();
-        stack.capture(entry, stack::frame_pointer());
         let weight = Weight::of(size, rate);
-        let bucket = buckets::record_alloc(&stack, labels::for_sample(), weight);
-        live::insert(ptr, live::LiveEntry { bucket, weight });
-        peak::after_alloc(totals::on_alloc(weight));
+        let labels = labels::for_sample();
+        // This frame stays small: the captured stack lives in the frame of `record_with_stack`, entered only
+        // when the walk fits; a sample without its stack is recorded on the spare stack.
+        let room = Room::here();
+        if room.fits_walk() {
+            let bucket = record_with_stack(entry, stack::frame_pointer(), room, labels, weight);
+            record_live(ptr, bucket, weight);
+        } else {
+            stack::note_stackless_sample();
+            spare::run(&mut || {
+                record_live(
+                    ptr,
+                    buckets::record_alloc(&[], false, labels, weight),
+                    weight,
+                );
+            });
+        }
     }
 
     /// Forgets `ptr` if it was sampled, returning what it recorded (bucket counts are not yet changed).
@@ -78,7 +93,9 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     fn untrack(ptr: *mut u8) -> Option<live::LiveEntry> {
         // Inside the guard only the profiler's own memory is freed, and that is never sampled.
         let _guard = Guard::enter()?;
-        live::remove(ptr)
+        let mut entry = None;
+        stack::with_room_for_free(&mut || entry = live::remove(ptr));
+        entry
     }
 
     /// Subtracts a freed sampled allocation from the heap totals and from its bucket; a free that ends a peak
@@ -87,18 +104,46 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     #[inline(never)]
     fn record_free(entry: live::LiveEntry) {
         if let Some(_guard) = Guard::enter() {
-            peak::before_free(totals::on_free(entry.weight));
-            buckets::record_free(entry.bucket, entry.weight);
+            stack::with_room_for_free(&mut || {
+                peak::before_free(totals::on_free(entry.weight));
+                buckets::record_free(entry.bucket, entry.weight);
+            });
         }
     }
 
+    /// Enters `ptr` in the live table again after its reallocation failed.
     #[cold]
     #[inline(never)]
     fn retrack(ptr: *mut u8, entry: live::LiveEntry) {
         if let Some(_guard) = Guard::enter() {
-            live::insert(ptr, entry);
+            // On the spare stack: the entry may have to grow the table, and a failed reallocation is rare.
+            spare::run(&mut || live::insert(ptr, entry));
         }
     }
+}
+
+/// Captures the stack of a sampled allocation whose entry point is `entry` (with frame pointer
+/// `entry_frame`), given the `room` its thread's stack has left there, and adds the sample to its bucket.
+/// Not generic, so that one copy serves every inner allocator.
+#[inline(never)]
+fn record_with_stack(
+    entry: usize,
+    entry_frame: usize,
+    room: Room,
+    labels: LabelSet,
+    weight: Weight,
+) -> buckets::BucketId {
+    let mut stack = Stack::empty();
+    if !stack.capture(entry, entry_frame, room) {
+        stack::note_stackless_sample();
+    }
+    buckets::record_alloc(stack.frames(), stack.truncated(), labels, weight)
+}
+
+/// Enters a sampled allocation recorded in `bucket` in the live table and the heap totals.
+fn record_live(ptr: *mut u8, bucket: buckets::BucketId, weight: Weight) {
+    live::insert(ptr, live::LiveEntry { bucket, weight });
+    peak::after_alloc(totals::on_alloc(weight));
 }
 
 // SAFETY: every method forwards to the inner allocator with the caller's arguments unchanged and returns its

@@ -164,6 +164,7 @@ extern "C" fn configure() {
     let Some(_guard) = Guard::enter() else { return };
     // Before any thread but this one exists: no fork can find a profiler lock held from here on.
     crate::fork::register_fork_handlers();
+    crate::stack::read_bounds_early();
     let config = Config::parse(getenv, warn);
     if let Some(rate) = config.rate {
         crate::set_sample_rate(rate);

@@ -28,9 +28,13 @@ pub(crate) fn register_fork_handlers() {
 
 extern "C" fn before_fork() {
     crate::sampler::Guard::hold_across_fork();
-    // In the order every other path takes them: the dump lock, the label registry, the peak, the tables.
+    // In the order every other path takes them: the dump lock, the label registry, the spare stack, the peak,
+    // the tables.
     crate::pprof::hold_locks();
     crate::labels::hold_locks();
+    // Its holder takes the peak's lock and table locks.
+    #[cfg(target_arch = "x86_64")]
+    crate::stack::spare::hold_lock();
     crate::peak::hold_locks();
     crate::table::hold_locks();
 }
@@ -40,6 +44,8 @@ extern "C" fn after_fork() {
     unsafe {
         crate::table::release_locks();
         crate::peak::release_locks();
+        #[cfg(target_arch = "x86_64")]
+        crate::stack::spare::release_lock();
         crate::labels::release_locks();
         crate::pprof::release_locks();
     }

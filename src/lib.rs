@@ -315,6 +315,9 @@ pub struct Stats {
     /// Samples charged to the overflow bucket because the table was full: their stacks (and labels) are
     /// dropped, their weight is kept.
     pub overflow_samples: u64,
+    /// Samples recorded under `[stack not captured]` because their thread's stack had too little room left
+    /// to capture their stack (see [`Unwinder`]): their weight and labels are kept, their stack is not.
+    pub stackless_samples: u64,
     /// Samples taken in a label scope whose label set was not kept because the cap on label sets was reached
     /// (see [`set_max_label_sets`]): their labels are dropped, their stack and weight are kept.
     pub dropped_labels: u64,
@@ -359,6 +362,7 @@ pub fn stats() -> Stats {
             + pprof::symbols::cache_bytes()
             + pprof::mappings::cache_bytes(),
         overflow_samples: table.overflow_samples,
+        stackless_samples: stack::stackless_samples(),
         dropped_labels: labels::dropped_samples(),
         label_sets: labels::label_sets(),
         sampled_frees: table::live::sampled_frees(),

@@ -37,6 +37,7 @@ use crate::Error;
 use crate::lock::{self, Lock};
 use crate::pprof::{self, Dump};
 use crate::report::human_bytes;
+use crate::stack::spare;
 use crate::table::UNITS;
 use crate::table::buckets::CountsCopy;
 use crate::{sampler, totals};
@@ -74,7 +75,9 @@ pub(crate) fn after_alloc(inuse: u64) {
 /// bytes before the free. Must run inside the profiler guard, holding no table lock.
 pub(crate) fn before_free(inuse: u64) {
     if inuse >= HIGHEST.load(Relaxed) && inuse > margin_above(LEVEL.load(Relaxed)) {
-        take(inuse, margin_above);
+        // On the spare stack: the free may come anywhere in its thread's stack, and the copy (which may
+        // grow its buffer through the inner allocator) needs much more stack than the free.
+        spare::run(&mut || take(inuse, margin_above));
     }
 }
 

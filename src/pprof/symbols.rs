@@ -89,7 +89,7 @@ pub(crate) const TRUNCATED: &str = "[truncated]";
 /// Marker frame of the samples charged to the overflow bucket.
 pub(crate) const OVERFLOW: &str = "[bucket table full]";
 /// Marker frame of samples whose stack held nothing of the program (an unwinder that stopped inside the
-/// profiler): they are counted, not dropped.
+/// profiler, or a stack not captured for want of room on the thread's stack): they are counted, not dropped.
 pub(crate) const NOT_CAPTURED: &str = "[stack not captured]";
 
 static SYMBOLIZE: AtomicBool = AtomicBool::new(true);

@@ -151,14 +151,16 @@ fn rule_after_miss(address: usize) -> Result<Rule, Miss> {
     Ok(rule)
 }
 
-/// Register rules per row and rows of `DW_CFA_remember_state` the CFI evaluation keeps, in place (a
-/// function's CFI rarely sets more than 8 registers; more makes gimli return an error, and the walk falls
-/// back to libgcc).
+/// Register rules per row and rows the CFI evaluation keeps, in place. x86_64 code saves at most the six
+/// callee-saved registers besides the return address; the rows are the CIE's initial rules (when it sets
+/// more than one), the row being evaluated and one `DW_CFA_remember_state`. CFI that needs more makes gimli
+/// return an error, and the walk falls back to libgcc. Every row is copied a few times on the stack while a
+/// rule is computed, so their size is most of the stack that a rule lookup needs.
 struct InlineStorage;
 
 impl<T: gimli::ReaderOffset> UnwindContextStorage<T> for InlineStorage {
-    type Rules = [(Register, RegisterRule<T>); 24];
-    type Stack = [UnwindTableRow<T, Self>; 4];
+    type Rules = [(Register, RegisterRule<T>); 12];
+    type Stack = [UnwindTableRow<T, Self>; 3];
 }
 
 /// Finds the FDE covering `address` and evaluates its CFI program up to it.
@@ -316,6 +318,8 @@ enum Step {
     End,
     /// A frame needs the system unwinder.
     Fallback,
+    /// A frame's rule is not in the table, and the stack has no room to compute it.
+    NoRoom,
 }
 
 /// The registers of the frame being unwound.
@@ -329,6 +333,8 @@ struct Cursor {
     fp: usize,
     /// The top of the thread's stack: every read lies in `[sp, stack_top)`.
     stack_top: usize,
+    /// Whether the stack has room to compute a rule missing from the table.
+    rules_fit: bool,
 }
 
 impl Cursor {
@@ -350,6 +356,9 @@ impl Cursor {
 
     #[inline(never)]
     fn step_after_miss(mut self) -> (Step, Cursor) {
+        if !self.rules_fit {
+            return (Step::NoRoom, self);
+        }
         let step = match rule_after_miss(self.lookup) {
             Ok(Rule::Step {
                 from_rbp,
@@ -399,17 +408,22 @@ pub(super) enum Walk {
     Done { len: usize, truncated: bool },
     /// A frame needs the system unwinder: unwind the whole stack with it.
     Fallback,
+    /// A rule had to be computed, and `rules_fit` was false: nothing was captured.
+    NoRoom,
 }
 
 /// Writes up to `frames.len()` return addresses of the current thread's stack into `frames`, innermost
 /// first, starting with the caller of the function that starts at `skip_through` (or with this function's
 /// caller if it is not found in the first few frames). `stack_top` is the top of the thread's own stack, on
-/// which the caller has checked it runs.
+/// which the caller has checked it runs. Without `rules_fit`, the walk looks nothing up (it has not the stack
+/// room for libgcc's FDE lookup and the CFI evaluation): a rule missing from the table ends it with
+/// [`Walk::NoRoom`].
 #[inline(never)]
 pub(super) fn walk(
     frames: &mut [MaybeUninit<usize>],
     skip_through: usize,
     stack_top: usize,
+    rules_fit: bool,
 ) -> Walk {
     let (pc, sp, fp) = registers();
     let mut cursor = Cursor {
@@ -417,6 +431,7 @@ pub(super) fn walk(
         sp,
         fp,
         stack_top,
+        rules_fit,
     };
     // The profiler's own frames, up to the entry point, recognised by a remembered return address.
     let mut own = [0usize; ENTRY_SEARCH_FRAMES];
@@ -438,10 +453,14 @@ pub(super) fn walk(
                 break;
             }
             Step::Fallback => return Walk::Fallback,
+            Step::NoRoom => return Walk::NoRoom,
         }
     }
     let kept = if entry_found {
         &own[..0]
+    } else if !rules_fit {
+        // Finding the entry point by function address is an FDE lookup too.
+        return Walk::NoRoom;
     } else {
         // The first walk (or a new entry point): find the entry by function address; failing that, keep
         // every frame, and the dump trims the profiler's by name.
@@ -488,6 +507,7 @@ pub(super) fn walk(
                 };
             }
             Step::Fallback => return Walk::Fallback,
+            Step::NoRoom => return Walk::NoRoom,
         }
     }
 }
@@ -498,27 +518,67 @@ mod tests {
 
     #[test]
     fn a_rule_that_does_not_fit_the_stack_falls_back_without_reading() {
-        let stack = [0usize; 16];
-        let (low, high) = (
-            stack.as_ptr() as usize,
-            stack.as_ptr() as usize + size_of_val(&stack),
-        );
-        let cursor = |fp: usize| Cursor {
+        // A one-page "stack" between two inaccessible pages: a read outside it faults, failing the test.
+        // SAFETY: a private anonymous mapping of three pages, the outer two made inaccessible; only the
+        // middle one is read (by `apply`, if it is right) or written (here), and all is unmapped at the end.
+        let base = unsafe {
+            let base = libc::mmap(
+                core::ptr::null_mut(),
+                3 * 4096,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(base, libc::MAP_FAILED);
+            let stack = base.cast::<u8>().add(4096).cast();
+            assert_eq!(
+                libc::mprotect(stack, 4096, libc::PROT_READ | libc::PROT_WRITE),
+                0
+            );
+            base as usize
+        };
+        let (low, high) = (base + 4096, base + 2 * 4096);
+        let cursor = |sp: usize, fp: usize| Cursor {
             lookup: 1,
-            sp: low,
+            sp,
             fp,
             stack_top: high,
+            rules_fit: true,
         };
-        // A frame pointer that is not a word's address (a corrupted or stale rule): never read through.
-        assert!(matches!(cursor(low + 3).apply(true, 16, 2), Step::Fallback));
-        // A CFA above the stack's top, or below the stack pointer.
-        assert!(matches!(cursor(high).apply(true, 16, 2), Step::Fallback));
+        let falls_back = |sp, fp, from_rbp, cfa_offset, rbp_slot| {
+            matches!(
+                cursor(sp, fp).apply(from_rbp, cfa_offset, rbp_slot),
+                Step::Fallback
+            )
+        };
+        // A frame pointer that is not a word's address (a corrupted or stale rule).
+        assert!(falls_back(low, low + 3, true, 16, 2));
+        // A CFA above the stack's top, from the frame pointer or the stack pointer.
+        assert!(falls_back(low, high, true, 16, 2));
+        assert!(falls_back(low, low, false, 8 * 1024, 0));
+        // A CFA at or below the stack pointer, and one that wraps around the address space.
+        assert!(falls_back(low + 64, low, true, 16, 2));
+        assert!(falls_back(low + 64, low + 64, false, 0, 0));
+        assert!(falls_back(low + 64, usize::MAX - 8, true, 16, 2));
+        // The caller's frame pointer saved below the stack pointer.
+        assert!(falls_back(low + 64, low, false, 16, 4));
+        // A rule that fits reads the return address at CFA − 8 and the frame pointer at CFA − 16, here the
+        // last two words below the top.
+        let return_address = 0x5555_0000_1234_usize;
+        // SAFETY: the two words lie in the middle page, mapped read-write.
+        unsafe {
+            ((high - 8) as *mut usize).write(return_address);
+            ((high - 16) as *mut usize).write(low + 256);
+        }
+        let mut at_top = cursor(high - 16, 0);
         assert!(matches!(
-            cursor(low).apply(false, 8 * 64, 0),
-            Step::Fallback
+            at_top.apply(false, 16, 2),
+            Step::Frame(found) if found == return_address
         ));
-        // A rule that fits reads the return address at CFA − 8.
-        assert!(matches!(cursor(low).apply(false, 16, 0), Step::End));
+        assert_eq!((at_top.sp, at_top.fp), (high, low + 256));
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(base as *mut libc::c_void, 3 * 4096) };
     }
 
     #[test]

@@ -2,11 +2,12 @@
 
 use core::cell::Cell;
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 mod dwarf;
 pub(crate) mod path;
+pub(crate) mod spare;
 
 /// The most return addresses a stack can hold; [`set_max_stack_depth`] can lower the depth used.
 pub const MAX_STACK_DEPTH: usize = 128;
@@ -29,6 +30,34 @@ pub fn max_stack_depth() -> usize {
 }
 
 /// How stacks of sampled allocations are captured.
+///
+/// # Stack use
+///
+/// Capturing a stack uses the allocating thread's own stack, below the allocator's frames. A sampled
+/// allocation captures its stack only where the thread has this much stack left below its stack pointer (down
+/// to the low bound of its stack as the C library reports it, which leaves out the guard page); elsewhere it
+/// is recorded with its full weight and its labels under `[stack not captured]`, and counted in
+/// [`crate::Stats::stackless_samples`]:
+///
+/// | walk | optimized build | build with debug assertions |
+/// | --- | --- | --- |
+/// | [`Unwinder::FramePointer`] | 2 KiB | 13 KiB |
+/// | [`Unwinder::Dwarf`], every rule in its table | 3 KiB | 13 KiB |
+/// | [`Unwinder::Dwarf`], computing a rule | 7 KiB | 26 KiB |
+/// | the system unwinder | 5 KiB | 13 KiB |
+///
+/// Each is half as much again as the most measured on x86_64, recording of the sample included (which may
+/// grow the profiler's tables through the inner allocator, measured with glibc's malloc). The DWARF walk is
+/// checked twice more where it goes on: a walk that meets an address missing from its table, or that falls
+/// back to the system unwinder, without the room for that, captures nothing.
+///
+/// On x86_64 the work that cannot be skipped runs on a spare stack of the profiler's (64 KiB, one per
+/// process, used by one thread at a time): the recording of a sample without its stack, the first reading of
+/// a thread's stack bounds, and the bookkeeping of the free of a sampled allocation where the thread has less
+/// than 1 KiB left (7 KiB with debug assertions). So a thread needs little more stack than its inner
+/// allocator's own use to allocate and free anywhere with the profiler on. Elsewhere that work runs on the
+/// thread's stack. Where the bounds cannot be read, or the code runs on another stack than its thread's (a
+/// coroutine, a signal stack), nothing is checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Unwinder {
@@ -76,13 +105,148 @@ thread_local! {
 /// The current thread's stack bounds. May allocate the first time (glibc reads /proc/self/maps for the main
 /// thread): must run inside the profiler guard.
 fn stack_bounds() -> (usize, usize) {
-    let known = STACK_BOUNDS.try_with(Cell::get).unwrap_or((1, 1));
-    if known != (0, 0) {
-        return known;
+    known_bounds().unwrap_or_else(|| {
+        // On the spare stack: the first sample of a thread may come when its stack is nearly used up, and the
+        // read cannot be checked against bounds not known yet.
+        let mut bounds = None;
+        spare::run(&mut || bounds = read_stack_bounds());
+        remember_bounds(bounds)
+    })
+}
+
+/// The bounds read for this thread, if they have been.
+fn known_bounds() -> Option<(usize, usize)> {
+    match STACK_BOUNDS.try_with(Cell::get) {
+        Ok((0, 0)) => None,
+        known => Some(known.unwrap_or((1, 1))),
     }
-    let bounds = read_stack_bounds().unwrap_or((1, 1));
+}
+
+/// Keeps the bounds read for this thread (`(1, 1)` if they could not be read) and returns them.
+fn remember_bounds(bounds: Option<(usize, usize)>) -> (usize, usize) {
+    let bounds = bounds.unwrap_or((1, 1));
     let _ = STACK_BOUNDS.try_with(|b| b.set(bounds));
     bounds
+}
+
+/// Reads the calling thread's stack bounds now, on its own stack, if they are not known yet. The process
+/// constructor calls it, so that the main thread's bounds, the costly ones (glibc parses /proc/self/maps with
+/// `sscanf`), are read on the constructor's short stack rather than by a sample taken deep in the program,
+/// and without the spare stack. Must run inside the profiler guard.
+pub(crate) fn read_bounds_early() {
+    if known_bounds().is_none() {
+        remember_bounds(read_stack_bounds());
+    }
+}
+
+/// Bytes of stack, below the stack pointer where [`Room::here`] is read, that the parts of a sampled
+/// allocation may touch: half as much again as the most measured on x86_64 with glibc's malloc as the inner
+/// allocator, in builds of the kind (unoptimized ones, with AddressSanitizer or not, are told by their debug
+/// assertions). Each figure covers the walk and the recording of the sample after it in the same frames,
+/// which finds or adds its bucket and its live entry, and so may grow a table through the inner allocator.
+struct Needs {
+    /// The frame-pointer walk.
+    frame_pointers: usize,
+    /// The cached DWARF walk when every rule it needs is in its table.
+    cached_dwarf: usize,
+    /// The cached DWARF walk that computes a rule: libgcc's FDE lookup and the CFI evaluated with gimli.
+    dwarf_rule: usize,
+    /// The system unwinder: libgcc's `_Unwind_Backtrace` through the `backtrace` crate.
+    system: usize,
+    /// The bookkeeping of the free of a sampled allocation: finding and removing its live entry, subtracting
+    /// its weight.
+    free: usize,
+}
+
+const NEEDS: Needs = if cfg!(debug_assertions) {
+    Needs {
+        frame_pointers: 13 << 10,
+        cached_dwarf: 13 << 10,
+        dwarf_rule: 26 << 10,
+        system: 13 << 10,
+        free: 7 << 10,
+    }
+} else {
+    Needs {
+        frame_pointers: 2 << 10,
+        cached_dwarf: 3 << 10,
+        dwarf_rule: 7 << 10,
+        system: 5 << 10,
+        free: 1 << 10,
+    }
+};
+
+/// Whether [`Unwinder::Dwarf`] starts with the cached walk (elsewhere it is the system unwinder's).
+const CACHED_DWARF: bool = cfg!(all(
+    target_arch = "x86_64",
+    target_os = "linux",
+    target_env = "gnu"
+));
+
+static STACKLESS_SAMPLES: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a sample recorded without its stack because the thread's stack had no room to capture it.
+pub(crate) fn note_stackless_sample() {
+    STACKLESS_SAMPLES.fetch_add(1, Relaxed);
+}
+
+/// Samples recorded without their stack for want of stack room, since the program started.
+pub(crate) fn stackless_samples() -> u64 {
+    STACKLESS_SAMPLES.load(Relaxed)
+}
+
+/// Runs `f`, the bookkeeping of the free of a sampled allocation, on this thread's stack when it has the room
+/// for it, else on the spare stack: unlike a sample's stack, it cannot be skipped. Must run inside the
+/// profiler guard.
+pub(crate) fn with_room_for_free(f: &mut dyn FnMut()) {
+    if Room::here().fits(NEEDS.free) {
+        f();
+    } else {
+        spare::run(f);
+    }
+}
+
+/// The stack left to the current thread below its stack pointer, from its stack bounds: how far a sampled
+/// allocation may go in capturing its stack. Unknown (every capture allowed, as without the check) when the
+/// bounds cannot be read or the code runs on another stack than the thread's own (a coroutine, a signal
+/// stack).
+#[derive(Clone, Copy)]
+pub(crate) struct Room(Option<usize>);
+
+impl Room {
+    /// The room below the caller's stack pointer. Must run inside the profiler guard: the first call on a
+    /// thread reads its bounds (see [`stack_bounds`]), which is cheap for threads other than the main one,
+    /// whose bounds the process constructor reads.
+    #[inline(always)]
+    pub(crate) fn here() -> Room {
+        let (low, high) = stack_bounds();
+        let sp = stack_pointer();
+        Room((low..high).contains(&sp).then(|| sp - low))
+    }
+
+    fn fits(self, need: usize) -> bool {
+        self.0.is_none_or(|room| room >= need)
+    }
+
+    /// Whether the unwinder in use can walk the stack and the sample be recorded, when the walk needs
+    /// nothing more than its table or the frame pointers.
+    pub(crate) fn fits_walk(self) -> bool {
+        self.fits(match unwinder() {
+            Unwinder::FramePointer => NEEDS.frame_pointers,
+            Unwinder::Dwarf if CACHED_DWARF => NEEDS.cached_dwarf,
+            Unwinder::Dwarf => NEEDS.system,
+        })
+    }
+
+    /// Whether the cached DWARF walk can compute a rule missing from its table.
+    fn fits_dwarf_rule(self) -> bool {
+        self.fits(NEEDS.dwarf_rule)
+    }
+
+    /// Whether the system unwinder can walk the stack.
+    pub(crate) fn fits_system_unwinder(self) -> bool {
+        self.fits(NEEDS.system)
+    }
 }
 
 /// The calling thread's stack, `[low, high)`, from its pthread attributes.
@@ -145,21 +309,32 @@ impl Stack {
     /// program's call into the allocator. Must run inside the profiler guard: the unwinder may allocate on
     /// first use.
     ///
+    /// `room` is the stack left where the entry point checked [`Room::fits_walk`]: a walk that would need more
+    /// (a DWARF rule to compute, or the system unwinder) captures nothing and returns `false`.
+    ///
     /// Called on an [`Stack::empty`] stack of the caller's, which it fills in place: returning a stack would
     /// copy the whole kilobyte.
     #[inline(never)]
-    pub(crate) fn capture(&mut self, entry: usize, entry_frame: usize) {
+    pub(crate) fn capture(&mut self, entry: usize, entry_frame: usize, room: Room) -> bool {
         let depth = DEPTH.load(Relaxed).min(MAX_STACK_DEPTH);
         // The path's frames are walked too, then dropped: walk that many more.
         let walked = (depth + path::len()).min(MAX_STACK_DEPTH);
-        let done = match unwinder() {
+        let walk = match unwinder() {
             Unwinder::FramePointer => self.walk_frame_pointers(walked, entry_frame),
-            Unwinder::Dwarf => self.walk_cached_dwarf(walked, entry),
+            Unwinder::Dwarf => self.walk_cached_dwarf(walked, entry, room.fits_dwarf_rule()),
         };
-        if !done {
-            self.walk_system(walked, entry);
+        match walk {
+            Walked::Done => {}
+            Walked::Fallback if room.fits_system_unwinder() => self.walk_system(walked, entry),
+            // The system unwinder does not fit, or the cached walk needed a rule it had no room to compute.
+            _ => {
+                self.len = 0;
+                self.truncated = false;
+                return false;
+            }
         }
         self.drop_allocation_path(depth);
+        true
     }
 
     /// Removes the allocation path's frames from the inner end, and cuts the stack to `depth` frames.
@@ -222,43 +397,50 @@ impl Stack {
         }
     }
 
-    /// Unwinds with [`dwarf::walk`] when the code runs on the thread's own stack. Returns `false`, with
-    /// nothing captured, when it does not or when a frame needs the system unwinder.
+    /// Unwinds with [`dwarf::walk`] when the code runs on the thread's own stack, computing the rules missing
+    /// from its table only if `rules_fit`. Falls back, with nothing captured, when the code runs on another
+    /// stack or a frame needs the system unwinder.
     #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
-    fn walk_cached_dwarf(&mut self, depth: usize, skip_through: usize) -> bool {
+    fn walk_cached_dwarf(&mut self, depth: usize, skip_through: usize, rules_fit: bool) -> Walked {
         let (low, high) = stack_bounds();
         let sp = stack_pointer();
         if sp < low || sp >= high {
-            return false;
+            return Walked::Fallback;
         }
-        match dwarf::walk(&mut self.frames[..depth], skip_through, high) {
+        match dwarf::walk(&mut self.frames[..depth], skip_through, high, rules_fit) {
             dwarf::Walk::Done { len, truncated } => {
                 self.len = len;
                 self.truncated = truncated;
-                true
+                Walked::Done
             }
-            dwarf::Walk::Fallback => false,
+            dwarf::Walk::Fallback => Walked::Fallback,
+            dwarf::Walk::NoRoom => Walked::NoRoom,
         }
     }
 
     /// Without the cached unwinder, every stack goes to the system unwinder.
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")))]
-    fn walk_cached_dwarf(&mut self, _depth: usize, _skip_through: usize) -> bool {
-        false
+    fn walk_cached_dwarf(
+        &mut self,
+        _depth: usize,
+        _skip_through: usize,
+        _rules_fit: bool,
+    ) -> Walked {
+        Walked::Fallback
     }
 
     /// Follows the saved frame pointers outwards from the frame whose frame pointer is `fp` (the profiler's
     /// entry point's): its return address is the first frame. Only on the thread's own stack: the stack
     /// pointer must lie within the thread's stack bounds, and then each frame pointer must lie between the
     /// stack pointer and the top of that stack, 8-aligned, and above the previous one, or the walk ends.
-    /// Memory in that range is mapped, so no read can fault. Returns `false`, capturing nothing, when the code
-    /// runs on another stack (a coroutine, a signal stack): the caller then uses the DWARF unwinder.
+    /// Memory in that range is mapped, so no read can fault. Falls back, capturing nothing, when the code runs
+    /// on another stack (a coroutine, a signal stack): the caller then uses the system unwinder.
     #[inline(never)]
-    fn walk_frame_pointers(&mut self, depth: usize, mut fp: usize) -> bool {
+    fn walk_frame_pointers(&mut self, depth: usize, mut fp: usize) -> Walked {
         let (low_bound, high) = stack_bounds();
         let sp = stack_pointer();
         if sp < low_bound || sp >= high {
-            return false;
+            return Walked::Fallback;
         }
         while fp >= sp && fp.is_multiple_of(8) && fp.saturating_add(16) <= high {
             // SAFETY: `fp..fp + 16` lies between the stack pointer and the top of this thread's own stack,
@@ -278,7 +460,7 @@ impl Stack {
             }
             fp = next;
         }
-        true
+        Walked::Done
     }
 
     pub(crate) fn frames(&self) -> &[usize] {
@@ -290,11 +472,18 @@ impl Stack {
     pub(crate) fn truncated(&self) -> bool {
         self.truncated
     }
+}
 
-    /// A hash of the frames and the truncation mark, for the bucket table.
-    pub(crate) fn hash(&self) -> u64 {
-        hash_frames(self.frames(), self.truncated)
-    }
+/// How a walk ended.
+enum Walked {
+    /// The stack is captured.
+    Done,
+    /// Nothing is captured: the system unwinder must walk the stack.
+    Fallback,
+    /// Nothing is captured: the cached DWARF walk needed a rule, and the thread has not the stack left to
+    /// compute it.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+    NoRoom,
 }
 
 /// FNV-1a over the frame addresses, folded with a final mix so that the low bits pick stripes evenly.
@@ -365,7 +554,7 @@ mod tests {
         let entry = probe as fn(usize) -> _ as usize;
         let mut cached = Stack::empty();
         assert!(
-            cached.walk_cached_dwarf(depth, entry),
+            matches!(cached.walk_cached_dwarf(depth, entry, true), Walked::Done),
             "the cached walk fell back to the system unwinder"
         );
         let mut system = Stack::empty();

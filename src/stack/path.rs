@@ -106,8 +106,12 @@ fn probe_realloc() {
 
 /// Called by the allocator for a probe's allocation, inside the profiler guard: unwinds from the caller of
 /// the function at `entry` (the allocator's entry point) to the probe, and adds the frames in between to the
-/// path.
+/// path. Learns nothing when the thread's stack has no room for the system unwinder (only possible where the
+/// process constructor did not run, and the first sampled allocation is deep in its thread's stack).
 pub(crate) fn record_probe(entry: usize) {
+    if !super::Room::here().fits_system_unwinder() {
+        return;
+    }
     let probes = [
         probe_alloc as fn() as usize,
         probe_alloc_zeroed as fn() as usize,

@@ -14,7 +14,7 @@ use super::{Lock, STRIPES, Weight, WordHasher, bump};
 use crate::labels::LabelSet;
 use crate::lock;
 use crate::shard::{self, Padded, SHARDS};
-use crate::stack::Stack;
+use crate::stack::hash_frames;
 
 /// Default cap on the number of buckets (distinct stacks), about 40 MiB of table at the default depth.
 pub const DEFAULT_MAX_BUCKETS: usize = 65_536;
@@ -160,10 +160,17 @@ static OVERFLOW: Lock<Counts> = Lock::new(Counts {
     inuse_space: 0,
 });
 
-/// Adds a sampled allocation to the bucket of `stack` and `labels`, creating the bucket if needed. Must run
-/// inside the profiler guard (it may allocate).
-pub(crate) fn record_alloc(stack: &Stack, labels: LabelSet, weight: Weight) -> BucketId {
-    let hash = stack.hash() ^ u64::from(labels.id()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+/// Adds a sampled allocation to the bucket of its stack (`frames`, innermost first, and whether they were cut
+/// at the maximum depth; no frames for a stack not captured) and `labels`, creating the bucket if needed.
+/// Must run inside the profiler guard (it may allocate).
+pub(crate) fn record_alloc(
+    frames: &[usize],
+    truncated: bool,
+    labels: LabelSet,
+    weight: Weight,
+) -> BucketId {
+    let hash =
+        hash_frames(frames, truncated) ^ u64::from(labels.id()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let stripe_no =
         (hash as usize).wrapping_add(shard::index() * (STRIPES / SHARDS)) & (STRIPES - 1);
     let line = &TABLE[stripe_no].0;
@@ -171,10 +178,7 @@ pub(crate) fn record_alloc(stack: &Stack, labels: LabelSet, weight: Weight) -> B
     bump(&line.samples, 1);
     let mut slot = stripe.index.get(&hash).copied().unwrap_or(u32::MAX);
     while let Some(bucket) = stripe.buckets.get_mut(slot as usize) {
-        if bucket.labels == labels
-            && bucket.truncated == stack.truncated()
-            && *bucket.frames == *stack.frames()
-        {
+        if bucket.labels == labels && bucket.truncated == truncated && *bucket.frames == *frames {
             bucket.counts.add(weight);
             return BucketId::new(stripe_no, slot as usize);
         }
@@ -198,17 +202,14 @@ pub(crate) fn record_alloc(stack: &Stack, labels: LabelSet, weight: Weight) -> B
     let mut counts = Counts::default();
     counts.add(weight);
     stripe.buckets.push(Bucket {
-        frames: stack.frames().into(),
-        truncated: stack.truncated(),
+        frames: frames.into(),
+        truncated,
         labels,
         next,
         counts,
     });
     // The bucket's frames, and what the stripe's index and vector grew by (with their spare capacity).
-    TABLE_BYTES.fetch_add(
-        size_of_val(stack.frames()) + allocated(&stripe) - before,
-        Relaxed,
-    );
+    TABLE_BYTES.fetch_add(size_of_val(frames) + allocated(&stripe) - before, Relaxed);
     BucketId::new(stripe_no, index)
 }
 
@@ -538,7 +539,6 @@ pub(crate) fn table_stats() -> TableStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stack::hash_frames;
 
     #[test]
     fn bucket_ids_round_trip() {
