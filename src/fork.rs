@@ -33,7 +33,7 @@ extern "C" fn before_fork() {
     crate::pprof::hold_locks();
     crate::labels::hold_locks();
     // Its holder takes the peak's lock and table locks.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", unix))]
     crate::stack::spare::hold_lock();
     crate::peak::hold_locks();
     crate::table::hold_locks();
@@ -44,7 +44,7 @@ extern "C" fn after_fork() {
     unsafe {
         crate::table::release_locks();
         crate::peak::release_locks();
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(all(target_arch = "x86_64", unix))]
         crate::stack::spare::release_lock();
         crate::labels::release_locks();
         crate::pprof::release_locks();

@@ -68,7 +68,7 @@ pub enum Unwinder {
     /// allocation 32 frames deep. On x86_64 Linux (glibc); elsewhere, for frames the table cannot describe
     /// (signal trampolines, rules given by DWARF expressions) and for code running on another stack than its
     /// thread's, the system unwinder (libgcc's `_Unwind_Backtrace`, through the `backtrace` crate, about
-    /// 150 ns per frame) unwinds the whole stack. The default.
+    /// 150 ns per frame) unwinds the whole stack. The default, except on Apple's systems.
     Dwarf,
     /// Walks the chain of saved frame pointers: a few nanoseconds per frame, but right only for code built
     /// with frame pointers (`RUSTFLAGS="-C force-frame-pointers=yes"`; the standard library too, with
@@ -76,13 +76,22 @@ pub enum Unwinder {
     /// thread's stack bounds before it is read, so code without frame pointers gives short stacks (shown as
     /// `[stack not captured]` when nothing of the program is left), never a crash. Code running on another
     /// stack than its thread's (coroutines) is unwound with [`Unwinder::Dwarf`]. Only on x86_64 and aarch64;
-    /// elsewhere [`Unwinder::Dwarf`] is used.
+    /// elsewhere [`Unwinder::Dwarf`] is used. The default on Apple's systems, whose ABI keeps frame pointers
+    /// in all code, the system's libraries included.
     FramePointer,
 }
 
-static UNWINDER: AtomicU8 = AtomicU8::new(0);
+static UNWINDER: AtomicU8 = AtomicU8::new(DEFAULT_UNWINDER as u8);
 
-/// Chooses how stacks are captured from now on (see [`Unwinder`]); [`Unwinder::Dwarf`] by default.
+/// Frame pointers where the platform's ABI guarantees them (Apple's), DWARF elsewhere.
+const DEFAULT_UNWINDER: Unwinder = if cfg!(target_vendor = "apple") {
+    Unwinder::FramePointer
+} else {
+    Unwinder::Dwarf
+};
+
+/// Chooses how stacks are captured from now on (see [`Unwinder`]); [`Unwinder::Dwarf`] by default
+/// ([`Unwinder::FramePointer`] on Apple's systems).
 pub fn set_unwinder(unwinder: Unwinder) {
     UNWINDER.store(unwinder as u8, Relaxed);
 }
@@ -133,6 +142,7 @@ fn remember_bounds(bounds: Option<(usize, usize)>) -> (usize, usize) {
 /// constructor calls it, so that the main thread's bounds, the costly ones (glibc parses /proc/self/maps with
 /// `sscanf`), are read on the constructor's short stack rather than by a sample taken deep in the program,
 /// and without the spare stack. Must run inside the profiler guard.
+#[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
 pub(crate) fn read_bounds_early() {
     if known_bounds().is_none() {
         remember_bounds(read_stack_bounds());
