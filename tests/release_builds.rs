@@ -375,12 +375,7 @@ fn stacks_with(p: &Profile, names: &HashMap<u64, Named>) -> Vec<Stack> {
 
 /// `(p_offset, p_vaddr)` of the executable `PT_LOAD` segment of `elf`, from `readelf -lW`.
 fn executable_segment(elf: &Path) -> (u64, u64) {
-    let out = Command::new("readelf")
-        .arg("-lW")
-        .arg(elf)
-        .output()
-        .expect("readelf (binutils) runs");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = common::readelf("-lW", elf);
     text.lines()
         .find_map(|line| {
             // `LOAD 0x0344f0 0x00000000000354f0 0x... filesz memsz R E 0x1000`: the flags are the fields
@@ -397,12 +392,7 @@ fn executable_segment(elf: &Path) -> (u64, u64) {
 
 /// The allocated sections of `elf` as `readelf -SW` lists them (name, type, address, offset, size, flags).
 fn allocated_sections(elf: &Path) -> Vec<String> {
-    let out = Command::new("readelf")
-        .arg("-SW")
-        .arg(elf)
-        .output()
-        .expect("readelf (binutils) runs");
-    String::from_utf8_lossy(&out.stdout)
+    common::readelf("-SW", elf)
         .lines()
         .filter_map(|line| {
             let (_, rest) = line.split_once(']')?;

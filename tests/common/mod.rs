@@ -26,14 +26,19 @@ pub fn decode(gzipped: &[u8]) -> Profile {
     Profile::decode(raw.as_slice()).expect("profile decodes as profile.proto")
 }
 
-/// The GNU build ID of the ELF file at `path`, as `readelf -n` (binutils) prints it.
-pub fn readelf_build_id(path: &std::path::Path) -> String {
+/// What `readelf OPTION path` (binutils) prints.
+pub fn readelf(option: &str, path: &std::path::Path) -> String {
     let out = Command::new("readelf")
-        .arg("-n")
+        .arg(option)
         .arg(path)
         .output()
         .expect("readelf (binutils) runs");
-    let notes = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The GNU build ID of the ELF file at `path`, as `readelf -n` prints it.
+pub fn readelf_build_id(path: &std::path::Path) -> String {
+    let notes = readelf("-n", path);
     notes
         .lines()
         .find_map(|l| l.trim().strip_prefix("Build ID: "))
