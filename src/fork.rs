@@ -2,11 +2,13 @@
 
 use std::sync::Once;
 
+use crate::lock::{AnyLock, Rank};
+
 /// `Once` waits on a futex: no thread-local, no allocation, so it is usable inside the allocator.
 static FORK_HANDLERS: Once = Once::new();
 
-/// Registers the `fork` handlers once: before a fork, the forking thread takes every profiler lock (as glibc
-/// does for malloc's arenas), so that the child never inherits a lock held by a thread it does not have, and
+/// Registers the `fork` handlers once: before a fork, the forking thread takes every profiler lock, in rank
+/// order (see [`crate::lock::Rank`]), as glibc does for malloc's arenas, so that the child never inherits a lock held by a thread it does not have, and
 /// a half-updated table. Both sides release them after the fork. Called by the process constructor (see
 /// [`crate::config`]), before `main`, and by every sampled allocation in case constructors did not run.
 pub(crate) fn register_fork_handlers() {
@@ -28,26 +30,38 @@ pub(crate) fn register_fork_handlers() {
 
 extern "C" fn before_fork() {
     crate::sampler::Guard::hold_across_fork();
-    // In the order every other path takes them: the dump lock, the label registry, the spare stack, the peak,
-    // the tables.
-    crate::pprof::hold_locks();
-    crate::labels::hold_locks();
-    // Its holder takes the peak's lock and table locks.
-    #[cfg(all(target_arch = "x86_64", unix))]
-    crate::stack::spare::hold_lock();
-    crate::peak::hold_locks();
-    crate::table::hold_locks();
+    for rank in Rank::ALL {
+        locks_of(rank, &mut |lock| lock.hold());
+    }
 }
 
 extern "C" fn after_fork() {
-    // SAFETY: this thread took these locks in `before_fork`, or is the child's only thread.
-    unsafe {
-        crate::table::release_locks();
-        crate::peak::release_locks();
-        #[cfg(all(target_arch = "x86_64", unix))]
-        crate::stack::spare::release_lock();
-        crate::labels::release_locks();
-        crate::pprof::release_locks();
+    for rank in Rank::ALL.into_iter().rev() {
+        // SAFETY: this thread took these locks in `before_fork`, or is the child's only thread.
+        locks_of(rank, &mut |lock| unsafe { lock.release() });
     }
     crate::sampler::Guard::release_after_fork();
+}
+
+/// Shows `f` every profiler lock of `rank`: the one list of the locks, by rank, that the handlers take.
+fn locks_of(rank: Rank, f: &mut dyn FnMut(&'static dyn AnyLock)) {
+    match rank {
+        Rank::Dump => f(crate::pprof::dump_lock()),
+        // Apple's mappings keep no lock of their own.
+        Rank::MappingFiles => {
+            #[cfg(not(target_vendor = "apple"))]
+            f(crate::pprof::mappings::files_lock());
+        }
+        Rank::SymbolCache => f(crate::pprof::symbols::cache_lock()),
+        Rank::LabelRegistry => f(crate::labels::registry_lock()),
+        // Only where there is a spare stack.
+        Rank::SpareStack => {
+            #[cfg(all(target_arch = "x86_64", unix))]
+            f(crate::stack::spare::lock());
+        }
+        Rank::Peak => f(crate::peak::peak_lock()),
+        Rank::BucketStripe => crate::table::buckets::stripe_locks().for_each(f),
+        Rank::BucketOverflow => f(crate::table::buckets::overflow_lock()),
+        Rank::LiveStripe => crate::table::live::stripe_locks().for_each(f),
+    }
 }

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::hash::DefaultHasher;
 use std::sync::Arc;
 
-use crate::lock::{self, Lock};
+use crate::lock::{AnyLock, Lock, Rank};
 use crate::sampler::Guard;
 
 /// Default cap on the number of distinct label sets (see [`set_max_label_sets`]).
@@ -54,10 +54,13 @@ struct Registry {
 }
 
 /// Only taken outside the allocator: by scope entries that intern a set, and by dumps.
-static REGISTRY: Lock<Registry> = Lock::new(Registry {
-    sets: Vec::new(),
-    ids: HashMap::with_hasher(BuildHasherDefault::new()),
-});
+static REGISTRY: Lock<Registry> = Lock::new(
+    Rank::LabelRegistry,
+    Registry {
+        sets: Vec::new(),
+        ids: HashMap::with_hasher(BuildHasherDefault::new()),
+    },
+);
 
 /// Sets the cap on the number of distinct label sets kept (default [`DEFAULT_MAX_LABEL_SETS`]). Interned sets
 /// live as long as the process, so labels should take a bounded number of values (an endpoint, a tenant, a
@@ -309,18 +312,9 @@ pub(crate) fn dropped_samples() -> u64 {
     DROPPED_SAMPLES.load(Relaxed)
 }
 
-/// Takes the registry's lock (see [`crate::fork::register_fork_handlers`]).
-pub(crate) fn hold_locks() {
-    lock::hold(&REGISTRY);
-}
-
-/// Releases the lock taken by [`hold_locks`].
-///
-/// # Safety
-/// As [`crate::lock::release`].
-pub(crate) unsafe fn release_locks() {
-    // SAFETY: forwarded from this function's contract.
-    unsafe { lock::release(&REGISTRY) }
+/// The registry's lock, for the `fork` handlers.
+pub(crate) fn registry_lock() -> &'static dyn AnyLock {
+    &REGISTRY
 }
 
 #[cfg(test)]

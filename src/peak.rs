@@ -34,7 +34,7 @@ use std::borrow::Cow;
 use std::path::Path;
 
 use crate::Error;
-use crate::lock::{self, Lock};
+use crate::lock::{AnyLock, Lock, Rank};
 use crate::pprof::{self, Dump};
 use crate::report::human_bytes;
 use crate::stack::spare;
@@ -58,10 +58,13 @@ struct Peak {
 
 /// Taken by the allocator's slow path (a free that ends a peak) and by dumps, never while a table lock is held;
 /// table stripes are taken under it.
-static PEAK: Lock<Peak> = Lock::new(Peak {
-    copy: CountsCopy::new(),
-    time_nanos: 0,
-});
+static PEAK: Lock<Peak> = Lock::new(
+    Rank::Peak,
+    Peak {
+        copy: CountsCopy::new(),
+        time_nanos: 0,
+    },
+);
 
 /// After a sampled allocation: `inuse` is the estimated in-use bytes with it.
 pub(crate) fn after_alloc(inuse: u64) {
@@ -194,16 +197,7 @@ fn profile() -> Result<Dump, Error> {
     })
 }
 
-/// Takes the peak's lock (see [`crate::fork::register_fork_handlers`]).
-pub(crate) fn hold_locks() {
-    lock::hold(&PEAK);
-}
-
-/// Releases the lock taken by [`hold_locks`].
-///
-/// # Safety
-/// As [`crate::lock::release`].
-pub(crate) unsafe fn release_locks() {
-    // SAFETY: forwarded from this function's contract.
-    unsafe { lock::release(&PEAK) }
+/// The peak's lock, for the `fork` handlers.
+pub(crate) fn peak_lock() -> &'static dyn AnyLock {
+    &PEAK
 }

@@ -11,7 +11,7 @@ mod proc_maps;
 #[cfg(target_vendor = "apple")]
 pub(crate) use dyld::read;
 #[cfg(not(target_vendor = "apple"))]
-pub(crate) use proc_maps::read;
+pub(crate) use proc_maps::{files_lock, read};
 
 /// One executable mapping of the process.
 #[derive(Clone, Debug, PartialEq, Eq)]

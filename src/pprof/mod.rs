@@ -11,28 +11,19 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 
 use crate::Error;
-use crate::lock::{self, Lock};
+use crate::lock::{AnyLock, Lock, Rank};
 use crate::sampler::{self, Guard};
 use crate::table::buckets::{self, Snapshot};
 pub(crate) use builder::Dump;
 use symbols::Resolved;
 
 /// Dumps run one at a time: they share the symbol and build-ID caches, which only they lock.
-static DUMP: Lock<()> = Lock::new(());
+static DUMP: Lock<()> = Lock::new(Rank::Dump, ());
 
-/// Waits for a dump in progress to end and keeps others from starting (see
-/// [`crate::fork::register_fork_handlers`]): the caches are only used under this lock.
-pub(crate) fn hold_locks() {
-    lock::hold(&DUMP);
-}
-
-/// Releases the lock taken by [`hold_locks`].
-///
-/// # Safety
-/// As [`crate::lock::release`].
-pub(crate) unsafe fn release_locks() {
-    // SAFETY: forwarded from this function's contract.
-    unsafe { lock::release(&DUMP) }
+/// The dump lock, for the `fork` handlers: holding it waits for a dump in progress to end and keeps others
+/// from starting.
+pub(crate) fn dump_lock() -> &'static dyn AnyLock {
+    &DUMP
 }
 
 /// Runs `f` on the symbolized bucket table, inside the profiler guard (nothing it allocates is sampled) and

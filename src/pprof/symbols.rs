@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use super::mappings::{self, MappingInfo};
 use crate::labels::LabelSet;
-use crate::lock::Lock;
+use crate::lock::{AnyLock, Lock, Rank};
 use crate::stack::path;
 use crate::table::buckets::{BucketSnapshot, Counts, Snapshot};
 use crate::table::{WordHasher, hash_map_bytes, table_bytes};
@@ -154,7 +154,12 @@ impl Cache {
     }
 }
 
-static CACHE: Lock<Option<Cache>> = Lock::new(None);
+static CACHE: Lock<Option<Cache>> = Lock::new(Rank::SymbolCache, None);
+
+/// The symbol cache's lock, for the `fork` handlers.
+pub(crate) fn cache_lock() -> &'static dyn AnyLock {
+    &CACHE
+}
 static CACHE_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// Bytes held by the symbol cache, for [`crate::Stats::profiler_bytes`].

@@ -16,7 +16,7 @@ mod imp {
         AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
     };
 
-    use crate::lock::{self, Lock};
+    use crate::lock::{AnyLock, Lock, Rank};
 
     /// Bytes of the spare stack: several times what the recording of a sample needs in an unoptimized build,
     /// so that a signal handler that interrupts it has room too.
@@ -26,7 +26,7 @@ mod imp {
     static TOP: AtomicUsize = AtomicUsize::new(0);
 
     /// Held by the thread running on the spare stack.
-    static IN_USE: Lock<()> = Lock::new(());
+    static IN_USE: Lock<()> = Lock::new(Rank::SpareStack, ());
 
     /// The top of the spare stack, mapped on the first call.
     fn top() -> Option<usize> {
@@ -123,15 +123,9 @@ mod imp {
         f();
     }
 
-    pub(crate) fn hold_lock() {
-        lock::hold(&IN_USE);
-    }
-
-    /// # Safety
-    /// As [`lock::release`].
-    pub(crate) unsafe fn release_lock() {
-        // SAFETY: forwarded from this function's contract.
-        unsafe { lock::release(&IN_USE) };
+    /// The spare stack's lock, for the `fork` handlers.
+    pub(crate) fn lock() -> &'static dyn AnyLock {
+        &IN_USE
     }
 }
 
@@ -143,6 +137,6 @@ mod imp {
     }
 }
 
-pub(crate) use imp::run;
 #[cfg(all(target_arch = "x86_64", unix))]
-pub(crate) use imp::{hold_lock, release_lock};
+pub(crate) use imp::lock;
+pub(crate) use imp::run;

@@ -10,9 +10,9 @@ use core::hash::BuildHasherDefault;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::collections::HashMap;
 
-use super::{Lock, STRIPES, Weight, WordHasher, bump};
+use super::{Lock, Rank, STRIPES, Weight, WordHasher, bump};
 use crate::labels::LabelSet;
-use crate::lock;
+use crate::lock::AnyLock;
 use crate::shard::{self, Padded, SHARDS};
 use crate::stack::hash_frames;
 
@@ -141,10 +141,13 @@ struct StripeLine {
 
 static TABLE: [Padded<StripeLine>; STRIPES] = [const {
     Padded(StripeLine {
-        stripe: Lock::new(Stripe {
-            index: HashMap::with_hasher(BuildHasherDefault::new()),
-            buckets: Vec::new(),
-        }),
+        stripe: Lock::new(
+            Rank::BucketStripe,
+            Stripe {
+                index: HashMap::with_hasher(BuildHasherDefault::new()),
+                buckets: Vec::new(),
+            },
+        ),
         samples: AtomicU64::new(0),
     })
 }; STRIPES];
@@ -153,12 +156,15 @@ fn stripes() -> impl Iterator<Item = &'static Lock<Stripe>> {
     TABLE.iter().map(|line| &line.0.stripe)
 }
 
-static OVERFLOW: Lock<Counts> = Lock::new(Counts {
-    alloc_objects: 0,
-    alloc_space: 0,
-    inuse_objects: 0,
-    inuse_space: 0,
-});
+static OVERFLOW: Lock<Counts> = Lock::new(
+    Rank::BucketOverflow,
+    Counts {
+        alloc_objects: 0,
+        alloc_space: 0,
+        inuse_objects: 0,
+        inuse_space: 0,
+    },
+);
 
 /// Adds a sampled allocation to the bucket of its stack (`frames`, innermost first, and whether they were cut
 /// at the maximum depth; no frames for a stack not captured) and `labels`, creating the bucket if needed.
@@ -230,19 +236,14 @@ pub(crate) fn record_free(id: BucketId, weight: Weight) {
     }
 }
 
-pub(super) fn hold_locks() {
-    stripes().for_each(lock::hold);
-    lock::hold(&OVERFLOW);
+/// The locks of the table's stripes, for the `fork` handlers.
+pub(crate) fn stripe_locks() -> impl Iterator<Item = &'static dyn AnyLock> {
+    stripes().map(|stripe| stripe as &dyn AnyLock)
 }
 
-/// # Safety
-/// As [`lock::release`].
-pub(super) unsafe fn release_locks() {
-    // SAFETY: forwarded from this function's contract.
-    unsafe {
-        lock::release(&OVERFLOW);
-        stripes().for_each(|stripe| lock::release(stripe));
-    }
+/// The overflow bucket's lock, for the `fork` handlers.
+pub(crate) fn overflow_lock() -> &'static dyn AnyLock {
+    &OVERFLOW
 }
 
 /// A copy of one bucket, in a [`Snapshot`] that holds its frames.

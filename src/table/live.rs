@@ -19,8 +19,8 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use hashbrown::HashTable;
 
 use super::buckets::BucketId;
-use super::{Lock, STRIPES, Weight, bump};
-use crate::lock;
+use super::{Lock, Rank, STRIPES, Weight, bump};
+use crate::lock::AnyLock;
 use crate::shard::Padded;
 
 /// Pointers in one 2^22-byte (4 MiB) region of the address space share a stripe.
@@ -66,7 +66,7 @@ struct Stripe {
 
 static LIVE: [Padded<Stripe>; STRIPES] = [const {
     Padded(Stripe {
-        table: Lock::new(HashTable::new()),
+        table: Lock::new(Rank::LiveStripe, HashTable::new()),
         live: AtomicU64::new(0),
         sampled_frees: AtomicU64::new(0),
         false_positives: AtomicU64::new(0),
@@ -151,6 +151,7 @@ pub(crate) fn insert(ptr: *mut u8, entry: LiveEntry) {
 /// slots all belong to that one stripe, so no other thread writes the word meanwhile: a plain load and store,
 /// without a locked instruction, is enough.
 fn set_filter_bit(slot: usize, set: bool) {
+    debug_assert!(crate::lock::holds(Rank::LiveStripe));
     let word = &FILTER[slot / 64];
     let bit = 1 << (slot % 64);
     let old = word.load(Relaxed);
@@ -192,18 +193,9 @@ pub(crate) fn false_positives() -> u64 {
     sum(|stripe| &stripe.false_positives)
 }
 
-pub(super) fn hold_locks() {
-    LIVE.iter().for_each(|stripe| lock::hold(&stripe.0.table));
-}
-
-/// # Safety
-/// As [`lock::release`].
-pub(super) unsafe fn release_locks() {
-    // SAFETY: forwarded from this function's contract.
-    unsafe {
-        LIVE.iter()
-            .for_each(|stripe| lock::release(&stripe.0.table))
-    }
+/// The locks of the table's stripes, for the `fork` handlers.
+pub(crate) fn stripe_locks() -> impl Iterator<Item = &'static dyn AnyLock> {
+    LIVE.iter().map(|stripe| &stripe.0.table as &dyn AnyLock)
 }
 
 /// Bytes the live tables have allocated: their entries and spare capacity (they grow, and do not shrink).

@@ -7,7 +7,7 @@
 pub(crate) mod buckets;
 pub(crate) mod live;
 
-use crate::lock::Lock;
+use crate::lock::{Lock, Rank};
 
 /// A hasher for the tables' keys, single machine words (pointers, stack hashes): one multiply, no SipHash
 /// rounds. The keys are not chosen by an adversary.
@@ -53,6 +53,10 @@ pub(crate) fn hash_map_bytes<K, V, S>(map: &std::collections::HashMap<K, V, S>) 
 /// without the lock: a plain load and store, no locked instruction.
 fn bump(count: &core::sync::atomic::AtomicU64, delta: u64) {
     use core::sync::atomic::Ordering::Relaxed;
+    debug_assert!(
+        crate::lock::holds(Rank::BucketStripe) || crate::lock::holds(Rank::LiveStripe),
+        "a stripe's count changed without its lock"
+    );
     count.store(count.load(Relaxed).wrapping_add(delta), Relaxed);
 }
 
@@ -64,24 +68,6 @@ const STRIPES: usize = 64;
 /// rate 2 weighs 2.54 bytes, not 3), and in-use counts must return to exactly zero when every sampled
 /// allocation is freed, so weights are kept to 2^-32 and added and subtracted as integers.
 pub(crate) const UNITS: f64 = (1u64 << 32) as f64;
-
-/// Takes every lock of both tables (see [`crate::fork::register_fork_handlers`]).
-pub(crate) fn hold_locks() {
-    buckets::hold_locks();
-    live::hold_locks();
-}
-
-/// Releases the locks taken by [`hold_locks`].
-///
-/// # Safety
-/// As [`crate::lock::release`]: this thread took them with [`hold_locks`], or is the only thread left.
-pub(crate) unsafe fn release_locks() {
-    // SAFETY: forwarded from this function's contract.
-    unsafe {
-        live::release_locks();
-        buckets::release_locks();
-    }
-}
 
 /// What one sampled allocation adds to its bucket, and subtracts again when it is freed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use core::sync::atomic::Ordering::Relaxed;
 use object::{Object, ObjectSegment};
 
 use super::{CACHE_BYTES, MappingInfo};
-use crate::lock::Lock;
+use crate::lock::{AnyLock, Lock, Rank};
 
 /// What is read once per file: its build ID and its executable loadable segments (`p_offset`, `p_vaddr`,
 /// `p_filesz`).
@@ -32,7 +32,12 @@ impl FileInfo {
 }
 
 /// Build IDs and segments by path, read once per file. Only locked under the dump lock.
-static FILES: Lock<Option<HashMap<String, FileInfo>>> = Lock::new(None);
+static FILES: Lock<Option<HashMap<String, FileInfo>>> = Lock::new(Rank::MappingFiles, None);
+
+/// The lock of the files' build IDs and segments, for the `fork` handlers.
+pub(crate) fn files_lock() -> &'static dyn AnyLock {
+    &FILES
+}
 
 const DELETED: &str = " (deleted)";
 
