@@ -6,8 +6,9 @@ use core::alloc::{GlobalAlloc, Layout};
 use crate::labels::{self, LabelSet};
 use crate::sampler::{self, DEFAULT_SAMPLE_RATE, Guard};
 use crate::stack::{self, Room, Stack, path, spare};
+use crate::table::peak;
 use crate::table::{Weight, buckets, live};
-use crate::{peak, totals};
+use crate::totals;
 
 /// A global allocator that samples the allocations of an inner allocator into a heap profile.
 ///

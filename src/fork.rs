@@ -59,7 +59,7 @@ fn locks_of(rank: Rank, f: &mut dyn FnMut(&'static dyn AnyLock)) {
             #[cfg(all(target_arch = "x86_64", unix))]
             f(crate::stack::spare::lock());
         }
-        Rank::Peak => f(crate::peak::peak_lock()),
+        Rank::Peak => f(crate::table::peak::peak_lock()),
         Rank::BucketStripe => crate::table::buckets::stripe_locks().for_each(f),
         Rank::BucketOverflow => f(crate::table::buckets::overflow_lock()),
         Rank::LiveStripe => crate::table::live::stripe_locks().for_each(f),

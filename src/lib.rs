@@ -347,8 +347,8 @@ pub fn stats() -> Stats {
         inuse_objects: heap.inuse_objects,
         alloc_bytes: heap.alloc_bytes,
         alloc_objects: heap.alloc_objects,
-        peak_inuse_bytes: peak::highest(),
-        peak_copies: peak::copies(),
+        peak_inuse_bytes: table::peak::highest(),
+        peak_copies: table::peak::copies(),
         samples: table.samples,
         live_samples,
         buckets: table.buckets,
@@ -358,7 +358,7 @@ pub fn stats() -> Stats {
             + table::live::table_bytes()
             + table::live::FILTER_BYTES
             + labels::label_bytes()
-            + peak::copy_bytes()
+            + table::peak::copy_bytes()
             + pprof::symbols::cache_bytes()
             + pprof::mappings::cache_bytes(),
         overflow_samples: table.overflow_samples,

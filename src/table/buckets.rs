@@ -444,7 +444,7 @@ pub(crate) fn count() -> usize {
     BUCKETS.load(Relaxed) + 1
 }
 
-/// The counts of every bucket at one moment, without their stacks (see [`crate::peak`]): a flat copy, stripe
+/// The counts of every bucket at one moment, without their stacks (see [`super::peak`]): a flat copy, stripe
 /// by stripe, that reuses its memory when it is taken again.
 #[derive(Clone)]
 pub(crate) struct CountsCopy {

@@ -6,6 +6,7 @@
 
 pub(crate) mod buckets;
 pub(crate) mod live;
+pub(crate) mod peak;
 
 use crate::lock::{Lock, Rank};
 
