@@ -62,9 +62,9 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
             // Before the guard: the probes' allocations must be sampled.
             path::learn();
         }
-        let Some(_guard) = Guard::enter() else { return };
+        let Some(guard) = Guard::enter() else { return };
         if rate == 0 {
-            path::record_probe(entry);
+            path::record_probe(&guard, entry);
             return;
         }
         crate::fork::register_fork_handlers();
@@ -72,16 +72,18 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         let labels = labels::for_sample();
         // This frame stays small: the captured stack lives in the frame of `record_with_stack`, entered only
         // when the walk fits; a sample without its stack is recorded on the spare stack.
-        let room = Room::here();
+        let room = Room::here(&guard);
         if room.fits_walk() {
-            let bucket = record_with_stack(entry, stack::frame_pointer(), room, labels, weight);
-            record_live(ptr, bucket, weight);
+            let bucket =
+                record_with_stack(&guard, entry, stack::frame_pointer(), room, labels, weight);
+            record_live(&guard, ptr, bucket, weight);
         } else {
             stack::note_stackless_sample();
             spare::run(&mut || {
                 record_live(
+                    &guard,
                     ptr,
-                    buckets::record_alloc(&[], false, labels, weight),
+                    buckets::record_alloc(&guard, &[], false, labels, weight),
                     weight,
                 );
             });
@@ -93,9 +95,9 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     #[inline(never)]
     fn untrack(ptr: *mut u8) -> Option<live::LiveEntry> {
         // Inside the guard only the profiler's own memory is freed, and that is never sampled.
-        let _guard = Guard::enter()?;
+        let guard = Guard::enter()?;
         let mut entry = None;
-        stack::with_room_for_free(&mut || entry = live::remove(ptr));
+        stack::with_room_for_free(&guard, &mut || entry = live::remove(&guard, ptr));
         entry
     }
 
@@ -104,9 +106,9 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     #[cold]
     #[inline(never)]
     fn record_free(entry: live::LiveEntry) {
-        if let Some(_guard) = Guard::enter() {
-            stack::with_room_for_free(&mut || {
-                peak::before_free(totals::on_free(entry.weight));
+        if let Some(guard) = Guard::enter() {
+            stack::with_room_for_free(&guard, &mut || {
+                peak::before_free(&guard, totals::on_free(entry.weight));
                 buckets::record_free(entry.bucket, entry.weight);
             });
         }
@@ -116,9 +118,9 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     #[cold]
     #[inline(never)]
     fn retrack(ptr: *mut u8, entry: live::LiveEntry) {
-        if let Some(_guard) = Guard::enter() {
+        if let Some(guard) = Guard::enter() {
             // On the spare stack: the entry may have to grow the table, and a failed reallocation is rare.
-            spare::run(&mut || live::insert(ptr, entry));
+            spare::run(&mut || live::insert(&guard, ptr, entry));
         }
     }
 }
@@ -128,6 +130,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
 /// Not generic, so that one copy serves every inner allocator.
 #[inline(never)]
 fn record_with_stack(
+    guard: &Guard,
     entry: usize,
     entry_frame: usize,
     room: Room,
@@ -135,15 +138,15 @@ fn record_with_stack(
     weight: Weight,
 ) -> buckets::BucketId {
     let mut stack = Stack::empty();
-    if !stack.capture(entry, entry_frame, room) {
+    if !stack.capture(guard, entry, entry_frame, room) {
         stack::note_stackless_sample();
     }
-    buckets::record_alloc(stack.frames(), stack.truncated(), labels, weight)
+    buckets::record_alloc(guard, stack.frames(), stack.truncated(), labels, weight)
 }
 
 /// Enters a sampled allocation recorded in `bucket` in the live table and the heap totals.
-fn record_live(ptr: *mut u8, bucket: buckets::BucketId, weight: Weight) {
-    live::insert(ptr, live::LiveEntry { bucket, weight });
+fn record_live(guard: &Guard, ptr: *mut u8, bucket: buckets::BucketId, weight: Weight) {
+    live::insert(guard, ptr, live::LiveEntry { bucket, weight });
     peak::after_alloc(totals::on_alloc(weight));
 }
 

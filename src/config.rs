@@ -161,10 +161,10 @@ extern "C" fn configure() {
     // First, outside the guard, where the probes' allocations reach the sampler: from here on the
     // profiler's frames are known by address, and whether the allocator is installed is known.
     crate::stack::path::learn();
-    let Some(_guard) = Guard::enter() else { return };
+    let Some(guard) = Guard::enter() else { return };
     // Before any thread but this one exists: no fork can find a profiler lock held from here on.
     crate::fork::register_fork_handlers();
-    crate::stack::read_bounds_early();
+    crate::stack::read_bounds_early(&guard);
     let config = Config::parse(getenv, warn);
     if let Some(rate) = config.rate {
         crate::set_sample_rate(rate);

@@ -73,8 +73,8 @@ impl Delta {
 /// A copy of the bucket table, and when it was complete.
 fn snapshot() -> Result<(Snapshot, Instant), Error> {
     sampler::check_installed()?;
-    let _guard = Guard::enter();
-    let snapshot = buckets::snapshot();
+    let guard = Guard::inside();
+    let snapshot = buckets::snapshot(&guard);
     Ok((snapshot, Instant::now()))
 }
 

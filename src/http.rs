@@ -376,7 +376,7 @@ impl Request {
         let window = window.map(Window::finish).transpose()?;
         let with_resolved = |f: &mut dyn FnMut(&Resolved)| match &window {
             Some(delta) => {
-                pprof::with_buckets(|| (Cow::Borrowed(&delta.buckets), ()), |r, ()| f(&r))
+                pprof::with_buckets(|_| (Cow::Borrowed(&delta.buckets), ()), |r, ()| f(&r))
             }
             None => pprof::with_snapshot(f),
         };

@@ -17,6 +17,7 @@ use std::path::Path;
 use crate::Error;
 use crate::pprof::{self, Dump};
 use crate::report::human_bytes;
+use crate::sampler::Guard;
 use crate::table::{UNITS, peak};
 
 /// The heap profile at the peak of the estimated in-use bytes, as gzip-compressed pprof (`profile.proto`),
@@ -49,10 +50,10 @@ pub fn write_peak_profile(path: impl AsRef<Path>) -> Result<(), Error> {
 
 /// The peak profile, to encode.
 fn profile() -> Result<Dump, Error> {
-    let take_copy = || {
-        let (copy, time_nanos) = peak::kept();
+    let take_copy = |guard: &Guard| {
+        let (copy, time_nanos) = peak::kept(guard);
         (
-            Cow::Owned(copy.snapshot()),
+            Cow::Owned(copy.snapshot(guard)),
             (copy.inuse_space(), time_nanos),
         )
     };

@@ -46,6 +46,7 @@
 //! new `runtime.MemProfileRate` applies from each thread's next sample).
 
 use core::cell::{Cell, UnsafeCell};
+use core::marker::PhantomData;
 use core::sync::atomic::{
     AtomicBool, AtomicU64, AtomicUsize,
     Ordering::{Acquire, Relaxed, Release},
@@ -378,9 +379,25 @@ pub(crate) fn weights(size: usize, rate: usize) -> (f64, f64) {
 /// Marks the current thread as inside the profiler for as long as it lives: its allocations pass straight
 /// through to the inner allocator, unsampled and without touching its countdown, and frees skip the
 /// sampled-pointer lookup (the profiler's own memory is never sampled).
-pub(crate) struct Guard(());
+///
+/// A `&Guard` is the proof that the current thread is inside the profiler: the functions that may allocate
+/// or take a table lock from the allocator's paths take one, so calling them outside does not compile.
+pub(crate) struct Guard {
+    /// Whether this guard entered the profiler, and so leaves it when dropped: false for the proof that
+    /// [`Guard::inside`] gives a thread already inside.
+    entered: bool,
+    /// A guard proves something of its own thread: it stays on it.
+    _thread: PhantomData<*const ()>,
+}
 
 impl Guard {
+    const fn new(entered: bool) -> Guard {
+        Guard {
+            entered,
+            _thread: PhantomData,
+        }
+    }
+
     /// Enters the profiler; `None` if the thread already is inside it (a nested entry must do nothing).
     pub(crate) fn enter() -> Option<Guard> {
         STATE
@@ -392,7 +409,7 @@ impl Guard {
                 state.saved_countdown.set(state.countdown.get());
                 // Every allocation now takes the slow path, which sees the guard.
                 state.countdown.set(-1);
-                Some(Guard(()))
+                Some(Guard::new(true))
             })
             .ok()
             .flatten()
@@ -401,6 +418,9 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        if !self.entered {
+            return;
+        }
         let _ = STATE.try_with(|state| {
             state.countdown.set(state.saved_countdown.get());
             state.guard.set(false);
@@ -409,6 +429,12 @@ impl Drop for Guard {
 }
 
 impl Guard {
+    /// Enters the profiler, or proves that the thread already is inside it (or has lost its thread-local
+    /// state, so that nothing it allocates is sampled either).
+    pub(crate) fn inside() -> Guard {
+        Guard::enter().unwrap_or(Guard::new(false))
+    }
+
     /// Enters the guard for the duration of a `fork`: the forking thread then holds every profiler lock, and
     /// what it allocates meanwhile must not need them.
     pub(crate) fn hold_across_fork() {
@@ -424,7 +450,7 @@ impl Guard {
             .try_with(|state| state.fork_guard.replace(false))
             .unwrap_or(false)
         {
-            drop(Guard(()));
+            drop(Guard::new(true));
         }
     }
 }

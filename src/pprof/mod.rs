@@ -36,9 +36,10 @@ pub(crate) fn with_snapshot<R>(f: impl FnOnce(&Resolved) -> R) -> Result<R, Erro
 /// read a stripe at a time (see [`buckets::for_each_stripe`]): what is held is what was resolved from it,
 /// never a copy of all of its stacks.
 fn with_table<R>(f: impl FnOnce(Resolved) -> R) -> Result<R, Error> {
-    dumping(|| {
-        let resolved =
-            symbols::resolve_parts(buckets::count(), &mut |f| buckets::for_each_stripe(f));
+    dumping(|guard| {
+        let resolved = symbols::resolve_parts(guard, buckets::count(), &mut |f| {
+            buckets::for_each_stripe(guard, f)
+        });
         f(resolved)
     })
 }
@@ -46,12 +47,12 @@ fn with_table<R>(f: impl FnOnce(Resolved) -> R) -> Result<R, Error> {
 /// Runs `f` on the symbolized buckets that `take` returns (a snapshot, the difference of two, the copy at
 /// the peak), with what else it returns; both inside the profiler guard and under the dump lock.
 pub(crate) fn with_buckets<'a, T, R>(
-    take: impl FnOnce() -> (Cow<'a, Snapshot>, T),
+    take: impl FnOnce(&Guard) -> (Cow<'a, Snapshot>, T),
     f: impl FnOnce(Resolved, T) -> R,
 ) -> Result<R, Error> {
-    dumping(|| {
-        let (buckets, extra) = take();
-        let resolved = symbols::resolve(&buckets);
+    dumping(|guard| {
+        let (buckets, extra) = take(guard);
+        let resolved = symbols::resolve(guard, &buckets);
         // A copy made for this dump is not needed any more: gone before the profile is built.
         drop(buckets);
         f(resolved, extra)
@@ -61,15 +62,15 @@ pub(crate) fn with_buckets<'a, T, R>(
 /// The function names of `addresses`, for pprof's remote symbolization (see
 /// [`crate::http::symbol`]).
 pub(crate) fn function_names(addresses: &[u64]) -> Result<Vec<(u64, std::sync::Arc<str>)>, Error> {
-    dumping(|| symbols::function_names(addresses))
+    dumping(|guard| symbols::function_names(guard, addresses))
 }
 
 /// Runs `f` inside the profiler guard and under the dump lock, if the profiler is installed.
-fn dumping<R>(f: impl FnOnce() -> R) -> Result<R, Error> {
+fn dumping<R>(f: impl FnOnce(&Guard) -> R) -> Result<R, Error> {
     sampler::check_installed()?;
-    let _guard = Guard::enter();
+    let guard = Guard::inside();
     let _dump = DUMP.lock();
-    Ok(f())
+    Ok(f(&guard))
 }
 
 /// The time now, in nanoseconds since the Unix epoch, as pprof's `time_nanos`.
@@ -87,7 +88,7 @@ pub(crate) fn profile() -> Result<Dump, Error> {
 /// The profile of `buckets` (e.g. the difference of two snapshots), to [`encode`].
 pub(crate) fn profile_of(buckets: &Snapshot) -> Result<Dump, Error> {
     with_buckets(
-        || (Cow::Borrowed(buckets), ()),
+        |_| (Cow::Borrowed(buckets), ()),
         |resolved, ()| build(resolved, now_nanos(), &[version_comment()]),
     )
 }

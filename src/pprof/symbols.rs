@@ -21,6 +21,7 @@ use std::sync::Arc;
 use super::mappings::{self, MappingInfo};
 use crate::labels::LabelSet;
 use crate::lock::{AnyLock, Lock, Rank};
+use crate::sampler::Guard;
 use crate::stack::path;
 use crate::table::buckets::{BucketSnapshot, Counts, Snapshot};
 use crate::table::{WordHasher, hash_map_bytes, table_bytes};
@@ -340,22 +341,22 @@ fn program(frames: &[usize]) -> &[usize] {
 /// Shows buckets, part after part, to the callback it is given (see [`resolve_parts`]).
 pub(crate) type Visit<'a> = dyn FnMut(&mut dyn FnMut(&Snapshot)) + 'a;
 
-/// Symbolizes the buckets of `snapshot` (see [`resolve_parts`]). Must run inside the profiler guard.
-pub(crate) fn resolve(snapshot: &Snapshot) -> Resolved {
-    resolve_parts(snapshot.len(), &mut |f| f(snapshot))
+/// Symbolizes the buckets of `snapshot` (see [`resolve_parts`]), inside the profiler guard.
+pub(crate) fn resolve(guard: &Guard, snapshot: &Snapshot) -> Resolved {
+    resolve_parts(guard, snapshot.len(), &mut |f| f(snapshot))
 }
 
 /// Symbolizes the buckets that `visit` shows its callback, part after part (the table's stripes, one at a
 /// time, so that no copy of the whole table is held): one location per distinct return address (and per
 /// count of standard library frames dropped from it), one sample per distinct stack and label set, with room
-/// made for `samples` samples at once. Must run inside the profiler guard.
+/// made for `samples` samples at once. Runs inside the profiler guard.
 ///
 /// The samples are built as the buckets are shown, which is all there is to do when the cache has every
 /// address (a warm dump). When it lacks some, `visit` is called again: the addresses are gathered and
 /// symbolized, then the samples are built anew. The buckets shown need not be the same each time (the table
 /// grows meanwhile): those that still have an address not symbolized are kept aside, and symbolized at the
 /// end.
-pub(crate) fn resolve_parts(samples: usize, visit: &mut Visit<'_>) -> Resolved {
+pub(crate) fn resolve_parts(_: &Guard, samples: usize, visit: &mut Visit<'_>) -> Resolved {
     let mut resolved = Resolved {
         mappings: mappings::read(),
         ..Resolved::default()
@@ -647,9 +648,9 @@ fn judge_mappings(resolved: &mut Resolved, symbolize: bool) {
 
 /// The function names of `addresses` (a location's address: a call instruction, one byte before a return
 /// address), innermost inlined function first as Go's `runtime.FuncForPC` gives it, for pprof's remote
-/// symbolization; addresses no lookup names are left out. Must run inside the profiler guard and under the
-/// dump lock.
-pub(crate) fn function_names(addresses: &[u64]) -> Vec<(u64, Arc<str>)> {
+/// symbolization; addresses no lookup names are left out. Runs inside the profiler guard and under the dump
+/// lock.
+pub(crate) fn function_names(_: &Guard, addresses: &[u64]) -> Vec<(u64, Arc<str>)> {
     let mappings = mappings::read();
     let mut cache = CACHE.lock();
     let cache = cache.get_or_insert_with(Cache::default);
@@ -766,7 +767,7 @@ mod tests {
         grown.push(&[a, b], &bucket);
         let mut calls = 0;
         // The table grows after the first look: `c` is first seen when the samples are built again.
-        let resolved = resolve_parts(1, &mut |f| {
+        let resolved = resolve_parts(&Guard::inside(), 1, &mut |f| {
             calls += 1;
             f(if calls == 1 { &first } else { &grown })
         });

@@ -4,6 +4,8 @@ use core::cell::Cell;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
+use crate::sampler::Guard;
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 mod dwarf;
 pub(crate) mod path;
@@ -112,8 +114,8 @@ thread_local! {
 }
 
 /// The current thread's stack bounds. May allocate the first time (glibc reads /proc/self/maps for the main
-/// thread): must run inside the profiler guard.
-fn stack_bounds() -> (usize, usize) {
+/// thread): runs inside the profiler guard.
+fn stack_bounds(_: &Guard) -> (usize, usize) {
     known_bounds().unwrap_or_else(|| {
         // On the spare stack: the first sample of a thread may come when its stack is nearly used up, and the
         // read cannot be checked against bounds not known yet.
@@ -141,9 +143,9 @@ fn remember_bounds(bounds: Option<(usize, usize)>) -> (usize, usize) {
 /// Reads the calling thread's stack bounds now, on its own stack, if they are not known yet. The process
 /// constructor calls it, so that the main thread's bounds, the costly ones (glibc parses /proc/self/maps with
 /// `sscanf`), are read on the constructor's short stack rather than by a sample taken deep in the program,
-/// and without the spare stack. Must run inside the profiler guard.
+/// and without the spare stack. Runs inside the profiler guard.
 #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
-pub(crate) fn read_bounds_early() {
+pub(crate) fn read_bounds_early(_: &Guard) {
     if known_bounds().is_none() {
         remember_bounds(read_stack_bounds());
     }
@@ -206,10 +208,10 @@ pub(crate) fn stackless_samples() -> u64 {
 }
 
 /// Runs `f`, the bookkeeping of the free of a sampled allocation, on this thread's stack when it has the room
-/// for it, else on the spare stack: unlike a sample's stack, it cannot be skipped. Must run inside the
-/// profiler guard.
-pub(crate) fn with_room_for_free(f: &mut dyn FnMut()) {
-    if Room::here().fits(NEEDS.free) {
+/// for it, else on the spare stack: unlike a sample's stack, it cannot be skipped. Runs inside the profiler
+/// guard.
+pub(crate) fn with_room_for_free(guard: &Guard, f: &mut dyn FnMut()) {
+    if Room::here(guard).fits(NEEDS.free) {
         f();
     } else {
         spare::run(f);
@@ -224,12 +226,12 @@ pub(crate) fn with_room_for_free(f: &mut dyn FnMut()) {
 pub(crate) struct Room(Option<usize>);
 
 impl Room {
-    /// The room below the caller's stack pointer. Must run inside the profiler guard: the first call on a
+    /// The room below the caller's stack pointer, inside the profiler guard: the first call on a
     /// thread reads its bounds (see [`stack_bounds`]), which is cheap for threads other than the main one,
     /// whose bounds the process constructor reads.
     #[inline(always)]
-    pub(crate) fn here() -> Room {
-        let (low, high) = stack_bounds();
+    pub(crate) fn here(guard: &Guard) -> Room {
+        let (low, high) = stack_bounds(guard);
         let sp = stack_pointer();
         Room((low..high).contains(&sp).then(|| sp - low))
     }
@@ -316,8 +318,8 @@ impl Stack {
     /// Captures the current thread's stack, starting at the caller of the function that starts at address
     /// `entry` (the profiler's entry point) whose frame pointer is `entry_frame` (used by the frame-pointer
     /// walk), then drops the frames of the allocation path (see [`path`]), so that the stack begins at the
-    /// program's call into the allocator. Must run inside the profiler guard: the unwinder may allocate on
-    /// first use.
+    /// program's call into the allocator. Runs inside the profiler guard: the unwinder may allocate on first
+    /// use.
     ///
     /// `room` is the stack left where the entry point checked [`Room::fits_walk`]: a walk that would need more
     /// (a DWARF rule to compute, or the system unwinder) captures nothing and returns `false`.
@@ -325,13 +327,19 @@ impl Stack {
     /// Called on an [`Stack::empty`] stack of the caller's, which it fills in place: returning a stack would
     /// copy the whole kilobyte.
     #[inline(never)]
-    pub(crate) fn capture(&mut self, entry: usize, entry_frame: usize, room: Room) -> bool {
+    pub(crate) fn capture(
+        &mut self,
+        guard: &Guard,
+        entry: usize,
+        entry_frame: usize,
+        room: Room,
+    ) -> bool {
         let depth = DEPTH.load(Relaxed).min(MAX_STACK_DEPTH);
         // The path's frames are walked too, then dropped: walk that many more.
         let walked = (depth + path::len()).min(MAX_STACK_DEPTH);
         let walk = match unwinder() {
-            Unwinder::FramePointer => self.walk_frame_pointers(walked, entry_frame),
-            Unwinder::Dwarf => self.walk_cached_dwarf(walked, entry, room.fits_dwarf_rule()),
+            Unwinder::FramePointer => self.walk_frame_pointers(guard, walked, entry_frame),
+            Unwinder::Dwarf => self.walk_cached_dwarf(guard, walked, entry, room.fits_dwarf_rule()),
         };
         match walk {
             Walked::Done => {}
@@ -411,8 +419,14 @@ impl Stack {
     /// from its table only if `rules_fit`. Falls back, with nothing captured, when the code runs on another
     /// stack or a frame needs the system unwinder.
     #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
-    fn walk_cached_dwarf(&mut self, depth: usize, skip_through: usize, rules_fit: bool) -> Walked {
-        let (low, high) = stack_bounds();
+    fn walk_cached_dwarf(
+        &mut self,
+        guard: &Guard,
+        depth: usize,
+        skip_through: usize,
+        rules_fit: bool,
+    ) -> Walked {
+        let (low, high) = stack_bounds(guard);
         let sp = stack_pointer();
         if sp < low || sp >= high {
             return Walked::Fallback;
@@ -432,6 +446,7 @@ impl Stack {
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")))]
     fn walk_cached_dwarf(
         &mut self,
+        _: &Guard,
         _depth: usize,
         _skip_through: usize,
         _rules_fit: bool,
@@ -446,8 +461,8 @@ impl Stack {
     /// Memory in that range is mapped, so no read can fault. Falls back, capturing nothing, when the code runs
     /// on another stack (a coroutine, a signal stack): the caller then uses the system unwinder.
     #[inline(never)]
-    fn walk_frame_pointers(&mut self, depth: usize, mut fp: usize) -> Walked {
-        let (low_bound, high) = stack_bounds();
+    fn walk_frame_pointers(&mut self, guard: &Guard, depth: usize, mut fp: usize) -> Walked {
+        let (low_bound, high) = stack_bounds(guard);
         let sp = stack_pointer();
         if sp < low_bound || sp >= high {
             return Walked::Fallback;
@@ -563,8 +578,12 @@ mod tests {
     fn probe(depth: usize) -> ((Vec<usize>, bool), (Vec<usize>, bool)) {
         let entry = probe as fn(usize) -> _ as usize;
         let mut cached = Stack::empty();
+        let guard = Guard::inside();
         assert!(
-            matches!(cached.walk_cached_dwarf(depth, entry, true), Walked::Done),
+            matches!(
+                cached.walk_cached_dwarf(&guard, depth, entry, true),
+                Walked::Done
+            ),
             "the cached walk fell back to the system unwinder"
         );
         let mut system = Stack::empty();

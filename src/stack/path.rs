@@ -108,8 +108,8 @@ fn probe_realloc() {
 /// the function at `entry` (the allocator's entry point) to the probe, and adds the frames in between to the
 /// path. Learns nothing when the thread's stack has no room for the system unwinder (only possible where the
 /// process constructor did not run, and the first sampled allocation is deep in its thread's stack).
-pub(crate) fn record_probe(entry: usize) {
-    if !super::Room::here().fits_system_unwinder() {
+pub(crate) fn record_probe(guard: &Guard, entry: usize) {
+    if !super::Room::here(guard).fits_system_unwinder() {
         return;
     }
     let probes = [

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use super::{Lock, Rank, STRIPES, Weight, WordHasher, bump};
 use crate::labels::LabelSet;
 use crate::lock::AnyLock;
+use crate::sampler::Guard;
 use crate::shard::{self, Padded, SHARDS};
 use crate::stack::hash_frames;
 
@@ -168,8 +169,9 @@ static OVERFLOW: Lock<Counts> = Lock::new(
 
 /// Adds a sampled allocation to the bucket of its stack (`frames`, innermost first, and whether they were cut
 /// at the maximum depth; no frames for a stack not captured) and `labels`, creating the bucket if needed.
-/// Must run inside the profiler guard (it may allocate).
+/// Runs inside the profiler guard: it may allocate.
 pub(crate) fn record_alloc(
+    _: &Guard,
     frames: &[usize],
     truncated: bool,
     labels: LabelSet,
@@ -389,8 +391,8 @@ impl Snapshot {
 }
 
 /// Copies every bucket, one stripe at a time (each stripe is locked only while it is copied), merging the
-/// buckets of one stack and label set. Must run inside the profiler guard.
-pub(crate) fn snapshot() -> Snapshot {
+/// buckets of one stack and label set, inside the profiler guard.
+pub(crate) fn snapshot(_: &Guard) -> Snapshot {
     let mut out = Snapshot {
         frames: Vec::with_capacity(frame_count(|_| usize::MAX)),
         buckets: Vec::with_capacity(BUCKETS.load(Relaxed) + 1),
@@ -422,9 +424,9 @@ fn frame_count(limit: impl Fn(usize) -> usize) -> usize {
 
 /// Shows every bucket to `f` without a copy of the whole table: each stripe is copied (locked only while it
 /// is) into one buffer that `f` reads, then the overflow bucket. Buckets are not merged: the buckets that
-/// threads of different shards keep for one stack come one by one, in no particular order. Must run inside
-/// the profiler guard.
-pub(crate) fn for_each_stripe(f: &mut dyn FnMut(&Snapshot)) {
+/// threads of different shards keep for one stack come one by one, in no particular order. Runs inside the
+/// profiler guard.
+pub(crate) fn for_each_stripe(_: &Guard, f: &mut dyn FnMut(&Snapshot)) {
     let mut part = Snapshot::default();
     for stripe in stripes() {
         part.clear();
@@ -470,8 +472,8 @@ impl CountsCopy {
     }
 
     /// Copies the counts of every bucket now, one stripe at a time (each stripe is locked only while it is
-    /// copied). Must run inside the profiler guard: it allocates when the table has grown since the last copy.
-    pub(crate) fn take(&mut self) {
+    /// copied), inside the profiler guard: it allocates when the table has grown since the last copy.
+    pub(crate) fn take(&mut self, _: &Guard) {
         self.counts.clear();
         self.counts.reserve(BUCKETS.load(Relaxed));
         for (stripe, len) in stripes().zip(self.lens.iter_mut()) {
@@ -495,9 +497,9 @@ impl CountsCopy {
         self.counts.capacity() * size_of::<Counts>()
     }
 
-    /// The copied counts with the stacks and labels of their buckets, as [`snapshot`] gives them. Must run
-    /// inside the profiler guard.
-    pub(crate) fn snapshot(&self) -> Snapshot {
+    /// The copied counts with the stacks and labels of their buckets, as [`snapshot`] gives them, inside the
+    /// profiler guard.
+    pub(crate) fn snapshot(&self, _: &Guard) -> Snapshot {
         let mut out = Snapshot {
             frames: Vec::with_capacity(frame_count(|stripe| self.lens[stripe] as usize)),
             buckets: Vec::with_capacity(self.counts.len() + 1),

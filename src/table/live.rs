@@ -21,6 +21,7 @@ use hashbrown::HashTable;
 use super::buckets::BucketId;
 use super::{Lock, Rank, STRIPES, Weight, bump};
 use crate::lock::AnyLock;
+use crate::sampler::Guard;
 use crate::shard::Padded;
 
 /// Pointers in one 2^22-byte (4 MiB) region of the address space share a stripe.
@@ -112,9 +113,9 @@ pub(crate) fn maybe_sampled(ptr: *mut u8) -> bool {
     FILTER[slot / 64].load(Relaxed) >> (slot % 64) & 1 != 0
 }
 
-/// Records `ptr` as a live sampled allocation. Must run inside the profiler guard, before `ptr` is returned
-/// to the program.
-pub(crate) fn insert(ptr: *mut u8, entry: LiveEntry) {
+/// Records `ptr` as a live sampled allocation, inside the profiler guard (the table may grow), before `ptr`
+/// is returned to the program.
+pub(crate) fn insert(_: &Guard, ptr: *mut u8, entry: LiveEntry) {
     let ptr = ptr as usize;
     let slot = slot_of(ptr);
     let hash = table_hash(slot);
@@ -158,9 +159,9 @@ fn set_filter_bit(slot: usize, set: bool) {
     word.store(if set { old | bit } else { old & !bit }, Relaxed);
 }
 
-/// Removes `ptr` if it is a live sampled allocation and returns what it recorded. Must run inside the
-/// profiler guard, before the memory is given back to the inner allocator.
-pub(crate) fn remove(ptr: *mut u8) -> Option<LiveEntry> {
+/// Removes `ptr` if it is a live sampled allocation and returns what it recorded, inside the profiler guard,
+/// before the memory is given back to the inner allocator.
+pub(crate) fn remove(_: &Guard, ptr: *mut u8) -> Option<LiveEntry> {
     let ptr = ptr as usize;
     let slot = slot_of(ptr);
     let hash = table_hash(slot);
@@ -245,13 +246,14 @@ mod tests {
     fn a_slot_stays_marked_while_any_of_its_pointers_is_live() {
         // 40 pointers with one hash in the stripe's table: more than one 16-wide probe group.
         let ptrs = sharing_a_slot(40, 0x7000_0000_0000);
+        let guard = Guard::inside();
         for &ptr in &ptrs {
-            insert(ptr as *mut u8, entry());
+            insert(&guard, ptr as *mut u8, entry());
         }
         for (i, &ptr) in ptrs.iter().enumerate() {
             assert!(maybe_sampled(ptr as *mut u8));
-            assert!(remove(ptr as *mut u8).is_some());
-            assert!(remove(ptr as *mut u8).is_none(), "removed twice");
+            assert!(remove(&guard, ptr as *mut u8).is_some());
+            assert!(remove(&guard, ptr as *mut u8).is_none(), "removed twice");
             let others_live = i + 1 < ptrs.len();
             assert_eq!(maybe_sampled(ptr as *mut u8), others_live);
         }
@@ -296,13 +298,14 @@ mod tests {
         std::thread::scope(|s| {
             for &ptr in &ptrs {
                 s.spawn(move || {
+                    let guard = Guard::inside();
                     for _ in 0..200_000 {
-                        insert(ptr as *mut u8, entry());
+                        insert(&guard, ptr as *mut u8, entry());
                         assert!(
                             maybe_sampled(ptr as *mut u8),
                             "a live pointer looks unsampled"
                         );
-                        assert!(remove(ptr as *mut u8).is_some());
+                        assert!(remove(&guard, ptr as *mut u8).is_some());
                     }
                 });
             }

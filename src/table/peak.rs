@@ -25,6 +25,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use super::buckets::CountsCopy;
 use crate::lock::{AnyLock, Lock, Rank};
+use crate::sampler::Guard;
 use crate::stack::spare;
 use crate::{pprof, sampler, totals};
 
@@ -61,12 +62,12 @@ pub(crate) fn after_alloc(inuse: u64) {
 }
 
 /// Before the free of a sampled allocation is subtracted from its bucket: `inuse` is the estimated in-use
-/// bytes before the free. Must run inside the profiler guard, holding no table lock.
-pub(crate) fn before_free(inuse: u64) {
+/// bytes before the free. Runs inside the profiler guard, holding no table lock.
+pub(crate) fn before_free(guard: &Guard, inuse: u64) {
     if inuse >= HIGHEST.load(Relaxed) && inuse > margin_above(LEVEL.load(Relaxed)) {
         // On the spare stack: the free may come anywhere in its thread's stack, and the copy (which may
         // grow its buffer through the inner allocator) needs much more stack than the free.
-        spare::run(&mut || take(inuse, margin_above));
+        spare::run(&mut || take(guard, inuse, margin_above));
     }
 }
 
@@ -80,12 +81,12 @@ fn margin_above(level: u64) -> u64 {
 
 /// Copies the bucket counts as the peak at `inuse` bytes, unless the copy kept (taken meanwhile by another
 /// thread, perhaps) is at a level whose `bar` is not below `inuse`.
-fn take(inuse: u64, bar: fn(u64) -> u64) {
+fn take(guard: &Guard, inuse: u64, bar: fn(u64) -> u64) {
     let mut peak = PEAK.lock();
     if inuse <= bar(LEVEL.load(Relaxed)) {
         return;
     }
-    peak.copy.take();
+    peak.copy.take(guard);
     peak.time_nanos = pprof::now_nanos();
     LEVEL.store(inuse, Relaxed);
     COPIES.fetch_add(1, Relaxed);
@@ -109,11 +110,11 @@ pub(crate) fn copy_bytes() -> usize {
 
 /// The kept copy and when it was taken (0 before the first), after copying the counts now if the estimate is
 /// at its highest and above the copy kept: what the peak profile shows.
-pub(crate) fn kept() -> (CountsCopy, i64) {
+pub(crate) fn kept(guard: &Guard) -> (CountsCopy, i64) {
     let now = totals::inuse_bytes();
     if now >= HIGHEST.load(Relaxed) {
         // At the peak right now: record it exactly if it is above the one kept.
-        take(now, |level| level);
+        take(guard, now, |level| level);
     }
     let peak = PEAK.lock();
     (peak.copy.clone(), peak.time_nanos)
