@@ -213,6 +213,7 @@ mod sampler;
 mod server;
 mod shard;
 mod stack;
+mod sync;
 mod table;
 mod totals;
 

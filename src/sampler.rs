@@ -56,6 +56,8 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rand_distr::{Distribution, Exp1};
 
+use crate::sync::Atomic;
+
 /// The default sample rate: 512 KiB, as Go's `runtime.MemProfileRate`.
 pub const DEFAULT_SAMPLE_RATE: usize = 512 * 1024;
 
@@ -142,8 +144,7 @@ thread_local! {
 /// unsampled path never reads shared memory). Samples already taken keep the weights of the rate they were
 /// taken with. Rates above `isize::MAX` are clamped. Callable at any time from any thread.
 pub fn set_sample_rate(bytes: usize) {
-    RATE.store(bytes.min(MAX_RATE), Relaxed);
-    bump_epoch();
+    publish_rate(&RATE, &EPOCH, bytes.min(MAX_RATE));
     let _ = STATE.try_with(restart_gap);
 }
 
@@ -155,7 +156,7 @@ fn restart_gap(state: &ThreadState) {
     if state.guard.get() {
         state.saved_countdown.set(0);
     } else {
-        state.epoch.set(EPOCH.load(Acquire));
+        state.epoch.set(epoch_now(&EPOCH));
         start_gap(state, draw_gap(state, sample_rate()));
     }
 }
@@ -163,7 +164,12 @@ fn restart_gap(state: &ThreadState) {
 /// The sample rate in force, in bytes (see [`set_sample_rate`]). Before the rate is set and before the first
 /// allocation, [`DEFAULT_SAMPLE_RATE`].
 pub fn sample_rate() -> usize {
-    match RATE.load(Relaxed) {
+    rate_in_force(&RATE)
+}
+
+/// The rate that `rate` (the [`RATE`] of the process, or of a model) holds, or the default while it is unset.
+fn rate_in_force(rate: &impl Atomic<usize>) -> usize {
+    match rate.load(Relaxed) {
         RATE_UNSET => DEFAULT_SAMPLE_RATE,
         rate => rate,
     }
@@ -177,7 +183,7 @@ pub fn sample_rate() -> usize {
 pub fn set_seed(seed: u64) {
     SEED.store(seed, Relaxed);
     let generation = SEED_GENERATION.fetch_add(1, Relaxed) + 1;
-    bump_epoch();
+    bump_epoch(&EPOCH);
     let _ = STATE.try_with(|state| {
         state.seed_generation.set(generation);
         // SAFETY: the generator is only touched by this thread, here and in the slow path; neither can run
@@ -239,9 +245,22 @@ pub(crate) fn check_installed() -> Result<(), crate::Error> {
     }
 }
 
-fn bump_epoch() {
+/// Stores a new rate in `rate` and publishes it in `epoch` (see [`EPOCH`]).
+fn publish_rate(rate: &impl Atomic<usize>, epoch: &impl Atomic<u64>, bytes: usize) {
+    rate.store(bytes, Relaxed);
+    bump_epoch(epoch);
+}
+
+/// Publishes the configuration changes stored before: a thread that reads the new epoch with [`epoch_now`]
+/// sees them.
+fn bump_epoch(epoch: &impl Atomic<u64>) {
     // From 1 upwards: 0, the epoch of a thread that has not drawn a gap, is never reached again.
-    EPOCH.fetch_add(1, Release);
+    epoch.fetch_add(1, Release);
+}
+
+/// The configuration epoch: after it, the configuration stored before it was bumped is seen.
+fn epoch_now(epoch: &impl Atomic<u64>) -> u64 {
+    epoch.load(Acquire)
 }
 
 /// Decides whether an allocation of `size` bytes is sampled. Returns the rate to weight it with, or `None`;
@@ -280,7 +299,7 @@ fn on_alloc_slow(state: &ThreadState, size: usize, configured_rate: usize) -> Op
         INSTALLED.store(true, Relaxed);
         return Some(0);
     }
-    let epoch = EPOCH.load(Acquire);
+    let epoch = epoch_now(&EPOCH);
     if state.epoch.get() != epoch {
         // A new thread, or a configuration change: draw a real gap first, then decide on it (a new thread's
         // zero countdown would otherwise sample its first allocation always).
@@ -590,5 +609,36 @@ mod tests {
             0,
             "exact mode samples every allocation"
         );
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use crate::sync::model::{self, Arc, AtomicU64, AtomicUsize, thread};
+
+    /// Two rate changes published while another thread takes its slow path: a thread that reads an epoch
+    /// reads at least the rate published with it.
+    #[test]
+    fn loom_a_new_epoch_brings_its_rate() {
+        model::model(|| {
+            let config = Arc::new((AtomicUsize::new(RATE_UNSET), AtomicU64::new(1)));
+            let writer = {
+                let config = config.clone();
+                thread::spawn(move || {
+                    publish_rate(&config.0, &config.1, 4096);
+                    publish_rate(&config.0, &config.1, 1);
+                })
+            };
+            // As `on_alloc_slow`: the epoch, then the rate.
+            let epoch = epoch_now(&config.1);
+            let rate = rate_in_force(&config.0);
+            match epoch {
+                1 => {}
+                2 => assert!(rate == 4096 || rate == 1, "epoch 2 with rate {rate}"),
+                _ => assert_eq!(rate, 1, "epoch {epoch}"),
+            }
+            writer.join().unwrap();
+        });
     }
 }

@@ -23,6 +23,7 @@ use super::{Lock, Rank, STRIPES, Weight, bump};
 use crate::lock::AnyLock;
 use crate::sampler::Guard;
 use crate::shard::Padded;
+use crate::sync::Atomic;
 
 /// Pointers in one 2^22-byte (4 MiB) region of the address space share a stripe.
 const REGION_BITS: u32 = 22;
@@ -110,7 +111,15 @@ fn stripe(slot: usize) -> &'static Stripe {
 #[inline(always)]
 pub(crate) fn maybe_sampled(ptr: *mut u8) -> bool {
     let slot = slot_of(ptr as usize);
-    FILTER[slot / 64].load(Relaxed) >> (slot % 64) & 1 != 0
+    marked(&FILTER[slot / 64], slot % 64)
+}
+
+/// Whether bit `bit` of the filter word `word` is set: one relaxed load. A free of a sampled pointer finds
+/// its bit set: the bit was set under the stripe's lock before the allocation returned the pointer, and
+/// whatever handed the pointer to the freeing thread ordered the two.
+#[inline(always)]
+fn marked(word: &impl Atomic<u64>, bit: usize) -> bool {
+    word.load(Relaxed) >> bit & 1 != 0
 }
 
 /// Records `ptr` as a live sampled allocation, inside the profiler guard (the table may grow), before `ptr`
@@ -153,8 +162,12 @@ pub(crate) fn insert(_: &Guard, ptr: *mut u8, entry: LiveEntry) {
 /// without a locked instruction, is enough.
 fn set_filter_bit(slot: usize, set: bool) {
     debug_assert!(crate::lock::holds(Rank::LiveStripe));
-    let word = &FILTER[slot / 64];
-    let bit = 1 << (slot % 64);
+    mark(&FILTER[slot / 64], slot % 64, set);
+}
+
+/// Sets or clears bit `bit` of the filter word `word`, whose writers all hold one lock.
+fn mark(word: &impl Atomic<u64>, bit: usize, set: bool) {
+    let bit = 1 << bit;
     let old = word.load(Relaxed);
     word.store(if set { old | bit } else { old & !bit }, Relaxed);
 }
@@ -311,5 +324,83 @@ mod tests {
             }
         });
         assert!(!maybe_sampled(ptrs[0] as *mut u8));
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use crate::sync::Ordering::{Acquire, Release};
+    use crate::sync::model::{self, Arc, AtomicBool, AtomicU64, Mutex, thread};
+
+    /// One stripe with two slots in one filter word: its lock guards how many live sampled pointers each
+    /// slot has, as the stripe's table does.
+    struct Stripe {
+        word: AtomicU64,
+        live: Mutex<[u32; 2]>,
+    }
+
+    impl Stripe {
+        fn insert(&self, slot: usize) {
+            let mut live = self.live.lock().unwrap();
+            live[slot] += 1;
+            if live[slot] == 1 {
+                mark(&self.word, slot, true);
+            }
+        }
+
+        /// Whether the free found the pointer sampled: the filter's check first, as `dealloc` does.
+        fn free(&self, slot: usize) -> bool {
+            if !marked(&self.word, slot) {
+                return false;
+            }
+            let mut live = self.live.lock().unwrap();
+            live[slot] -= 1;
+            if live[slot] == 0 {
+                mark(&self.word, slot, false);
+            }
+            true
+        }
+    }
+
+    /// A sampled pointer handed by its allocating thread to another that frees it, while a third thread
+    /// allocates and frees sampled pointers of the same slot and of the other slot of the word: the free
+    /// always finds the pointer sampled, and no bit is left set.
+    #[test]
+    fn loom_no_sampled_free_is_lost() {
+        model::model(|| {
+            let stripe = Arc::new(Stripe {
+                word: AtomicU64::new(0),
+                live: Mutex::new([0; 2]),
+            });
+            let handed = Arc::new(AtomicBool::new(false));
+            let allocating = {
+                let (stripe, handed) = (stripe.clone(), handed.clone());
+                thread::spawn(move || {
+                    stripe.insert(0);
+                    // The program hands the pointer over (a channel, say).
+                    handed.store(true, Release);
+                })
+            };
+            let other = {
+                let stripe = stripe.clone();
+                thread::spawn(move || {
+                    stripe.insert(1);
+                    stripe.insert(0);
+                    assert!(stripe.free(0));
+                    assert!(stripe.free(1));
+                })
+            };
+            let freed = handed.load(Acquire);
+            if freed {
+                assert!(stripe.free(0), "the free of a sampled pointer was missed");
+            }
+            allocating.join().unwrap();
+            other.join().unwrap();
+            if !freed {
+                assert!(stripe.free(0));
+            }
+            assert_eq!(stripe.word.load(Relaxed), 0, "a bit is left set");
+        });
     }
 }

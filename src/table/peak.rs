@@ -27,12 +27,55 @@ use super::buckets::CountsCopy;
 use crate::lock::{AnyLock, Lock, Rank};
 use crate::sampler::Guard;
 use crate::stack::spare;
+use crate::sync::Atomic;
 use crate::{pprof, sampler, totals};
 
-/// The highest estimated in-use bytes seen after a sampled allocation.
-static HIGHEST: AtomicU64 = AtomicU64::new(0);
-/// The estimated in-use bytes when the kept copy was taken; only written under [`PEAK`].
-static LEVEL: AtomicU64 = AtomicU64::new(0);
+/// The two levels of the peak protocol: what a sampled allocation raises, and what a free compares (with
+/// core's atomics here, loom's in the models).
+struct Levels<A> {
+    /// The highest estimated in-use bytes seen after a sampled allocation.
+    highest: A,
+    /// The estimated in-use bytes when the kept copy was taken; only written under [`PEAK`].
+    level: A,
+}
+
+static LEVELS: Levels<AtomicU64> = Levels {
+    highest: AtomicU64::new(0),
+    level: AtomicU64::new(0),
+};
+
+impl<A: Atomic<u64>> Levels<A> {
+    /// After a sampled allocation: `inuse` is the estimated in-use bytes with it.
+    fn raise(&self, inuse: u64) {
+        // Read first: new highs are rare, and a load leaves the line shared between cores.
+        if inuse > self.highest.load(Relaxed) {
+            self.highest.fetch_max(inuse, Relaxed);
+        }
+    }
+
+    /// Whether a free at `inuse` in-use bytes ends a peak to copy: the estimate is at its highest, and above
+    /// the `margin` of the copy kept. Two relaxed loads: the decision is made again under the lock.
+    fn ends_peak(&self, inuse: u64, margin: fn(u64) -> u64) -> bool {
+        inuse >= self.highest.load(Relaxed) && inuse > margin(self.level.load(Relaxed))
+    }
+
+    /// Under [`PEAK`]: runs `copy` (the copy of the counts as the peak at `inuse` bytes) and records its level,
+    /// unless the copy kept (taken meanwhile by another thread, perhaps) is at a level whose `bar` is not
+    /// below `inuse`. Whether it copied.
+    fn replace(&self, inuse: u64, bar: fn(u64) -> u64, copy: impl FnOnce()) -> bool {
+        if inuse <= bar(self.level.load(Relaxed)) {
+            return false;
+        }
+        copy();
+        self.level.store(inuse, Relaxed);
+        true
+    }
+
+    fn highest(&self) -> u64 {
+        self.highest.load(Relaxed)
+    }
+}
+
 static COPIES: AtomicU64 = AtomicU64::new(0);
 static COPY_BYTES: AtomicUsize = AtomicUsize::new(0);
 
@@ -55,16 +98,13 @@ static PEAK: Lock<Peak> = Lock::new(
 
 /// After a sampled allocation: `inuse` is the estimated in-use bytes with it.
 pub(crate) fn after_alloc(inuse: u64) {
-    // Read first: new highs are rare, and a load leaves the line shared between cores.
-    if inuse > HIGHEST.load(Relaxed) {
-        HIGHEST.fetch_max(inuse, Relaxed);
-    }
+    LEVELS.raise(inuse);
 }
 
 /// Before the free of a sampled allocation is subtracted from its bucket: `inuse` is the estimated in-use
 /// bytes before the free. Runs inside the profiler guard, holding no table lock.
 pub(crate) fn before_free(guard: &Guard, inuse: u64) {
-    if inuse >= HIGHEST.load(Relaxed) && inuse > margin_above(LEVEL.load(Relaxed)) {
+    if LEVELS.ends_peak(inuse, margin_above) {
         // On the spare stack: the free may come anywhere in its thread's stack, and the copy (which may
         // grow its buffer through the inner allocator) needs much more stack than the free.
         spare::run(&mut || take(guard, inuse, margin_above));
@@ -79,23 +119,24 @@ fn margin_above(level: u64) -> u64 {
         .saturating_add(rate.saturating_mul(4))
 }
 
-/// Copies the bucket counts as the peak at `inuse` bytes, unless the copy kept (taken meanwhile by another
-/// thread, perhaps) is at a level whose `bar` is not below `inuse`.
+/// Copies the bucket counts as the peak at `inuse` bytes, unless the copy kept is at a level whose `bar` is
+/// not below `inuse` (see [`Levels::replace`]).
 fn take(guard: &Guard, inuse: u64, bar: fn(u64) -> u64) {
     let mut peak = PEAK.lock();
-    if inuse <= bar(LEVEL.load(Relaxed)) {
-        return;
+    let peak = &mut *peak;
+    let copied = LEVELS.replace(inuse, bar, || {
+        peak.copy.take(guard);
+        peak.time_nanos = pprof::now_nanos();
+    });
+    if copied {
+        COPIES.fetch_add(1, Relaxed);
+        COPY_BYTES.store(peak.copy.bytes(), Relaxed);
     }
-    peak.copy.take(guard);
-    peak.time_nanos = pprof::now_nanos();
-    LEVEL.store(inuse, Relaxed);
-    COPIES.fetch_add(1, Relaxed);
-    COPY_BYTES.store(peak.copy.bytes(), Relaxed);
 }
 
 /// The highest estimated in-use bytes seen.
 pub(crate) fn highest() -> u64 {
-    HIGHEST.load(Relaxed)
+    LEVELS.highest()
 }
 
 /// How many times the peak's counts were copied.
@@ -112,7 +153,7 @@ pub(crate) fn copy_bytes() -> usize {
 /// at its highest and above the copy kept: what the peak profile shows.
 pub(crate) fn kept(guard: &Guard) -> (CountsCopy, i64) {
     let now = totals::inuse_bytes();
-    if now >= HIGHEST.load(Relaxed) {
+    if now >= LEVELS.highest() {
         // At the peak right now: record it exactly if it is above the one kept.
         take(guard, now, |level| level);
     }
@@ -123,4 +164,63 @@ pub(crate) fn kept(guard: &Guard) -> (CountsCopy, i64) {
 /// The peak's lock, for the `fork` handlers.
 pub(crate) fn peak_lock() -> &'static dyn AnyLock {
     &PEAK
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use crate::sync::model::{self, Arc, AtomicU64, Mutex, thread};
+
+    fn levels() -> Levels<AtomicU64> {
+        Levels {
+            highest: AtomicU64::new(0),
+            level: AtomicU64::new(0),
+        }
+    }
+
+    /// Three threads raise the highest level at once: the highest of them stays.
+    #[test]
+    fn loom_no_high_is_lost() {
+        model::model(|| {
+            let levels = Arc::new(levels());
+            let threads: Vec<_> = [5, 7]
+                .map(|inuse| {
+                    let levels = levels.clone();
+                    thread::spawn(move || levels.raise(inuse))
+                })
+                .into();
+            levels.raise(6);
+            threads.into_iter().for_each(|t| t.join().unwrap());
+            assert_eq!(levels.highest(), 7);
+        });
+    }
+
+    /// Two frees end peaks at once, each seeing itself at the highest level: the copy kept is the higher
+    /// one's, and the level recorded is the kept copy's.
+    #[test]
+    fn loom_the_copy_kept_is_the_highest() {
+        fn margin(level: u64) -> u64 {
+            level + 1
+        }
+        model::model(|| {
+            let levels = Arc::new(levels());
+            // The level of the copy, as the copy itself holds it.
+            let kept = Arc::new(Mutex::new(0u64));
+            let free = |inuse: u64| {
+                let (levels, kept) = (levels.clone(), kept.clone());
+                move || {
+                    if levels.ends_peak(inuse, margin) {
+                        let mut kept = kept.lock().unwrap();
+                        levels.replace(inuse, margin, || *kept = inuse);
+                    }
+                }
+            };
+            let other = thread::spawn(free(10));
+            free(20)();
+            other.join().unwrap();
+            let kept = *kept.lock().unwrap();
+            assert_eq!(kept, 20, "a lower peak replaced a higher one");
+            assert_eq!(levels.level.load(Relaxed), kept);
+        });
+    }
 }
