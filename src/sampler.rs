@@ -326,6 +326,7 @@ fn on_alloc_slow(state: &ThreadState, size: usize, configured_rate: usize) -> Op
 /// Sets the distance to the next sample point to `gap` bytes (≥ 0): its first [`STEP`] in the countdown,
 /// the rest beyond.
 fn start_gap(state: &ThreadState, gap: isize) {
+    debug_assert!(gap >= 0, "a negative gap: {gap}");
     let countdown = gap.min(STEP);
     state.countdown.set(countdown);
     state.beyond.set(gap - countdown);
@@ -572,6 +573,32 @@ mod tests {
     fn exact_mode_weights_are_one() {
         assert_eq!(weights(1, 1), (1.0, 1.0));
         assert_eq!(weights(4096, 1), (1.0, 4096.0));
+    }
+
+    #[test]
+    fn weights_of_tiny_probabilities_stay_finite() {
+        // A 1-byte allocation at the largest rate: p ≈ 2^-63, still positive, weight 1/p.
+        let (objects, bytes) = weights(1, MAX_RATE);
+        assert!(objects.is_finite() && objects > 1e18, "{objects}");
+        assert_eq!(objects, bytes);
+        // A zero-size allocation weighs as a 1-byte one.
+        assert_eq!(weights(0, 4096), weights(1, 4096));
+        // Exact mode weighs the size itself, whatever it is.
+        assert_eq!(weights(0, 1), (1.0, 0.0));
+    }
+
+    #[test]
+    fn thread_seeds_mix_every_bit() {
+        // SplitMix64's first output for seed 0.
+        assert_eq!(splitmix64(0), 0xE220_A839_7B1D_CDAF);
+        // Seeds one bit apart give outputs about half of whose bits differ.
+        for bit in 0..64 {
+            let differ = (splitmix64(1 << bit) ^ splitmix64(0)).count_ones();
+            assert!(
+                (16..=48).contains(&differ),
+                "bit {bit}: {differ} bits differ"
+            );
+        }
     }
 
     #[test]

@@ -489,6 +489,7 @@ impl Stack {
     }
 
     pub(crate) fn frames(&self) -> &[usize] {
+        debug_assert!(self.len <= MAX_STACK_DEPTH);
         // SAFETY: the walks write frames `0..len` before they set `len`; `MaybeUninit<usize>` has the
         // layout of `usize`.
         unsafe { core::slice::from_raw_parts(self.frames.as_ptr().cast::<usize>(), self.len) }

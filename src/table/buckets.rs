@@ -50,9 +50,18 @@ impl Counts {
         self.alloc_space = self.alloc_space.saturating_add(w.bytes);
         self.inuse_objects = self.inuse_objects.saturating_add(w.objects);
         self.inuse_space = self.inuse_space.saturating_add(w.bytes);
+        debug_assert!(
+            self.inuse_objects <= self.alloc_objects && self.inuse_space <= self.alloc_space,
+            "a bucket holds more than it allocated"
+        );
     }
 
     fn sub(&mut self, w: Weight) {
+        // A free subtracts what its allocation added to this bucket: in-use counts never go below zero.
+        debug_assert!(
+            self.inuse_objects >= w.objects && self.inuse_space >= w.bytes,
+            "a free subtracted more than its bucket holds"
+        );
         self.inuse_objects = self.inuse_objects.saturating_sub(w.objects);
         self.inuse_space = self.inuse_space.saturating_sub(w.bytes);
     }
@@ -106,6 +115,7 @@ impl BucketId {
     const STRIPE_BITS: u32 = STRIPES.trailing_zeros();
 
     fn new(stripe: usize, index: usize) -> BucketId {
+        debug_assert!(stripe < STRIPES && index < (u32::MAX >> Self::STRIPE_BITS) as usize);
         BucketId(((index as u32) << Self::STRIPE_BITS) | stripe as u32)
     }
 
@@ -276,6 +286,7 @@ impl Snapshot {
     /// `bucket` says (its own range is ignored).
     pub(crate) fn push(&mut self, frames: &[usize], bucket: &BucketSnapshot) {
         // A stack holds at most `MAX_STACK_DEPTH` frames: the bound is never reached.
+        debug_assert!(frames.len() <= crate::stack::MAX_STACK_DEPTH);
         let frames = &frames[..frames.len().min(usize::from(u16::MAX))];
         self.buckets.push(BucketSnapshot {
             start: self.frames.len(),

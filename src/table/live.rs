@@ -104,6 +104,7 @@ fn table_hash(slot: usize) -> u64 {
 
 /// The stripe of a slot: every pointer of the slot is in it, so its lock orders the slot's updates.
 fn stripe(slot: usize) -> &'static Stripe {
+    debug_assert!(slot < FILTER_SLOTS);
     &LIVE[slot >> SLOT_BITS].0
 }
 
@@ -143,6 +144,7 @@ pub(crate) fn insert(_: &Guard, ptr: *mut u8, entry: LiveEntry) {
     table.insert_unique(hash, Live { ptr, entry }, |live| {
         table_hash(slot_of(live.ptr))
     });
+    debug_assert!(table.capacity() >= capacity);
     if table.capacity() != capacity {
         // Tables only grow: what they allocated stays theirs after their entries are freed.
         TABLE_BYTES.fetch_add(
@@ -270,6 +272,45 @@ mod tests {
             let others_live = i + 1 < ptrs.len();
             assert_eq!(maybe_sampled(ptr as *mut u8), others_live);
         }
+    }
+
+    #[test]
+    fn marks_change_one_bit_of_a_word() {
+        let word = AtomicU64::new(0b1001);
+        mark(&word, 1, true);
+        assert_eq!(word.load(Relaxed), 0b1011);
+        mark(&word, 0, false);
+        assert_eq!(word.load(Relaxed), 0b1010);
+        mark(&word, 63, true);
+        assert!(marked(&word, 63) && marked(&word, 3) && !marked(&word, 0));
+        // Setting a set bit, or clearing a clear one, changes nothing.
+        mark(&word, 3, true);
+        mark(&word, 2, false);
+        assert_eq!(word.load(Relaxed), 1 << 63 | 0b1010);
+    }
+
+    #[test]
+    fn slots_are_in_range_and_table_hashes_tell_them_apart() {
+        let mut state = 1u64;
+        for _ in 0..10_000 {
+            // Pointers all over the address space.
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let ptr = (state >> 16) as usize & !15;
+            assert!(slot_of(ptr) < FILTER_SLOTS);
+        }
+        assert_eq!(
+            slot_of(usize::MAX) >> SLOT_BITS,
+            slot_of(usize::MAX & !0xff) >> SLOT_BITS
+        );
+        // A stripe's slots have distinct hashes in its table, spread over hashbrown's top bits.
+        let hashes: std::collections::HashSet<u64> = (0..1 << SLOT_BITS).map(table_hash).collect();
+        assert_eq!(hashes.len(), 1 << SLOT_BITS);
+        let tops: std::collections::HashSet<u64> = (0..1 << SLOT_BITS)
+            .map(|slot| table_hash(slot) >> 57)
+            .collect();
+        assert_eq!(tops.len(), 128);
     }
 
     #[test]

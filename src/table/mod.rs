@@ -82,6 +82,8 @@ pub(crate) struct Weight {
 impl Weight {
     /// The weight of a sampled allocation of `size` bytes taken at `rate` (see [`crate::sampler`]).
     pub(crate) fn of(size: usize, rate: usize) -> Weight {
+        // Rate 0 samples nothing (the probe of the allocation path is not recorded).
+        debug_assert!(rate != 0);
         let (objects, bytes) = crate::sampler::weights(size, rate);
         Weight {
             objects: to_units(objects),
@@ -90,9 +92,10 @@ impl Weight {
     }
 }
 
-/// `value` (finite, positive) in [`UNITS`], rounded to nearest. Below 2^63 units, as almost every weight
+/// `value` (finite, not negative) in [`UNITS`], rounded to nearest. Below 2^63 units, as almost every weight
 /// is, the conversion is one instruction; `f64::round` and conversion to `u128` are library calls.
 fn to_units(value: f64) -> u128 {
+    debug_assert!(value.is_finite() && value >= 0.0, "a weight of {value}");
     let units = value * UNITS + 0.5;
     if units < (1u64 << 63) as f64 {
         u128::from(units as u64)
@@ -115,5 +118,41 @@ mod tests {
         // Above 2^63 units (2^31 bytes and more), through the wide conversion.
         assert_eq!(to_units((1u64 << 40) as f64), 1 << 72);
         assert_eq!(to_units(f64::MAX), u128::MAX);
+        assert_eq!(to_units(0.0), 0);
+    }
+
+    #[test]
+    fn table_bytes_follow_hashbrowns_buckets() {
+        assert_eq!(table_bytes(0, 8), 0);
+        // Up to 3 entries in 4 buckets, 7 in 8, then 7/8 of a power of two.
+        assert_eq!(table_bytes(3, 8), 4 * 9 + 16);
+        assert_eq!(table_bytes(7, 8), 8 * 9 + 16);
+        assert_eq!(table_bytes(14, 8), 16 * 9 + 16);
+        assert_eq!(table_bytes(28, 8), 32 * 9 + 16);
+        let mut map: std::collections::HashMap<u64, u64> = (0..100).map(|i| (i, i)).collect();
+        map.shrink_to_fit();
+        assert_eq!(hash_map_bytes(&map), table_bytes(map.capacity(), 16));
+    }
+
+    #[test]
+    fn word_hashes_spread_neighbouring_words() {
+        use core::hash::Hasher;
+        let hash = |n: u64| {
+            let mut h = WordHasher::default();
+            h.write_u64(n);
+            h.finish()
+        };
+        assert_eq!(hash(42), hash(42));
+        // Consecutive and page-aligned words differ in their high bits, which hashbrown's groups use.
+        let tops: std::collections::HashSet<u64> = (0..64)
+            .flat_map(|i| [hash(i) >> 57, hash(i << 12) >> 57])
+            .collect();
+        assert!(tops.len() > 40, "{} distinct top bits", tops.len());
+        let mut bytes = WordHasher::default();
+        bytes.write(&[1, 2]);
+        let mut words = WordHasher::default();
+        words.write_u64(1);
+        words.write_u64(2);
+        assert_eq!(bytes.finish(), words.finish());
     }
 }

@@ -24,7 +24,7 @@
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use super::buckets::CountsCopy;
-use crate::lock::{AnyLock, Lock, Rank};
+use crate::lock::{self, AnyLock, Lock, Rank};
 use crate::sampler::Guard;
 use crate::stack::spare;
 use crate::sync::Atomic;
@@ -104,6 +104,7 @@ pub(crate) fn after_alloc(inuse: u64) {
 /// Before the free of a sampled allocation is subtracted from its bucket: `inuse` is the estimated in-use
 /// bytes before the free. Runs inside the profiler guard, holding no table lock.
 pub(crate) fn before_free(guard: &Guard, inuse: u64) {
+    debug_assert!(!lock::holds(Rank::BucketStripe) && !lock::holds(Rank::LiveStripe));
     if LEVELS.ends_peak(inuse, margin_above) {
         // On the spare stack: the free may come anywhere in its thread's stack, and the copy (which may
         // grow its buffer through the inner allocator) needs much more stack than the free.
