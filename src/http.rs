@@ -87,6 +87,41 @@
 //!
 //! Profiles show the program's code and its allocation patterns: serve them on loopback, or behind the
 //! authentication of the rest of the service's admin endpoints.
+//!
+//! # Continuous profilers
+//!
+//! Continuous profilers scrape the same endpoints across many instances. Parca (`parca.yaml`):
+//!
+//! ```yaml
+//! scrape_configs:
+//!   - job_name: my-service
+//!     scrape_interval: 10s
+//!     static_configs:
+//!       - targets: ["127.0.0.1:6060"]
+//!     profiling_config:
+//!       pprof_config:
+//!         memory: { enabled: true, path: /debug/pprof/allocs }
+//!         process_cpu: { enabled: false }
+//!         goroutine: { enabled: false }
+//!         block: { enabled: false }
+//!         mutex: { enabled: false }
+//! ```
+//!
+//! Pyroscope, through Grafana Alloy:
+//!
+//! ```text
+//! pyroscope.scrape "my_service" {
+//!   targets    = [{"__address__" = "127.0.0.1:6060", "service_name" = "my-service"}]
+//!   forward_to = [pyroscope.write.default.receiver]
+//!   profiling_config {
+//!     profile.memory      { enabled = true, path = "/debug/pprof/allocs" }
+//!     profile.process_cpu { enabled = false }
+//!     profile.goroutine   { enabled = false }
+//!     profile.block       { enabled = false }
+//!     profile.mutex       { enabled = false }
+//!   }
+//! }
+//! ```
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
