@@ -9,6 +9,8 @@ pub(crate) mod mappings;
 pub mod proto;
 pub(crate) mod render;
 pub(crate) mod symbols;
+#[cfg(test)]
+mod tests;
 
 use crate::Error;
 use crate::lock::{self, Lock};
