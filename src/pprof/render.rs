@@ -9,11 +9,13 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 
 use super::builder::{self, Dump};
+use super::proto::Profile;
 use super::symbols::ResolvedSample;
 use crate::report::human_bytes;
+use crate::sample_type::SampleType;
 use crate::sampler::Guard;
 use crate::snapshot::{HeapSnapshot, Origin};
-use crate::{DeltaWindow, Error, output, sample_type};
+use crate::{DeltaWindow, Error, output};
 
 impl HeapSnapshot {
     /// Writes the snapshot to `out` as gzip-compressed pprof (`profile.proto`), the format of Go's
@@ -86,7 +88,7 @@ impl HeapSnapshot {
         if let Origin::Delta { duration_nanos } = self.origin {
             dump.profile.duration_nanos = duration_nanos;
         }
-        sample_type::set_default(&mut dump.profile, self.default_sample_type);
+        set_default(&mut dump.profile, self.default_sample_type);
         dump
     }
 
@@ -126,6 +128,18 @@ impl HeapSnapshot {
              it by 1/32 plus 4 x the sample rate",
         ));
         comments
+    }
+}
+
+/// Makes `sample_type` the profile's default sample type, the one `go tool pprof` shows unless told otherwise.
+fn set_default(profile: &mut Profile, sample_type: SampleType) {
+    // Every sample type's name is in the string table: the profile declares all four.
+    if let Some(i) = profile
+        .string_table
+        .iter()
+        .position(|s| s == sample_type.name())
+    {
+        profile.default_sample_type = i as i64;
     }
 }
 
