@@ -46,7 +46,8 @@
 //! first one symbolizes, ~0.2 s). In async servers call it from a blocking task. It cannot see the client go
 //! away, so a window runs to its end even when nobody waits for it: bound the blocking tasks it may hold, or
 //! use the built-in server, which waits out a window on a timer and ends it (freeing its first copy of the
-//! profile) as soon as the client disconnects, as Go's handler does. With axum 0.8:
+//! profile) as soon as the client disconnects, as Go's handler does (a handler of one's own can do the same
+//! with a [`crate::DeltaWindow`] and [`crate::HeapSnapshot`]'s renderings). With axum 0.8:
 //!
 //! ```ignore
 //! use axum::{Router, http::{StatusCode, Uri, header}, response::IntoResponse, routing::get};
