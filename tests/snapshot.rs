@@ -121,3 +121,10 @@ fn a_failing_writer_is_named_as_the_cause() {
         other => panic!("a refusing writer must give Error::Output: {other:?}"),
     }
 }
+
+#[test]
+fn snapshots_and_windows_move_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<HeapSnapshot>();
+    shareable::<DeltaWindow>();
+}
