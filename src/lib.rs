@@ -36,8 +36,10 @@
 //! # Where to read on
 //!
 //! - [`SamplingAllocator`]: how sampling works, what it costs, and why it is safe to leave on.
-//! - [`dump_profile`], [`report`], [`top_sites`], [`folded_stacks`], `flamegraph_svg` (feature
-//!   `flamegraph`): the profile as pprof, text, values, folded stacks and a flamegraph.
+//! - [`HeapSnapshot`]: a profile taken once (the heap now, at its peak, or over a [`DeltaWindow`]) and
+//!   rendered as pprof into any writer, text, sites, folded stacks or a flamegraph; [`dump_profile`],
+//!   [`write_profile`], [`report`], [`top_sites`], [`folded_stacks`] and `flamegraph_svg` (feature
+//!   `flamegraph`) are one-call conveniences over it.
 //! - [`dump_peak_profile`]: the profile at the highest estimated in-use bytes, after it was freed.
 //! - [`dump_delta_profile`]: what was allocated during a window.
 //! - [`LabelSet`], [`with_labels`], [`enter_labels`], [`labeled`]: heap profiles by tenant, endpoint or
@@ -72,15 +74,14 @@ mod sampler;
 #[cfg(feature = "server")]
 mod server;
 mod shard;
+mod snapshot;
 mod stack;
 mod stats;
 mod table;
 mod totals;
 
-use std::path::Path;
-
 pub use allocator::SamplingAllocator;
-pub use delta::dump_delta_profile;
+pub use delta::DeltaWindow;
 pub use error::Error;
 #[cfg(feature = "flamegraph")]
 pub use flamegraph::flamegraph_svg;
@@ -89,8 +90,10 @@ pub use labels::{
     DEFAULT_MAX_LABEL_SETS, LabelGuard, LabelSet, Labeled, enter_labels, labeled,
     set_max_label_sets, with_labels,
 };
-pub use peak::{dump_peak_profile, write_peak_profile};
 pub use pprof::proto;
+pub use pprof::render::{
+    dump_delta_profile, dump_peak_profile, dump_profile, write_peak_profile, write_profile,
+};
 pub use pprof::symbols::{set_keep_std_frames, set_symbolize, symbolize};
 pub use report::{Site, report, top_sites};
 pub use sample_type::SampleType;
@@ -99,39 +102,10 @@ pub use sampler::{
 };
 #[cfg(feature = "server")]
 pub use server::{ProfileServer, serve, serve_non_loopback};
+pub use snapshot::HeapSnapshot;
 pub use stack::{
     DEFAULT_STACK_DEPTH, MAX_STACK_DEPTH, Unwinder, max_stack_depth, set_max_stack_depth,
     set_unwinder, unwinder,
 };
 pub use stats::{Stats, stats};
 pub use table::buckets::{DEFAULT_MAX_BUCKETS, set_max_buckets};
-
-/// The heap profile of the process's global [`SamplingAllocator`], as gzip-compressed pprof
-/// (`profile.proto`), the format of Go's `/debug/pprof/heap`.
-///
-/// Sample types are `alloc_objects/count`, `alloc_space/bytes`, `inuse_objects/count` and
-/// `inuse_space/bytes`, in that order and always present (`inuse_space` is the default); `period` is the
-/// sample rate in bytes. Values are already unbiased estimates; `alloc_*` count since the program started and
-/// are never reset, `inuse_*` are current. Functions, files, lines and inlined frames are symbolized in
-/// process and mappings carry GNU build IDs, so `go tool pprof` needs neither the binary nor its debug info;
-/// a mapping whose addresses could not all be named says so (`has_functions` false), and pprof then
-/// symbolizes it from the binary given on its command line (see [`set_symbolize`]). The innermost frame of
-/// every sample is the program's call into the allocator (see [`set_keep_std_frames`]).
-///
-/// # Errors
-/// [`Error::NotInstalled`] when no [`SamplingAllocator`] is the global allocator ([`Error::Unsupported`]
-/// on a target without sampling, see [`SAMPLING_SUPPORTED`]; so for every dump function); [`Error::Compress`]
-/// if gzip fails.
-pub fn dump_profile() -> Result<Vec<u8>, Error> {
-    pprof::encode(&pprof::profile()?)
-}
-
-/// Writes [`dump_profile`]'s output to `path` (conventionally `*.pb.gz`), replacing the file atomically
-/// (through a temporary file in its real directory, renamed over it; a symlink is followed and its target
-/// replaced). A FIFO or a character device at `path` is written to in place.
-///
-/// # Errors
-/// As [`dump_profile`], and [`Error::Write`] when the file cannot be written.
-pub fn write_profile(path: impl AsRef<Path>) -> Result<(), Error> {
-    output::write(path.as_ref(), &dump_profile()?)
-}
