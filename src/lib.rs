@@ -230,6 +230,7 @@ pub use labels::{
 };
 pub use peak::{dump_peak_profile, write_peak_profile};
 pub use pprof::proto;
+pub use pprof::symbols::PROFILER_FRAME_PREFIXES;
 pub use pprof::symbols::{set_keep_std_frames, set_symbolize, symbolize};
 pub use report::{Site, report, top_sites};
 pub use sample_type::SampleType;
