@@ -559,18 +559,16 @@ fn names_function(name: &str, function: &str) -> bool {
     name == function || name == format!("{CRATE}::{function}")
 }
 
-/// The profiler's frames and Rust's allocation shims: none may be in any sample. Bare names are what inlined
-/// frames are called in builds with `debug = "line-tables-only"` and what pprof shows.
+/// The profiler's frames and Rust's allocation shims: none may be in any sample. They are those the profiler
+/// trims ([`heap_sampler::PROFILER_FRAME_PREFIXES`]) but the standard library's, which stacks named offline
+/// keep (see [`Naming::Offline`]), and the names below: the profiler's inside generic arguments, bare names
+/// (what inlined frames are called in builds with `debug = "line-tables-only"` and what pprof shows), and the
+/// unwinder's.
 fn is_profiler_frame(name: &str) -> bool {
     const ANYWHERE: &[&str] = &[
         "heap_sampler::",
         "SamplingAllocator",
-        "__rust_alloc",
-        "__rust_realloc",
-        "__rust_alloc_zeroed",
-        "__rg_",
         "__rdl_",
-        "__rustc::",
         "_Unwind_Backtrace",
     ];
     // The `backtrace` crate, not `std::sys::backtrace::__rust_begin_short_backtrace`.
@@ -579,7 +577,13 @@ fn is_profiler_frame(name: &str) -> bool {
     // The last path segment, without generic arguments: `track`, `alloc_sampled<std::alloc::System>`.
     let last = name.split('<').next().unwrap_or(name);
     let last = last.rsplit("::").next().unwrap_or(last);
-    ANYWHERE.iter().any(|p| name.contains(p))
+    // Of the `__rust…` names, the allocator shims': not the standard library's thread-start, panic and
+    // `catch_unwind` functions, which share the prefix and call the program.
+    let trimmed = heap_sampler::PROFILER_FRAME_PREFIXES
+        .iter()
+        .any(|p| !is_std(p) && name.starts_with(p));
+    (trimmed && (!name.starts_with("__rust") || name.contains("alloc")))
+        || ANYWHERE.iter().any(|p| name.contains(p))
         || PREFIX.iter().any(|p| name.starts_with(p))
         || BARE.contains(&last)
 }
