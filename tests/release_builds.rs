@@ -11,6 +11,8 @@
 //! test of this process that needs it.
 
 mod common;
+#[cfg(target_arch = "x86_64")]
+mod fast_path;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -813,6 +815,19 @@ fn strip_true() {
     );
     check_stacks(&config, &stacks, &run.kept, Naming::Offline);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The allocator's entry points in a release build keep their fast path: no lock, no atomic
+/// read-modify-write, no call but to the inner allocator and to the slow paths (see [`fast_path`]). On the
+/// `line-tables-only` build, whose profiler has cargo's release `opt-level`, as a user's release build does.
+/// x86-64 only: the check reads x86-64 instructions.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn fast_path_pinned() {
+    if skip_under_sanitizer() {
+        return;
+    }
+    fast_path::check(&build(LINE_TABLES_ONLY).exe);
 }
 
 /// `debug = "full"`: full debug info, the slowest build and the largest binary.
