@@ -94,6 +94,7 @@ pub use pprof::proto;
 pub use pprof::render::{
     dump_delta_profile, dump_peak_profile, dump_profile, write_peak_profile, write_profile,
 };
+pub use pprof::symbols::PROFILER_FRAME_PREFIXES;
 pub use pprof::symbols::{set_keep_std_frames, set_symbolize, symbolize};
 pub use report::{Site, report, top_sites};
 pub use sample_type::SampleType;

@@ -289,10 +289,22 @@ fn symbolize_into(cache: &mut Cache, ips: &[usize], mappings: &[MappingInfo]) {
 /// program's, and only the inlined frames say that the allocator is there.
 const ALLOCATOR_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/allocator.rs");
 
-/// The functions that only hand an allocation to the global allocator (`alloc::alloc::alloc` and its kin,
-/// `Global`'s `Allocator` methods). In builds that do not inline them each crate has a copy of its own, at
-/// an address of its own, so the allocation path learned by address does not hold the program's copy.
-const ALLOCATION_SHIMS: &[&str] = &[
+/// The beginnings of the names of the frames that the profiler removes from the leaf end of every sampled
+/// stack, whatever [`set_keep_std_frames`] says: its own (`heap_sampler::…`), Rust's allocator shims
+/// (`__rust_alloc`, `__rg_alloc` and their kin) and the standard library's functions that only hand an
+/// allocation to the global allocator (`alloc::alloc::alloc`, `Global`'s `Allocator` methods). In builds that
+/// do not inline the latter each crate has a copy of its own, at an address of its own, so the allocation
+/// path learned by address does not hold the program's copy.
+///
+/// Only the leaf end goes, up to the program's first frame: further from the leaf, a stack may still pass
+/// through the profiler, as one sampled in a closure given to [`crate::with_labels`] does. Where the debug info
+/// has only short names (`debug = "line-tables-only"`), the allocator's frames are also known by their source
+/// file.
+pub const PROFILER_FRAME_PREFIXES: &[&str] = &[
+    "heap_sampler::",
+    "<heap_sampler::",
+    "__rust",
+    "__rg_",
     "alloc::alloc::",
     "<alloc::alloc::",
     "std::alloc::",
@@ -302,11 +314,9 @@ const ALLOCATION_SHIMS: &[&str] = &[
 /// Whether a frame is the profiler's or one of the allocator shims that lead to it, inlined into the program's
 /// code or copied into it: by name, or by the allocator's source file where names are short.
 fn is_profiler_frame(frame: &Frame) -> bool {
-    frame.name.starts_with("heap_sampler::")
-        || frame.name.starts_with("<heap_sampler::")
-        || frame.name.starts_with("__rust")
-        || frame.name.starts_with("__rg_")
-        || ALLOCATION_SHIMS.iter().any(|p| frame.name.starts_with(p))
+    PROFILER_FRAME_PREFIXES
+        .iter()
+        .any(|p| frame.name.starts_with(p))
         || &*frame.file == ALLOCATOR_SOURCE
 }
 
