@@ -1,77 +1,102 @@
-//! Delta profiles: what was allocated during a window, as Go's `/debug/pprof/allocs?seconds=N`.
+//! Delta windows: what was allocated during a window, as Go's `/debug/pprof/allocs?seconds=N`.
 //!
-//! Two copies of the bucket table are taken `window` apart, and the cumulative `alloc_*` counts of the first
+//! Two copies of the bucket table are taken a window apart, and the cumulative `alloc_*` counts of the first
 //! are subtracted from the second, stack by stack (buckets are never removed, so each stack of the first copy
 //! is in the second). The `inuse_*` counts are those of the second copy, what is held at the end of the
 //! window: unlike Go, which subtracts them too (a net change that can be negative), every value stays a
 //! non-negative estimate that a flamegraph or `go tool pprof` can show as it is.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::fmt;
+use std::time::Instant;
 
 use crate::Error;
-use crate::pprof::{self, Dump};
+use crate::pprof;
 use crate::sample_type::SampleType;
 use crate::sampler::{self, Guard};
+use crate::snapshot::{HeapSnapshot, Origin};
 use crate::table::buckets::{self, Counts, Snapshot};
 
-/// The buckets of a window: allocations during it, and what is held at its end.
-pub(crate) struct Delta {
-    pub(crate) buckets: Snapshot,
-    /// Wall time at the end of the window, in nanoseconds since the Unix epoch (as Go's delta profiles).
-    pub(crate) time_nanos: i64,
-    /// The length of the window, in nanoseconds: from the end of the first copy to the end of the second.
-    pub(crate) duration_nanos: i64,
-}
-
-/// A delta window begun: the copy of the bucket table at its start. [`Window::finish`] ends it, whenever the
-/// caller chooses: [`dump_delta_profile`] and [`crate::http::handle`] sleep their thread in between, the
-/// built-in server waits on a timer (and drops the window if its client goes away).
-pub(crate) struct Window {
+/// A delta window begun: a copy of the bucket table at its start. [`DeltaWindow::finish`] ends it whenever
+/// the caller chooses, and gives the [`HeapSnapshot`] of the window: what each stack allocated during it
+/// (`alloc_objects`, `alloc_space`) and what it holds at its end (`inuse_objects`, `inuse_space`). Nothing
+/// waits or sleeps in between, and no lock is held: a server can wait out the window on a timer and drop it
+/// when its client goes away, which frees the copy.
+///
+/// As Go's `/debug/pprof/allocs?seconds=N`, which takes a profile, waits, takes another and subtracts the
+/// first; unlike Go, in-use values are those at the end of the window rather than a (possibly negative)
+/// change, so every value is a non-negative estimate.
+///
+/// ```
+/// use heap_sampler::{DeltaWindow, SamplingAllocator};
+/// use std::alloc::System;
+///
+/// #[global_allocator]
+/// static ALLOC: SamplingAllocator<System> = SamplingAllocator::new(System);
+///
+/// fn main() -> Result<(), heap_sampler::Error> {
+///     let window = DeltaWindow::start()?;
+///     let work: Vec<Vec<u8>> = (0..100).map(|_| vec![0u8; 4096]).collect();
+///     let during = window.finish()?; // what was allocated since `start`
+///     println!("{}", during.report(5));
+///     # drop(work);
+///     Ok(())
+/// }
+/// ```
+pub struct DeltaWindow {
     before: Snapshot,
     /// When the first copy was complete.
     start: Instant,
 }
 
-impl Window {
-    /// Begins a window: copies the bucket table. Holds no lock once it returns.
+impl DeltaWindow {
+    /// Begins a window now: copies the bucket table (its counts and stacks, unsymbolized). Holds no lock
+    /// once it returns; the copy is the profiler's memory, not sampled, until the window is finished or
+    /// dropped.
     ///
     /// # Errors
-    /// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator.
-    pub(crate) fn start() -> Result<Window, Error> {
-        let (before, start) = snapshot()?;
-        Ok(Window { before, start })
+    /// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator;
+    /// [`Error::Unsupported`] on a target without sampling.
+    pub fn start() -> Result<DeltaWindow, Error> {
+        let (before, start) = copy()?;
+        Ok(DeltaWindow { before, start })
     }
 
-    /// Ends the window now: copies the bucket table again and subtracts the first copy.
+    /// Ends the window now: copies the bucket table again, subtracts the first copy's `alloc_*` counts stack
+    /// by stack, and symbolizes the difference. The snapshot's time is now, its duration (a pprof
+    /// rendering's `duration_nanos`) runs from the end of the first copy to the end of the second, and its
+    /// default sample type is `alloc_space`.
     ///
     /// # Errors
-    /// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator.
-    pub(crate) fn finish(self) -> Result<Delta, Error> {
-        let (after, end) = snapshot()?;
-        let _guard = Guard::enter();
-        Ok(Delta {
-            buckets: subtract(&self.before, after),
-            time_nanos: pprof::now_nanos(),
-            duration_nanos: i64::try_from(end.duration_since(self.start).as_nanos())
-                .unwrap_or(i64::MAX),
+    /// As [`DeltaWindow::start`].
+    pub fn finish(self) -> Result<HeapSnapshot, Error> {
+        let (after, end) = copy()?;
+        let time_nanos = pprof::now_nanos();
+        let duration_nanos =
+            i64::try_from(end.duration_since(self.start).as_nanos()).unwrap_or(i64::MAX);
+        let delta = {
+            let _guard = Guard::enter();
+            subtract(&self.before, after)
+        };
+        drop(self);
+        pprof::dumping(|guard| {
+            let origin = Origin::Delta { duration_nanos };
+            HeapSnapshot::of(guard, delta, origin, time_nanos, SampleType::AllocSpace)
         })
     }
 }
 
-impl Delta {
-    /// The window's profile, with `default` as its default sample type.
-    pub(crate) fn profile(&self, default: SampleType) -> Result<Dump, Error> {
-        let mut dump = pprof::profile_of(&self.buckets)?;
-        dump.profile.time_nanos = self.time_nanos;
-        dump.profile.duration_nanos = self.duration_nanos;
-        crate::sample_type::set_default(&mut dump.profile, default);
-        Ok(dump)
+impl fmt::Debug for DeltaWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeltaWindow")
+            .field("start", &self.start)
+            .field("buckets", &self.before.len())
+            .finish()
     }
 }
 
 /// A copy of the bucket table, and when it was complete.
-fn snapshot() -> Result<(Snapshot, Instant), Error> {
+fn copy() -> Result<(Snapshot, Instant), Error> {
     sampler::check_installed()?;
     let guard = Guard::inside();
     let snapshot = buckets::snapshot(&guard);
@@ -96,25 +121,6 @@ pub(crate) fn subtract(before: &Snapshot, mut after: Snapshot) -> Snapshot {
         bucket.counts != Counts::default()
     });
     after
-}
-
-/// A delta profile: what each stack allocated during the next `window` (`alloc_objects`, `alloc_space`), and
-/// what it holds at the end of it (`inuse_objects`, `inuse_space`), as gzip-compressed pprof whose
-/// `duration_nanos` is the window; as Go's `/debug/pprof/allocs?seconds=N`, except that in-use values are
-/// current rather than a (possibly negative) change. The default sample type is `alloc_space`. Blocks the
-/// calling thread for `window`.
-///
-/// Cumulative profiles ([`crate::dump_profile`]) count since the program started, so a spike an hour in is
-/// hard to see in them; a delta profile shows it alone.
-///
-/// # Errors
-/// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator (at once, without
-/// waiting); [`Error::Compress`] if gzip fails.
-pub fn dump_delta_profile(window: Duration) -> Result<Vec<u8>, Error> {
-    let started = Window::start()?;
-    std::thread::sleep(window);
-    let delta = started.finish()?;
-    pprof::encode(&delta.profile(SampleType::AllocSpace)?)
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ pub enum Error {
     },
     /// Compressing the profile failed.
     Compress(io::Error),
+    /// The writer given to [`crate::HeapSnapshot::write_pprof`] failed.
+    Output(io::Error),
     /// A sample type name that is none of `alloc_objects`, `alloc_space`, `inuse_objects`, `inuse_space`.
     UnknownSampleType(String),
     /// Rendering a flamegraph failed.
@@ -63,6 +65,11 @@ impl fmt::Display for Error {
                 path.display()
             ),
             Error::Compress(source) => write!(f, "cannot gzip the heap profile: {source}"),
+            Error::Output(source) => write!(
+                f,
+                "cannot write the heap profile to its writer: {source}; check where the writer leads \
+                 (a full disk, a closed connection)"
+            ),
             Error::UnknownSampleType(name) => write!(
                 f,
                 "unknown sample type {name:?}; use alloc_objects, alloc_space, inuse_objects or inuse_space"
@@ -89,7 +96,9 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::NotInstalled | Error::Unsupported | Error::UnknownSampleType(_) => None,
-            Error::Write { source, .. } | Error::Compress(source) => Some(source),
+            Error::Write { source, .. } | Error::Compress(source) | Error::Output(source) => {
+                Some(source)
+            }
             #[cfg(feature = "flamegraph")]
             Error::Flamegraph(source) => Some(source),
             #[cfg(feature = "server")]

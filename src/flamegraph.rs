@@ -8,29 +8,58 @@ use crate::Error;
 use crate::report::human_bytes;
 use crate::sample_type::SampleType;
 use crate::sampler::Guard;
+use crate::snapshot::HeapSnapshot;
 
-/// A flamegraph of the current heap profile as an SVG document (interactive in a browser: click to zoom,
-/// Ctrl-F to search): each frame's width is its share of `sample_type`, e.g. [`SampleType::InuseSpace`] for
-/// what holds memory now or [`SampleType::AllocSpace`] for where allocation work goes. Built from
-/// [`crate::folded_stacks`]. Needs the `flamegraph` feature (inferno, licensed CDDL-1.0).
+impl HeapSnapshot {
+    /// A flamegraph of the snapshot as an SVG document (interactive in a browser: click to zoom, Ctrl-F to
+    /// search), titled `Heap profile: <sample_type>`: each frame's width is its share of `sample_type`, e.g.
+    /// [`SampleType::InuseSpace`] for what holds memory or [`SampleType::AllocSpace`] for where allocation
+    /// work goes. Rendered from [`HeapSnapshot::folded_stacks`] by inferno (Brendan Gregg's
+    /// `flamegraph.pl` in Rust) with its memory palette. Needs the `flamegraph` feature (inferno, licensed
+    /// CDDL-1.0).
+    ///
+    /// # Errors
+    /// [`Error::Flamegraph`] if rendering fails.
+    pub fn flamegraph_svg(&self, sample_type: SampleType) -> Result<Vec<u8>, Error> {
+        self.flamegraph_titled(sample_type, &format!("Heap profile: {sample_type}"))
+    }
+
+    /// As [`HeapSnapshot::flamegraph_svg`], titled `title`.
+    pub(crate) fn flamegraph_titled(
+        &self,
+        sample_type: SampleType,
+        title: &str,
+    ) -> Result<Vec<u8>, Error> {
+        render(
+            &self.folded_stacks(sample_type),
+            sample_type,
+            title,
+            self.rate,
+        )
+    }
+}
+
+/// A flamegraph of the current heap profile as an SVG document: [`HeapSnapshot::current`] rendered by
+/// [`HeapSnapshot::flamegraph_svg`], which describes it. Needs the `flamegraph` feature (inferno, licensed
+/// CDDL-1.0).
 ///
 /// # Errors
 /// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator;
 /// [`Error::Flamegraph`] if rendering fails.
 pub fn flamegraph_svg(sample_type: SampleType) -> Result<Vec<u8>, Error> {
-    let folded = crate::folded_stacks(sample_type)?;
-    render(
-        &folded,
-        sample_type,
-        &format!("Heap profile: {sample_type}"),
-    )
+    HeapSnapshot::current()?.flamegraph_svg(sample_type)
 }
 
-/// Renders folded stacks of `sample_type` as a flamegraph titled `title`. With no stacks, an SVG that says
-/// so.
-pub(crate) fn render(folded: &str, sample_type: SampleType, title: &str) -> Result<Vec<u8>, Error> {
+/// Renders folded stacks of `sample_type`, sampled at `rate` bytes, as a flamegraph titled `title`. With no
+/// stacks, an SVG that says so.
+fn render(
+    folded: &str,
+    sample_type: SampleType,
+    title: &str,
+    rate: usize,
+) -> Result<Vec<u8>, Error> {
     let _guard = Guard::enter();
-    let rate = i64::try_from(crate::sample_rate()).unwrap_or(i64::MAX);
+    let rate = i64::try_from(rate).unwrap_or(i64::MAX);
     let subtitle = format!(
         "sample rate {}; widths are unbiased estimates, relative standard error <= sqrt(rate / bytes)",
         human_bytes(rate)
@@ -69,7 +98,7 @@ mod tests {
 
     #[test]
     fn an_empty_profile_is_an_svg_that_says_so() {
-        let svg = render("", SampleType::InuseSpace, "heap: inuse_space").unwrap();
+        let svg = render("", SampleType::InuseSpace, "heap: inuse_space", 4096).unwrap();
         let svg = String::from_utf8(svg).unwrap();
         let doc = roxmltree::Document::parse(&svg).expect("well-formed XML");
         assert_eq!(doc.root_element().tag_name().name(), "svg");

@@ -6,14 +6,30 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::Error;
-use crate::pprof::{self, symbols::Resolved};
+use crate::pprof::symbols::Resolved;
 use crate::sample_type::SampleType;
+use crate::sampler::Guard;
+use crate::snapshot::HeapSnapshot;
 
-/// The current heap profile as folded stacks of `sample_type` (e.g. [`SampleType::InuseSpace`] for bytes in
-/// use): one line per distinct stack with a non-zero value, sorted by stack, each
-/// `outermost;…;innermost value\n`. Frames are function names (demangled, without hash suffix), inlined
-/// functions included, as `go tool pprof` names them; a `;` inside a name (as in `[u8; 64]`) is written `:`.
-/// Values are the profile's unbiased estimates, in bytes or objects.
+impl HeapSnapshot {
+    /// The snapshot as folded stacks of `sample_type` (e.g. [`SampleType::InuseSpace`] for bytes in use):
+    /// one line per distinct stack with a non-zero value, sorted by stack, each
+    /// `outermost;…;innermost value\n`. Frames are function names (demangled, without hash suffix), inlined
+    /// functions included, as `go tool pprof` names them; a `;` inside a name (as in `[u8; 64]`) is written
+    /// `:`. Values are the snapshot's unbiased estimates, in bytes or objects, as in its pprof rendering.
+    /// The format is Brendan Gregg's, read by `flamegraph.pl`, inferno and speedscope.
+    ///
+    /// ```text
+    /// main;json_index::main;json_index::parse;serde_json::de::from_str 46137344
+    /// ```
+    pub fn folded_stacks(&self, sample_type: SampleType) -> String {
+        let _guard = Guard::enter();
+        render(&self.resolved, sample_type)
+    }
+}
+
+/// The current heap profile as folded stacks of `sample_type`: [`HeapSnapshot::current`] rendered by
+/// [`HeapSnapshot::folded_stacks`], which describes the format.
 ///
 /// ```text
 /// main;json_index::main;json_index::parse;serde_json::de::from_str 46137344
@@ -22,11 +38,11 @@ use crate::sample_type::SampleType;
 /// # Errors
 /// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator.
 pub fn folded_stacks(sample_type: SampleType) -> Result<String, Error> {
-    pprof::with_snapshot(|resolved| render(resolved, sample_type))
+    Ok(HeapSnapshot::current()?.folded_stacks(sample_type))
 }
 
-/// Folds a symbolized snapshot (see [`folded_stacks`]).
-pub(crate) fn render(resolved: &Resolved, sample_type: SampleType) -> String {
+/// Folds a symbolized snapshot (see [`HeapSnapshot::folded_stacks`]).
+fn render(resolved: &Resolved, sample_type: SampleType) -> String {
     let mut stacks: BTreeMap<String, i64> = BTreeMap::new();
     for sample in &resolved.samples {
         let value = sample_type.of(&sample.counts);

@@ -46,7 +46,8 @@
 //! first one symbolizes, ~0.2 s). In async servers call it from a blocking task. It cannot see the client go
 //! away, so a window runs to its end even when nobody waits for it: bound the blocking tasks it may hold, or
 //! use the built-in server, which waits out a window on a timer and ends it (freeing its first copy of the
-//! profile) as soon as the client disconnects, as Go's handler does. With axum 0.8:
+//! profile) as soon as the client disconnects, as Go's handler does (a handler of one's own can do the same
+//! with a [`crate::DeltaWindow`] and [`crate::HeapSnapshot`]'s renderings). With axum 0.8:
 //!
 //! ```ignore
 //! use axum::{Router, http::{StatusCode, Uri, header}, response::IntoResponse, routing::get};
@@ -87,6 +88,41 @@
 //!
 //! Profiles show the program's code and its allocation patterns: serve them on loopback, or behind the
 //! authentication of the rest of the service's admin endpoints.
+//!
+//! # Continuous profilers
+//!
+//! Continuous profilers scrape the same endpoints across many instances. Parca (`parca.yaml`):
+//!
+//! ```yaml
+//! scrape_configs:
+//!   - job_name: my-service
+//!     scrape_interval: 10s
+//!     static_configs:
+//!       - targets: ["127.0.0.1:6060"]
+//!     profiling_config:
+//!       pprof_config:
+//!         memory: { enabled: true, path: /debug/pprof/allocs }
+//!         process_cpu: { enabled: false }
+//!         goroutine: { enabled: false }
+//!         block: { enabled: false }
+//!         mutex: { enabled: false }
+//! ```
+//!
+//! Pyroscope, through Grafana Alloy:
+//!
+//! ```text
+//! pyroscope.scrape "my_service" {
+//!   targets    = [{"__address__" = "127.0.0.1:6060", "service_name" = "my-service"}]
+//!   forward_to = [pyroscope.write.default.receiver]
+//!   profiling_config {
+//!     profile.memory      { enabled = true, path = "/debug/pprof/allocs" }
+//!     profile.process_cpu { enabled = false }
+//!     profile.goroutine   { enabled = false }
+//!     profile.block       { enabled = false }
+//!     profile.mutex       { enabled = false }
+//!   }
+//! }
+//! ```
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
@@ -95,12 +131,11 @@ use std::fmt::Write;
 use std::num::IntErrorKind;
 use std::time::Duration;
 
-use crate::Error;
-use crate::delta::Window;
-use crate::pprof::{self, symbols::Resolved};
+use crate::pprof;
 use crate::report::{self, Site};
-use crate::sample_type::{self, SampleType};
+use crate::sample_type::SampleType;
 use crate::sampler::Guard;
+use crate::{DeltaWindow, Error, HeapSnapshot};
 
 /// What to send back: status, content type and body. Headers as Go's `net/http/pprof` sets them are in
 /// [`Response::headers`].
@@ -181,7 +216,7 @@ pub fn handle(path: &str, query: &str) -> Response {
         Err(response) => return response,
     };
     let window = match request.window() {
-        Some(length) => match Window::start() {
+        Some(length) => match DeltaWindow::start() {
             Ok(window) => {
                 std::thread::sleep(length);
                 Some(window)
@@ -214,9 +249,7 @@ pub(crate) fn parse(path: &str, query: &str) -> Result<Request, Response> {
     let request = Request::parse(endpoint, query)?;
     if request.format == Format::Svg && !cfg!(feature = "flamegraph") {
         // Said at once, before any window is waited for.
-        return Err(request
-            .svg("")
-            .unwrap_or_else(|error| Response::failed(&error)));
+        return Err(no_flamegraph());
     }
     Ok(request)
 }
@@ -366,30 +399,24 @@ impl Request {
 
     /// Answers the request. `window` is the delta window begun [`Request::window`] ago, for a request that
     /// has one (`None` otherwise); it ends now. Errors become a 500.
-    pub(crate) fn respond(&self, window: Option<Window>) -> Response {
+    pub(crate) fn respond(&self, window: Option<DeltaWindow>) -> Response {
         let _guard = Guard::enter();
         self.serve(window)
             .unwrap_or_else(|error| Response::failed(&error))
     }
 
-    fn serve(&self, window: Option<Window>) -> Result<Response, Error> {
-        let window = window.map(Window::finish).transpose()?;
-        let with_resolved = |f: &mut dyn FnMut(&Resolved)| match &window {
-            Some(delta) => {
-                pprof::with_buckets(|_| (Cow::Borrowed(&delta.buckets), ()), |r, ()| f(&r))
-            }
-            None => pprof::with_snapshot(f),
-        };
+    /// The snapshot of the window, or of the heap now, rendered as asked.
+    fn serve(&self, window: Option<DeltaWindow>) -> Result<Response, Error> {
         let t = self.sample_type;
+        let snapshot = match window {
+            Some(window) => window.finish()?,
+            None => HeapSnapshot::current()?,
+        }
+        .with_default_sample_type(t);
         match self.format {
             Format::Proto => {
-                let mut dump = match &window {
-                    Some(delta) => delta.profile(t)?,
-                    None => pprof::profile()?,
-                };
-                sample_type::set_default(&mut dump.profile, t);
-                let mut response = Response::ok("application/octet-stream", pprof::encode(&dump)?);
-                let suffix = if window.is_some() { "-delta" } else { "" };
+                let mut response = Response::ok("application/octet-stream", snapshot.into_pprof()?);
+                let suffix = if self.seconds.is_some() { "-delta" } else { "" };
                 response.content_disposition = Some(format!(
                     r#"attachment; filename="{}{suffix}""#,
                     self.endpoint.name()
@@ -397,43 +424,39 @@ impl Request {
                 Ok(response)
             }
             Format::Text => {
-                let mut text = String::new();
-                with_resolved(&mut |resolved| {
-                    let mut sites = report::sites(resolved);
-                    sites.sort_by_key(|site| Reverse(site_value(site, t)));
-                    text = report::render(&sites, crate::sample_rate(), sites.len());
-                })?;
+                let mut sites = snapshot.sites();
+                sites.sort_by_key(|site| Reverse(site_value(site, t)));
+                let text = report::render(&sites, snapshot.sample_rate(), sites.len());
                 Ok(Response::ok(TEXT, text.into_bytes()))
             }
-            Format::Folded | Format::Svg => {
-                let mut folded = String::new();
-                with_resolved(&mut |resolved| folded = crate::folded::render(resolved, t))?;
-                if self.format == Format::Folded {
-                    return Ok(Response::ok(TEXT, folded.into_bytes()));
-                }
-                self.svg(&folded)
-            }
+            Format::Folded => Ok(Response::ok(TEXT, snapshot.folded_stacks(t).into_bytes())),
+            Format::Svg => self.svg(&snapshot),
         }
     }
 
     #[cfg(feature = "flamegraph")]
-    fn svg(&self, folded: &str) -> Result<Response, Error> {
+    fn svg(&self, snapshot: &HeapSnapshot) -> Result<Response, Error> {
         let mut title = format!("{}: {}", self.endpoint.name(), self.sample_type);
         if let Some(seconds) = self.seconds {
             let _ = write!(title, ", delta over {seconds} s");
         }
-        let svg = crate::flamegraph::render(folded, self.sample_type, &title)?;
+        let svg = snapshot.flamegraph_titled(self.sample_type, &title)?;
         Ok(Response::ok("image/svg+xml", svg))
     }
 
     #[cfg(not(feature = "flamegraph"))]
-    fn svg(&self, _folded: &str) -> Result<Response, Error> {
-        Ok(Response::error(
-            501,
-            "format=svg needs heap-sampler's `flamegraph` feature; use format=folded with a flamegraph \
-             tool, or build with features = [\"flamegraph\"]",
-        ))
+    fn svg(&self, _snapshot: &HeapSnapshot) -> Result<Response, Error> {
+        Ok(no_flamegraph())
     }
+}
+
+/// The 501 for `format=svg` in a build without the `flamegraph` feature.
+fn no_flamegraph() -> Response {
+    Response::error(
+        501,
+        "format=svg needs heap-sampler's `flamegraph` feature; use format=folded with a flamegraph \
+         tool, or build with features = [\"flamegraph\"]",
+    )
 }
 
 fn site_value(site: &Site, t: SampleType) -> i64 {

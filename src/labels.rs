@@ -74,6 +74,42 @@ pub fn set_max_label_sets(sets: usize) {
 /// enter. Sets are built on top of another set (usually the current one): later pairs replace earlier ones
 /// with the same key.
 ///
+/// # Labels in profiles
+///
+/// Allocations sampled inside a label scope carry its key/value labels, as pprof string labels (the way Go's
+/// `pprof.Do` labels CPU profiles; Go's heap profiles have none), so a profile can be broken down by tenant,
+/// endpoint or component: `go tool pprof -tags heap.pb.gz`, `go tool pprof -tagfocus=tenant=acme -top
+/// heap.pb.gz`. Scopes nest (inner labels add to outer ones; guards are dropped innermost first) and belong
+/// to the current thread:
+///
+/// ```
+/// let cache = heap_sampler::with_labels(&[("component", "cache")], || vec![0u8; 1 << 20]);
+/// {
+///     let _scope = heap_sampler::enter_labels(&[("tenant", "acme")]);
+///     let _buffer = vec![0u8; 4096]; // labeled tenant=acme
+/// }
+/// # drop(cache);
+/// ```
+///
+/// A scope is per thread, so it must not be held across `.await`: the task may move to another thread, and
+/// other tasks run on this one meanwhile. Wrap the future instead ([`labeled`]); the labels are entered around
+/// each poll, wherever it runs:
+///
+/// ```
+/// # async fn handle(request: &str) -> usize { request.len() }
+/// async fn serve(tenant: &str, request: &str) -> usize {
+///     heap_sampler::labeled(&[("tenant", tenant)], handle(request)).await
+/// }
+/// ```
+///
+/// A thread spawned inside a scope starts without labels: pass it [`LabelSet::current`] and enter that. The
+/// allocator reads the thread's label set only when it samples an allocation; unsampled allocations cost
+/// exactly what they cost without labels. Entering a scope from pairs interns the set (a lock and a hash map
+/// lookup, outside the allocator); a [`LabelSet`] built once enters with a single thread-local store. Sets
+/// are kept for the life of the process, so give labels few distinct values (see [`set_max_label_sets`]).
+///
+/// # Building sets
+///
 /// Pairs with an empty key or value (pprof cannot tell an empty string label from a numeric one) and pairs
 /// with the key `bytes` (the numeric label of the allocation size in heap profiles) are ignored.
 ///
@@ -176,7 +212,7 @@ pub fn enter_labels(labels: &[(&str, &str)]) -> LabelGuard {
 }
 
 /// Wraps `future` so that `labels`, added to the labels current at this call, label its allocations whenever
-/// it is polled: the way to carry a scope across `.await` (see the crate docs).
+/// it is polled: the way to carry a scope across `.await` (see [`LabelSet`]).
 pub fn labeled<F: IntoFuture>(labels: &[(&str, &str)], future: F) -> Labeled<F::IntoFuture> {
     LabelSet::current().with(labels).instrument(future)
 }

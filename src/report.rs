@@ -5,6 +5,8 @@ use std::fmt::Write;
 
 use crate::Error;
 use crate::pprof::symbols::{Frame, Resolved, is_std};
+use crate::sampler::Guard;
+use crate::snapshot::HeapSnapshot;
 use crate::table::buckets::Counts;
 
 /// The heap figures of one allocation site: the innermost frame of a stack that is outside the standard
@@ -47,7 +49,7 @@ fn site_frame(resolved: &Resolved, locations: &[u32]) -> Option<Frame> {
 }
 
 /// The allocation sites of a symbolized snapshot, largest in-use first (then largest allocated).
-pub(crate) fn sites(resolved: &Resolved) -> Vec<Site> {
+fn sites(resolved: &Resolved) -> Vec<Site> {
     let mut by_site: HashMap<Frame, Counts> = HashMap::new();
     for sample in &resolved.samples {
         if let Some(frame) = site_frame(resolved, &sample.locations) {
@@ -131,23 +133,41 @@ pub(crate) fn render(sites: &[Site], rate: usize, top: usize) -> String {
     out
 }
 
-/// The allocation sites of the current profile, largest in-use first. See [`Site`] for how a stack is charged
-/// to a site.
+impl HeapSnapshot {
+    /// The allocation sites of the snapshot, largest in-use first (then largest allocated). See [`Site`] for
+    /// how a stack is charged to a site; the sites' values add up to the snapshot's totals.
+    pub fn sites(&self) -> Vec<Site> {
+        let _guard = Guard::enter();
+        sites(&self.resolved)
+    }
+
+    /// A text report of the `top` allocation sites of the snapshot (see [`HeapSnapshot::sites`]), with the
+    /// sample rate and the noise bound in its first line: in-use bytes and objects, allocated bytes and
+    /// objects, function and `file:line` of each; for logs, and for readers without `go tool pprof`, as
+    /// Go's `?debug=1` text.
+    pub fn report(&self, top: usize) -> String {
+        let _guard = Guard::enter();
+        render(&sites(&self.resolved), self.rate, top)
+    }
+}
+
+/// The allocation sites of the current profile, largest in-use first: [`HeapSnapshot::current`]'s
+/// [`HeapSnapshot::sites`]. See [`Site`] for how a stack is charged to a site.
 ///
 /// # Errors
 /// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator.
 pub fn top_sites() -> Result<Vec<Site>, Error> {
-    crate::pprof::with_snapshot(sites)
+    Ok(HeapSnapshot::current()?.sites())
 }
 
 /// A text report of the `top` allocation sites of the current profile (see [`top_sites`]), with the sample
-/// rate and the noise bound in its first line; for logs, and for readers without `go tool pprof`.
+/// rate and the noise bound in its first line; for logs, and for readers without `go tool pprof`:
+/// [`HeapSnapshot::current`]'s [`HeapSnapshot::report`].
 ///
 /// # Errors
 /// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator.
 pub fn report(top: usize) -> Result<String, Error> {
-    let rate = crate::sample_rate();
-    crate::pprof::with_snapshot(|resolved| render(&sites(resolved), rate, top))
+    Ok(HeapSnapshot::current()?.report(top))
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::Error;
-use crate::pprof::proto::Profile;
 use crate::table::buckets::Counts;
 
 /// One of the four values every sample of a heap profile carries, named as in pprof and Go's heap profiles
@@ -56,18 +55,6 @@ impl SampleType {
     /// This type's value in `counts`, in whole objects or bytes.
     pub(crate) fn of(self, counts: &Counts) -> i64 {
         counts.values()[self.index()]
-    }
-}
-
-/// Makes `sample_type` the profile's default sample type, the one `go tool pprof` shows unless told otherwise.
-pub(crate) fn set_default(profile: &mut Profile, sample_type: SampleType) {
-    // Every sample type's name is in the string table: the profile declares all four.
-    if let Some(i) = profile
-        .string_table
-        .iter()
-        .position(|s| s == sample_type.name())
-    {
-        profile.default_sample_type = i as i64;
     }
 }
 

@@ -26,9 +26,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio_io_timeout::TimeoutStream;
 
-use crate::Error;
-use crate::delta::Window;
 use crate::http::{self, Response};
+use crate::{DeltaWindow, Error};
 
 /// Connections open at once; one more is closed as soon as it is accepted.
 const MAX_CONNECTIONS: usize = 1024;
@@ -342,7 +341,7 @@ async fn profile(path: &str, query: &str, shared: &Shared) -> Response {
                     ),
                 );
             };
-            let started = match blocking(Window::start).await {
+            let started = match blocking(DeltaWindow::start).await {
                 Ok(Ok(started)) => started,
                 Ok(Err(error)) => return Response::failed(&error),
                 Err(response) => return response,

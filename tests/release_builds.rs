@@ -11,6 +11,8 @@
 //! test of this process that needs it.
 
 mod common;
+#[cfg(target_arch = "x86_64")]
+mod fast_path;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -559,18 +561,16 @@ fn names_function(name: &str, function: &str) -> bool {
     name == function || name == format!("{CRATE}::{function}")
 }
 
-/// The profiler's frames and Rust's allocation shims: none may be in any sample. Bare names are what inlined
-/// frames are called in builds with `debug = "line-tables-only"` and what pprof shows.
+/// The profiler's frames and Rust's allocation shims: none may be in any sample. They are those the profiler
+/// trims ([`heap_sampler::PROFILER_FRAME_PREFIXES`]) but the standard library's, which stacks named offline
+/// keep (see [`Naming::Offline`]), and the names below: the profiler's inside generic arguments, bare names
+/// (what inlined frames are called in builds with `debug = "line-tables-only"` and what pprof shows), and the
+/// unwinder's.
 fn is_profiler_frame(name: &str) -> bool {
     const ANYWHERE: &[&str] = &[
         "heap_sampler::",
         "SamplingAllocator",
-        "__rust_alloc",
-        "__rust_realloc",
-        "__rust_alloc_zeroed",
-        "__rg_",
         "__rdl_",
-        "__rustc::",
         "_Unwind_Backtrace",
     ];
     // The `backtrace` crate, not `std::sys::backtrace::__rust_begin_short_backtrace`.
@@ -579,7 +579,13 @@ fn is_profiler_frame(name: &str) -> bool {
     // The last path segment, without generic arguments: `track`, `alloc_sampled<std::alloc::System>`.
     let last = name.split('<').next().unwrap_or(name);
     let last = last.rsplit("::").next().unwrap_or(last);
-    ANYWHERE.iter().any(|p| name.contains(p))
+    // Of the `__rust…` names, the allocator shims': not the standard library's thread-start, panic and
+    // `catch_unwind` functions, which share the prefix and call the program.
+    let trimmed = heap_sampler::PROFILER_FRAME_PREFIXES
+        .iter()
+        .any(|p| !is_std(p) && name.starts_with(p));
+    (trimmed && (!name.starts_with("__rust") || name.contains("alloc")))
+        || ANYWHERE.iter().any(|p| name.contains(p))
         || PREFIX.iter().any(|p| name.starts_with(p))
         || BARE.contains(&last)
 }
@@ -809,6 +815,19 @@ fn strip_true() {
     );
     check_stacks(&config, &stacks, &run.kept, Naming::Offline);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The allocator's entry points in a release build keep their fast path: no lock, no atomic
+/// read-modify-write, no call but to the inner allocator and to the slow paths (see [`fast_path`]). On the
+/// `line-tables-only` build, whose profiler has cargo's release `opt-level`, as a user's release build does.
+/// x86-64 only: the check reads x86-64 instructions.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn fast_path_pinned() {
+    if skip_under_sanitizer() {
+        return;
+    }
+    fast_path::check(&build(LINE_TABLES_ONLY).exe);
 }
 
 /// `debug = "full"`: full debug info, the slowest build and the largest binary.

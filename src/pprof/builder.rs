@@ -50,10 +50,16 @@ pub(crate) struct Header<'a> {
     pub(crate) comments: &'a [String],
 }
 
-/// Assembles the profile. Values are already unbiased estimates (as Go writes them); `bytes` is a numeric
-/// label with the sample's average allocation size, as Go's heap profiles carry, and a sample's label set
-/// gives string labels (key and `str`), as Go's `pprof.Do` labels give in CPU profiles.
-pub(crate) fn build(resolved: Resolved, header: &Header<'_>) -> Dump {
+/// Assembles the profile of the locations and mappings of `resolved` and of `samples` (its samples, or the
+/// samples taken out of it so that the rest can be dropped before the profile is written). Values are
+/// already unbiased estimates (as Go writes them); `bytes` is a numeric label with the sample's average
+/// allocation size, as Go's heap profiles carry, and a sample's label set gives string labels (key and
+/// `str`), as Go's `pprof.Do` labels give in CPU profiles.
+pub(crate) fn build<'a>(
+    resolved: &Resolved,
+    samples: &'a [ResolvedSample],
+    header: &Header<'_>,
+) -> Dump<'a> {
     let mut strings = Strings::new();
     let sample_type = SAMPLE_TYPES
         .iter()
@@ -129,7 +135,7 @@ pub(crate) fn build(resolved: Resolved, header: &Header<'_>) -> Dump {
     // The string labels of each label set, in the order the samples first have them.
     let bytes_key = strings.id("bytes");
     let mut labels: HashMap<LabelSet, Vec<Label>> = HashMap::new();
-    for s in &resolved.samples {
+    for s in samples {
         labels.entry(s.labels).or_insert_with(|| {
             labels::pairs(s.labels)
                 .iter()
@@ -164,7 +170,7 @@ pub(crate) fn build(resolved: Resolved, header: &Header<'_>) -> Dump {
     };
     Dump {
         profile,
-        samples: resolved.samples,
+        samples,
         labels,
         bytes_key,
     }
@@ -173,10 +179,10 @@ pub(crate) fn build(resolved: Resolved, header: &Header<'_>) -> Dump {
 /// A profile to encode: its message without the samples, and the samples, each encoded as its message only
 /// when the profile is written (see [`Dump::write`]), so that the messages of all samples never exist at
 /// once.
-pub(crate) struct Dump {
+pub(crate) struct Dump<'a> {
     /// Everything but the samples.
     pub(crate) profile: Profile,
-    samples: Vec<ResolvedSample>,
+    samples: &'a [ResolvedSample],
     /// The string labels of each label set of the samples.
     labels: HashMap<LabelSet, Vec<Label>>,
     /// The string index of `bytes`, the key and unit of every sample's numeric label.
@@ -186,7 +192,7 @@ pub(crate) struct Dump {
 /// How many bytes of encoded samples are gathered before they are written.
 const CHUNK: usize = 32 << 10;
 
-impl Dump {
+impl Dump<'_> {
     /// Writes the profile's encoding to `out`, a piece at a time: the sample types, the samples one by one,
     /// then the rest of the message. Fields come in the order of their numbers, as prost encodes a whole
     /// message, and the bytes are those of [`Profile::encode`] on the profile with its samples.
@@ -198,7 +204,7 @@ impl Dump {
         out.write_all(sample_types)?;
         let mut buf = Vec::with_capacity(CHUNK + (1 << 10));
         let mut sample = Sample::default();
-        for s in &self.samples {
+        for s in self.samples {
             sample.location_id.clear();
             sample
                 .location_id
@@ -282,7 +288,7 @@ mod tests {
             time_nanos: 7,
             comments: &comments,
         };
-        let dump = build(resolved, &header);
+        let dump = build(&resolved, &resolved.samples, &header);
         let mut bytes = Vec::new();
         dump.write(&mut bytes).unwrap();
 

@@ -124,14 +124,20 @@ pub fn set_keep_std_frames(keep: bool) {
 /// over. A service's stacks go through far fewer distinct return addresses.
 pub(crate) const MAX_CACHED_ADDRESSES: usize = 1 << 16;
 
-/// The frames of each return address seen, with names and paths interned. Only locked under the dump lock.
+/// The frames of each return address seen, with names and paths interned. The process's is only locked
+/// under the dump lock.
 #[derive(Default)]
-struct Cache {
+pub(crate) struct Cache {
     frames: HashMap<usize, Arc<[Frame]>>,
     strings: HashSet<Arc<str>>,
 }
 
 impl Cache {
+    /// Keeps `frames` (innermost first; none when no lookup names it) as the frames of return address `ip`.
+    pub(crate) fn insert(&mut self, ip: usize, frames: Vec<Frame>) {
+        self.frames.insert(ip, frames.into());
+    }
+
     fn intern(&mut self, s: &str) -> Arc<str> {
         if let Some(interned) = self.strings.get(s) {
             return interned.clone();
@@ -254,7 +260,8 @@ fn lookup(cache: &mut Cache, loader: &addr2line::Loader, probe: u64) -> Vec<Fram
 }
 
 /// Symbolizes the return addresses `ips` (sorted, none cached) into the cache: each file's debug info is
-/// opened once, for all of its addresses, and dropped at the end.
+/// opened once, for all of its addresses, and dropped at the end. The symbolizer of the process's dumps
+/// (see [`Lookup`]), which counts its cache in [`cache_bytes`].
 fn symbolize_into(cache: &mut Cache, ips: &[usize], mappings: &[MappingInfo]) {
     let mut by_file: HashMap<&str, Vec<(usize, &MappingInfo)>> = HashMap::new();
     for &ip in ips {
@@ -264,9 +271,7 @@ fn symbolize_into(cache: &mut Cache, ips: &[usize], mappings: &[MappingInfo]) {
                 .entry(mapping.open_path())
                 .or_default()
                 .push((ip, mapping)),
-            None => {
-                cache.frames.insert(ip, Arc::from([]));
-            }
+            None => cache.insert(ip, Vec::new()),
         }
     }
     for (path, ips) in by_file {
@@ -279,9 +284,10 @@ fn symbolize_into(cache: &mut Cache, ips: &[usize], mappings: &[MappingInfo]) {
                 }
                 None => Vec::new(),
             };
-            cache.frames.insert(ip, frames.into());
+            cache.insert(ip, frames);
         }
     }
+    CACHE_BYTES.store(cache.bytes(), Relaxed);
 }
 
 /// The source file of the allocator's entry points, as the debug info names it: where the compiler inlines
@@ -289,10 +295,22 @@ fn symbolize_into(cache: &mut Cache, ips: &[usize], mappings: &[MappingInfo]) {
 /// program's, and only the inlined frames say that the allocator is there.
 const ALLOCATOR_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/allocator.rs");
 
-/// The functions that only hand an allocation to the global allocator (`alloc::alloc::alloc` and its kin,
-/// `Global`'s `Allocator` methods). In builds that do not inline them each crate has a copy of its own, at
-/// an address of its own, so the allocation path learned by address does not hold the program's copy.
-const ALLOCATION_SHIMS: &[&str] = &[
+/// The beginnings of the names of the frames that the profiler removes from the leaf end of every sampled
+/// stack, whatever [`set_keep_std_frames`] says: its own (`heap_sampler::…`), Rust's allocator shims
+/// (`__rust_alloc`, `__rg_alloc` and their kin) and the standard library's functions that only hand an
+/// allocation to the global allocator (`alloc::alloc::alloc`, `Global`'s `Allocator` methods). In builds that
+/// do not inline the latter each crate has a copy of its own, at an address of its own, so the allocation
+/// path learned by address does not hold the program's copy.
+///
+/// Only the leaf end goes, up to the program's first frame: further from the leaf, a stack may still pass
+/// through the profiler, as one sampled in a closure given to [`crate::with_labels`] does. Where the debug info
+/// has only short names (`debug = "line-tables-only"`), the allocator's frames are also known by their source
+/// file.
+pub const PROFILER_FRAME_PREFIXES: &[&str] = &[
+    "heap_sampler::",
+    "<heap_sampler::",
+    "__rust",
+    "__rg_",
     "alloc::alloc::",
     "<alloc::alloc::",
     "std::alloc::",
@@ -302,11 +320,9 @@ const ALLOCATION_SHIMS: &[&str] = &[
 /// Whether a frame is the profiler's or one of the allocator shims that lead to it, inlined into the program's
 /// code or copied into it: by name, or by the allocator's source file where names are short.
 fn is_profiler_frame(frame: &Frame) -> bool {
-    frame.name.starts_with("heap_sampler::")
-        || frame.name.starts_with("<heap_sampler::")
-        || frame.name.starts_with("__rust")
-        || frame.name.starts_with("__rg_")
-        || ALLOCATION_SHIMS.iter().any(|p| frame.name.starts_with(p))
+    PROFILER_FRAME_PREFIXES
+        .iter()
+        .any(|p| frame.name.starts_with(p))
         || &*frame.file == ALLOCATOR_SOURCE
 }
 
@@ -341,48 +357,93 @@ fn program(frames: &[usize]) -> &[usize] {
 /// Shows buckets, part after part, to the callback it is given (see [`resolve_parts`]).
 pub(crate) type Visit<'a> = dyn FnMut(&mut dyn FnMut(&Snapshot)) + 'a;
 
-/// Symbolizes the buckets of `snapshot` (see [`resolve_parts`]), inside the profiler guard.
+/// Symbolizes the buckets of `snapshot` (see [`resolve_parts`]), inside the profiler guard and under the
+/// dump lock.
 pub(crate) fn resolve(guard: &Guard, snapshot: &Snapshot) -> Resolved {
     resolve_parts(guard, snapshot.len(), &mut |f| f(snapshot))
 }
 
-/// Symbolizes the buckets that `visit` shows its callback, part after part (the table's stripes, one at a
-/// time, so that no copy of the whole table is held): one location per distinct return address (and per
-/// count of standard library frames dropped from it), one sample per distinct stack and label set, with room
-/// made for `samples` samples at once. Runs inside the profiler guard.
-///
-/// The samples are built as the buckets are shown, which is all there is to do when the cache has every
-/// address (a warm dump). When it lacks some, `visit` is called again: the addresses are gathered and
-/// symbolized, then the samples are built anew. The buckets shown need not be the same each time (the table
-/// grows meanwhile): those that still have an address not symbolized are kept aside, and symbolized at the
-/// end.
-pub(crate) fn resolve_parts(_: &Guard, samples: usize, visit: &mut Visit<'_>) -> Resolved {
-    let mut resolved = Resolved {
+/// Symbolizes the buckets that `visit` shows with the process's mappings, symbol cache and settings (see
+/// [`Resolver::resolve`]), inside the profiler guard and under the dump lock.
+pub(crate) fn resolve_parts(guard: &Guard, samples: usize, visit: &mut Visit<'_>) -> Resolved {
+    // The mappings first: their lock ranks below the cache's (see `crate::lock::Rank`).
+    let resolver = Resolver {
         mappings: mappings::read(),
-        ..Resolved::default()
+        symbolize: symbolize(),
+        keep_std: KEEP_STD_FRAMES.load(Relaxed),
+        lookup: &symbolize_into,
     };
-    let symbolize = symbolize();
     let mut cache = CACHE.lock();
-    let cache = cache.get_or_insert_with(Cache::default);
-    let mut builder = SampleBuilder::new(symbolize);
-    builder.start(&mut resolved, samples);
-    let missing = add_buckets(&mut builder, &mut resolved, cache, visit, None);
-    if !builder.complete {
-        // What was built is of no use: its memory is given back before the debug info is read.
-        builder.clear(&mut resolved);
-        symbolize_buckets(cache, &resolved.mappings, missing, visit);
+    resolver.resolve(
+        guard,
+        cache.get_or_insert_with(Cache::default),
+        samples,
+        visit,
+    )
+}
+
+/// Looks up return addresses (sorted, none in the cache) in the files of the mappings and puts the frames of
+/// each into the cache, none for an address it cannot name.
+pub(crate) type Lookup<'a> = dyn Fn(&mut Cache, &[usize], &[MappingInfo]) + 'a;
+
+/// What a snapshot is symbolized with: the process's, or made-up mappings and frames in tests, as Go's
+/// `protomem_test.go` feeds its profile builder.
+pub(crate) struct Resolver<'a> {
+    /// The executable mappings, main binary first.
+    pub(crate) mappings: Vec<MappingInfo>,
+    /// Whether addresses are looked up at all (see [`set_symbolize`]).
+    pub(crate) symbolize: bool,
+    /// Whether the standard library's leading frames are kept (see [`set_keep_std_frames`]).
+    pub(crate) keep_std: bool,
+    /// What names the addresses the cache lacks.
+    pub(crate) lookup: &'a Lookup<'a>,
+}
+
+impl Resolver<'_> {
+    /// Symbolizes the buckets that `visit` shows its callback, part after part (the table's stripes, one at
+    /// a time, so that no copy of the whole table is held), with the frames `cache` has and those the lookup
+    /// puts in it: one location per distinct return address (and per count of leading frames dropped from
+    /// it, see [`leading_std`]), one sample per distinct stack and label set, with room made for `samples`
+    /// samples at once. Runs inside the profiler guard.
+    ///
+    /// The samples are built as the buckets are shown, which is all there is to do when the cache has every
+    /// address (a warm dump). When it lacks some, `visit` is called again: the addresses are gathered and
+    /// symbolized, then the samples are built anew. The buckets shown need not be the same each time (the
+    /// table grows meanwhile): those that still have an address not symbolized are kept aside, and
+    /// symbolized at the end.
+    pub(crate) fn resolve(
+        self,
+        _: &Guard,
+        cache: &mut Cache,
+        samples: usize,
+        visit: &mut Visit<'_>,
+    ) -> Resolved {
+        let mut resolved = Resolved {
+            mappings: self.mappings,
+            ..Resolved::default()
+        };
+        let lookup = self.lookup;
+        let mut builder = SampleBuilder::new(self.symbolize, self.keep_std);
         builder.start(&mut resolved, samples);
-        let mut late = Snapshot::default();
-        let missing = add_buckets(&mut builder, &mut resolved, cache, visit, Some(&mut late));
-        if !late.is_empty() {
-            symbolize_buckets(cache, &resolved.mappings, missing, &mut |f| f(&late));
-            for (frames, bucket) in late.iter() {
-                builder.add(&mut resolved, cache, frames, bucket, true);
+        let missing = add_buckets(&mut builder, &mut resolved, cache, visit, None);
+        if !builder.complete {
+            // What was built is of no use: its memory is given back before the debug info is read.
+            builder.clear(&mut resolved);
+            symbolize_buckets(cache, lookup, &resolved.mappings, missing, visit);
+            builder.start(&mut resolved, samples);
+            let mut late = Snapshot::default();
+            let missing = add_buckets(&mut builder, &mut resolved, cache, visit, Some(&mut late));
+            if !late.is_empty() {
+                let mut visit_late = |f: &mut dyn FnMut(&Snapshot)| f(&late);
+                symbolize_buckets(cache, lookup, &resolved.mappings, missing, &mut visit_late);
+                for (frames, bucket) in late.iter() {
+                    builder.add(&mut resolved, cache, frames, bucket, true);
+                }
             }
         }
+        judge_mappings(&mut resolved, self.symbolize);
+        resolved
     }
-    judge_mappings(&mut resolved, symbolize);
-    resolved
 }
 
 /// A set of return addresses.
@@ -423,6 +484,7 @@ fn add_buckets(
 /// [`MAX_CACHED_ADDRESSES`], the cache starts over with the addresses of the buckets that `visit` shows.
 fn symbolize_buckets(
     cache: &mut Cache,
+    lookup: &Lookup<'_>,
     mappings: &[MappingInfo],
     mut missing: Addresses,
     visit: &mut Visit<'_>,
@@ -438,8 +500,7 @@ fn symbolize_buckets(
     }
     let mut missing: Vec<usize> = missing.into_iter().collect();
     missing.sort_unstable();
-    symbolize_into(cache, &missing, mappings);
-    CACHE_BYTES.store(cache.bytes(), Relaxed);
+    lookup(cache, &missing, mappings);
 }
 
 /// Adds a location, and gives its index.
@@ -468,11 +529,11 @@ struct SampleBuilder {
 }
 
 impl SampleBuilder {
-    fn new(symbolize: bool) -> SampleBuilder {
+    fn new(symbolize: bool, keep_std: bool) -> SampleBuilder {
         SampleBuilder {
             complete: true,
             symbolize,
-            keep_std: KEEP_STD_FRAMES.load(Relaxed),
+            keep_std,
             no_frames: Arc::from([]),
             location_of: HashMap::default(),
             marker_of: HashMap::new(),
@@ -665,7 +726,6 @@ pub(crate) fn function_names(_: &Guard, addresses: &[u64]) -> Vec<(u64, Arc<str>
         *cache = Cache::default();
     }
     symbolize_into(cache, &missing, &mappings);
-    CACHE_BYTES.store(cache.bytes(), Relaxed);
     addresses
         .iter()
         .filter_map(|&a| {
@@ -748,6 +808,39 @@ mod tests {
             frame("app::load", "/src/app/main.rs"),
         ]);
         assert_eq!(leading_std(&[(1, inlined)], true), (0, 2));
+    }
+
+    #[test]
+    fn the_profilers_and_the_allocator_shims_frames_are_cut_from_the_leaf() {
+        let location = |names: &[&str]| -> Arc<[Frame]> {
+            names.iter().map(|name| frame(name, "/src/x.rs")).collect()
+        };
+        let stack = [
+            (1, location(&["heap_sampler::sampler::sample"])),
+            (
+                2,
+                location(&[
+                    "<heap_sampler::SamplingAllocator<A> as core::alloc::global::GlobalAlloc>::alloc",
+                    "__rust_alloc",
+                ]),
+            ),
+            (3, location(&["__rg_alloc"])),
+            (4, location(&["alloc::alloc::exchange_malloc"])),
+            (5, location(&["alloc::vec::Vec<T,A>::push"])),
+            (6, location(&["app::collect", "app::main"])),
+        ];
+        // Down to the program's first frame; with the standard library kept, down to `Vec::push`.
+        assert_eq!(leading_std(&stack, false), (5, 0));
+        assert_eq!(leading_std(&stack, true), (4, 0));
+        // A stack of nothing but the profiler's frames is kept whole rather than left empty.
+        assert_eq!(leading_std(&stack[..3], false), (0, 0));
+        assert_eq!(leading_std(&stack[..3], true), (0, 0));
+        // Where names are short (line tables only), the allocator is known by its source file.
+        let short: Arc<[Frame]> = Arc::from([
+            frame("alloc<std::alloc::System>", ALLOCATOR_SOURCE),
+            frame("app::fill", "/src/app.rs"),
+        ]);
+        assert_eq!(leading_std(&[(7, short)], true), (0, 1));
     }
 
     #[test]

@@ -172,13 +172,26 @@ fn add(address: usize) {
 /// (a walk that reached the program through the unwinder's own frames has them inside that span).
 pub(crate) fn path_frames(frames: &[usize]) -> usize {
     let len = LEN.load(Acquire);
-    if len == 0 {
-        return 0;
+    // Read once into plain words: each frame of the window is compared with every address of the path.
+    let mut path = [0usize; CAPACITY];
+    for (word, address) in path.iter_mut().zip(&PATH[..len]) {
+        *word = address.load(Relaxed);
     }
-    let on_path = |frame: &usize| PATH[..len].iter().any(|a| a.load(Relaxed) == *frame);
-    // The path comes first: only the innermost frames need looking at.
-    let window = &frames[..frames.len().min(CAPACITY)];
-    window.iter().rposition(on_path).map_or(0, |i| i + 1)
+    // The path comes first: only the innermost frames need looking at. Plain loops: this runs for every
+    // sample, also in unoptimized builds, where iterator adaptors cost calls.
+    let mut i = frames.len().min(CAPACITY);
+    while i > 0 {
+        let frame = frames[i - 1];
+        let mut j = 0;
+        while j < len {
+            if path[j] == frame {
+                return i;
+            }
+            j += 1;
+        }
+        i -= 1;
+    }
+    0
 }
 
 /// How many return addresses the path has (0 until it is learned).

@@ -1,5 +1,6 @@
 //! The peak tracker: the highest estimated in-use bytes seen, and a copy of the bucket counts at a peak, kept
-//! for the peak profile ([`crate::dump_peak_profile`] renders it).
+//! for the heap profile at peak ([`crate::HeapSnapshot::peak`]): what was in use, by stack and labels, when
+//! the estimated in-use bytes were highest. The allocator and the fork handlers call it; it renders nothing.
 //!
 //! # How the peak is kept
 //!
@@ -23,7 +24,8 @@
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-use super::buckets::CountsCopy;
+use super::UNITS;
+use super::buckets::{CountsCopy, Snapshot};
 use crate::lock::{self, AnyLock, Lock, Rank};
 use crate::sampler::Guard;
 use crate::stack::spare;
@@ -150,16 +152,20 @@ pub(crate) fn copy_bytes() -> usize {
     COPY_BYTES.load(Relaxed)
 }
 
-/// The kept copy and when it was taken (0 before the first), after copying the counts now if the estimate is
-/// at its highest and above the copy kept: what the peak profile shows.
-pub(crate) fn kept(guard: &Guard) -> (CountsCopy, i64) {
+/// The kept copy as buckets, with the estimated in-use bytes it holds and when it was taken (in nanoseconds
+/// since the Unix epoch; 0 before the first copy). A call while the estimate is at its highest first records
+/// the present, exactly, if it is above the copy kept. Runs inside the profiler guard, holding no table lock.
+pub(crate) fn kept(guard: &Guard) -> (Snapshot, i64, i64) {
     let now = totals::inuse_bytes();
     if now >= LEVELS.highest() {
-        // At the peak right now: record it exactly if it is above the one kept.
         take(guard, now, |level| level);
     }
-    let peak = PEAK.lock();
-    (peak.copy.clone(), peak.time_nanos)
+    let (copy, time_nanos) = {
+        let peak = PEAK.lock();
+        (peak.copy.clone(), peak.time_nanos)
+    };
+    let inuse = (copy.inuse_space() as f64 / UNITS).round() as i64;
+    (copy.snapshot(guard), inuse, time_nanos)
 }
 
 /// The peak's lock, for the `fork` handlers.
