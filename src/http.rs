@@ -479,7 +479,7 @@ fn index() -> Response {
          http://HOST/debug/pprof/heap</code>; add <code>?seconds=30</code> to <code>allocs</code> for the \
          next 30 seconds only.</p>\n<table>",
         env!("CARGO_PKG_VERSION"),
-        report::human_bytes(i64::try_from(crate::sample_rate()).unwrap_or(i64::MAX))
+        report::human_bytes(i64::try_from(crate::sampler::sample_rate()).unwrap_or(i64::MAX))
     );
     for (name, about) in [
         (
