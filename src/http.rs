@@ -131,11 +131,13 @@ use std::fmt::Write;
 use std::num::IntErrorKind;
 use std::time::Duration;
 
+use crate::delta::DeltaWindow;
+use crate::error::Error;
 use crate::pprof;
 use crate::report::{self, Site};
 use crate::sample_type::SampleType;
 use crate::sampler::Guard;
-use crate::{DeltaWindow, Error, HeapSnapshot};
+use crate::snapshot::HeapSnapshot;
 
 /// What to send back: status, content type and body. Headers as Go's `net/http/pprof` sets them are in
 /// [`Response::headers`].
