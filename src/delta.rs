@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Instant;
 
-use crate::Error;
+use crate::error::Error;
 use crate::pprof;
 use crate::sample_type::SampleType;
 use crate::sampler::{self, Guard};
@@ -126,7 +126,7 @@ pub(crate) fn subtract(before: &Snapshot, mut after: Snapshot) -> Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::LabelSet;
+    use crate::labels::LabelSet;
 
     /// A bucket: its frames, labels, whether it is truncated, and counts.
     type Bucket<'a> = (&'a [usize], LabelSet, bool, [u128; 4]);

@@ -4,7 +4,7 @@
 use inferno::flamegraph::color::{BasicPalette, Palette};
 use inferno::flamegraph::{self, Options};
 
-use crate::Error;
+use crate::error::Error;
 use crate::report::human_bytes;
 use crate::sample_type::SampleType;
 use crate::sampler::Guard;

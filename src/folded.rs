@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::Error;
+use crate::error::Error;
 use crate::pprof::symbols::Resolved;
 use crate::sample_type::SampleType;
 use crate::sampler::Guard;

@@ -131,11 +131,13 @@ use std::fmt::Write;
 use std::num::IntErrorKind;
 use std::time::Duration;
 
+use crate::delta::DeltaWindow;
+use crate::error::Error;
 use crate::pprof;
 use crate::report::{self, Site};
 use crate::sample_type::SampleType;
 use crate::sampler::Guard;
-use crate::{DeltaWindow, Error, HeapSnapshot};
+use crate::snapshot::HeapSnapshot;
 
 /// What to send back: status, content type and body. Headers as Go's `net/http/pprof` sets them are in
 /// [`Response::headers`].
@@ -479,7 +481,7 @@ fn index() -> Response {
          http://HOST/debug/pprof/heap</code>; add <code>?seconds=30</code> to <code>allocs</code> for the \
          next 30 seconds only.</p>\n<table>",
         env!("CARGO_PKG_VERSION"),
-        report::human_bytes(i64::try_from(crate::sample_rate()).unwrap_or(i64::MAX))
+        report::human_bytes(i64::try_from(crate::sampler::sample_rate()).unwrap_or(i64::MAX))
     );
     for (name, about) in [
         (

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use crate::Error;
+use crate::error::Error;
 use crate::pprof::symbols::{Frame, Resolved, is_std};
 use crate::sampler::Guard;
 use crate::snapshot::HeapSnapshot;

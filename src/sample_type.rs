@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::Error;
+use crate::error::Error;
 use crate::table::buckets::Counts;
 
 /// One of the four values every sample of a heap profile carries, named as in pprof and Go's heap profiles

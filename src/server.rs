@@ -26,8 +26,9 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio_io_timeout::TimeoutStream;
 
+use crate::delta::DeltaWindow;
+use crate::error::Error;
 use crate::http::{self, Response};
-use crate::{DeltaWindow, Error};
 
 /// Connections open at once; one more is closed as soon as it is accepted.
 const MAX_CONNECTIONS: usize = 1024;

@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use crate::Error;
+use crate::error::Error;
 use crate::pprof::{self, symbols};
 use crate::sample_type::SampleType;
 use crate::sampler::{self, Guard};

@@ -1,5 +1,6 @@
 //! Automatic dumps: the profile (and the peak's) at exit, and periodic profiles with rotation, all written
-//! through [`crate::output::write`].
+//! as [`crate::write_profile`] and [`crate::write_peak_profile`] write them: through the one safe file writer,
+//! [`crate::output::write`].
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -8,8 +9,9 @@ use std::time::SystemTime;
 
 use super::parse::Periodic;
 use super::warn;
-use crate::Error;
 use crate::env::{DUMP_AT_EXIT, DUMP_DIR};
+use crate::error::Error;
+use crate::pprof::render::{write_peak_profile, write_profile};
 use crate::report::human_bytes;
 use crate::sampler::Guard;
 
@@ -46,9 +48,9 @@ extern "C" fn dump_at_exit() {
     }
     let Some(path) = EXIT_DUMP.get() else { return };
     let _guard = Guard::enter();
-    let stats = || crate::stats();
+    let stats = crate::stats::stats;
     let bytes = |n: u64| human_bytes(i64::try_from(n).unwrap_or(i64::MAX));
-    let written = crate::dump_profile().and_then(|profile| crate::output::write(path, &profile));
+    let written = write_profile(path);
     if let Err(e) = written {
         warn(format!("{DUMP_AT_EXIT}: {e}"));
         return;
@@ -66,7 +68,7 @@ extern "C" fn dump_at_exit() {
         return;
     }
     let peak_path = peak_path_beside(path);
-    match crate::dump_peak_profile().and_then(|peak| crate::output::write(&peak_path, &peak)) {
+    match write_peak_profile(&peak_path) {
         Ok(()) => warn(format!(
             "{exit_line} and the profile at the peak ({peak} in use) to {peak_file} \
              (`go tool pprof {peak_file}`)",
@@ -123,9 +125,7 @@ pub(super) fn dump_periodically(periodic: &Periodic) {
         ));
         // The new profile first, then the oldest go: a process that ends at any point leaves at least the
         // newest `keep` complete profiles (and one more, if it ends between the two).
-        if let Err(e) = crate::dump_profile()
-            .and_then(|bytes| crate::output::write(&path, &bytes))
-            .and_then(|()| remove_old(&periodic.dir, periodic.keep))
+        if let Err(e) = write_profile(&path).and_then(|()| remove_old(&periodic.dir, periodic.keep))
         {
             report(&e);
         }

@@ -31,10 +31,10 @@ extern "C" fn configure() {
     crate::stack::read_bounds_early(&guard);
     let config = Config::parse(getenv, warn);
     if let Some(rate) = config.rate {
-        crate::set_sample_rate(rate);
+        crate::sampler::set_sample_rate(rate);
     }
     if let Some(symbolize) = config.symbolize {
-        crate::set_symbolize(symbolize);
+        crate::pprof::symbols::set_symbolize(symbolize);
     }
     if let Some(path) = config.exit_dump {
         autodump::dump_at_exit_to(path);

@@ -12,7 +12,7 @@ pub(crate) mod symbols;
 #[cfg(test)]
 mod tests;
 
-use crate::Error;
+use crate::error::Error;
 use crate::lock::{AnyLock, Lock, Rank};
 use crate::sampler::{self, Guard};
 
