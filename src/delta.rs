@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Instant;
 
+use crate::clock;
 use crate::error::Error;
 use crate::pprof;
 use crate::sample_type::SampleType;
@@ -71,7 +72,7 @@ impl DeltaWindow {
     /// As [`DeltaWindow::start`].
     pub fn finish(self) -> Result<HeapSnapshot, Error> {
         let (after, end) = copy()?;
-        let time_nanos = pprof::now_nanos();
+        let time_nanos = clock::now_nanos();
         let duration_nanos =
             i64::try_from(end.duration_since(self.start).as_nanos()).unwrap_or(i64::MAX);
         let delta = {
@@ -114,9 +115,7 @@ pub(crate) fn subtract(before: &Snapshot, mut after: Snapshot) -> Snapshot {
     after.retain(|frames, bucket| {
         let key = (frames, bucket.truncated, bucket.overflow, bucket.labels);
         if let Some(&prior) = earlier.get(&key) {
-            let counts = &mut bucket.counts;
-            counts.alloc_objects = counts.alloc_objects.saturating_sub(prior.alloc_objects);
-            counts.alloc_space = counts.alloc_space.saturating_sub(prior.alloc_space);
+            bucket.counts.subtract_allocated(prior);
         }
         bucket.counts != Counts::default()
     });
@@ -143,6 +142,7 @@ mod tests {
                 alloc_space: counts[1],
                 inuse_objects: counts[2],
                 inuse_space: counts[3],
+                ..Counts::default()
             };
             let mut bucket = Snapshot::bucket(labels, counts);
             bucket.truncated = truncated;

@@ -43,7 +43,7 @@
 //! # Mounting it
 //!
 //! [`handle`] blocks: for `seconds=N` for N seconds, otherwise for the few milliseconds a dump takes (the
-//! first one symbolizes, ~0.2 s). In async servers call it from a blocking task. It cannot see the client go
+//! first one reads debug info, longer). In async servers call it from a blocking task. It cannot see the client go
 //! away, so a window runs to its end even when nobody waits for it: bound the blocking tasks it may hold, or
 //! use the built-in server, which waits out a window on a timer and ends it (freeing its first copy of the
 //! profile) as soon as the client disconnects, as Go's handler does (a handler of one's own can do the same

@@ -52,6 +52,7 @@
 //! - [`SAMPLING_SUPPORTED`]: where sampling works; elsewhere the allocator passes through.
 
 mod allocator;
+mod clock;
 // The process constructor, the exit and periodic dumps: where sampling is supported.
 #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
 mod config;

@@ -11,8 +11,12 @@ use crate::table::buckets::Counts;
 
 /// The heap figures of one allocation site: the innermost frame of a stack that is outside the standard
 /// library (`std`, `core`, `alloc`), so that `Vec::push` or `sync_channel` is charged to the line that called
-/// it. All values are unbiased estimates in bytes or counts.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// it. All values are unbiased estimates in bytes or counts; the space figures come with their standard
+/// errors, estimated from the samples behind them.
+///
+/// Two sites' space figures are independent estimates: their difference has the standard error
+/// `sqrt(a_stderr² + b_stderr²)`, so a gap of more than about twice that is unlikely to be sampling noise.
+#[derive(Clone, Debug)]
 pub struct Site {
     /// Demangled function name, without hash suffix.
     pub function: String,
@@ -28,7 +32,55 @@ pub struct Site {
     pub alloc_space: i64,
     /// Objects allocated at this site since the program started.
     pub alloc_objects: i64,
+    /// One standard error of [`Site::inuse_space`], in bytes: the square root of the unbiased estimate of
+    /// its variance, the sum over the sampled allocations still in use of `s²·(1 − p)/p²` (`s` the size,
+    /// `p` the probability it had of being sampled). 0 in exact mode. Resting on few samples (see
+    /// [`Site::samples`]), it is itself rough.
+    pub inuse_space_stderr: f64,
+    /// One standard error of [`Site::alloc_space`], in bytes: as [`Site::inuse_space_stderr`], over every
+    /// sampled allocation of the site.
+    pub alloc_space_stderr: f64,
+    /// The sampled allocations behind [`Site::alloc_space`]. Below about 10, the estimate and its standard
+    /// error are both rough: the estimate's distribution is skewed, and the error bar can be far off.
+    pub samples: u64,
+    /// The sampled allocations behind [`Site::inuse_space`]: those of [`Site::samples`] not freed yet.
+    pub inuse_samples: u64,
 }
+
+// By value: standard errors are finite, never NaN, so equality is an equivalence.
+impl PartialEq for Site {
+    fn eq(&self, other: &Site) -> bool {
+        (
+            &self.function,
+            &self.file,
+            self.line,
+            [
+                self.inuse_space,
+                self.inuse_objects,
+                self.alloc_space,
+                self.alloc_objects,
+            ],
+            self.inuse_space_stderr.to_bits(),
+            self.alloc_space_stderr.to_bits(),
+            [self.samples, self.inuse_samples],
+        ) == (
+            &other.function,
+            &other.file,
+            other.line,
+            [
+                other.inuse_space,
+                other.inuse_objects,
+                other.alloc_space,
+                other.alloc_objects,
+            ],
+            other.inuse_space_stderr.to_bits(),
+            other.alloc_space_stderr.to_bits(),
+            [other.samples, other.inuse_samples],
+        )
+    }
+}
+
+impl Eq for Site {}
 
 /// The frame a stack is charged to: its innermost frame outside the standard library, or, where an address
 /// of the program was not symbolized before one was found, that address (as pprof shows it); a stack of
@@ -60,6 +112,7 @@ fn sites(resolved: &Resolved) -> Vec<Site> {
         .into_iter()
         .map(|(frame, counts)| {
             let [alloc_objects, alloc_space, inuse_objects, inuse_space] = counts.values();
+            let (alloc_space_stderr, inuse_space_stderr) = counts.space_stderr();
             Site {
                 function: frame.name.to_string(),
                 file: frame.file.to_string(),
@@ -68,6 +121,10 @@ fn sites(resolved: &Resolved) -> Vec<Site> {
                 inuse_objects,
                 alloc_space,
                 alloc_objects,
+                inuse_space_stderr,
+                alloc_space_stderr,
+                samples: counts.alloc_samples,
+                inuse_samples: counts.inuse_samples,
             }
         })
         .collect();
@@ -98,29 +155,65 @@ pub(crate) fn human_bytes(bytes: i64) -> String {
     format!("{value:.2} {}", UNITS[unit])
 }
 
+/// Figures resting on fewer sampled allocations than this are marked in the report: below it the estimate's
+/// distribution is skewed and its standard error rough.
+const FEW_SAMPLES: u64 = 10;
+
 /// Renders the `top` sites as a table: in-use bytes and objects, allocated bytes and objects, function and
-/// `file:line`, after a header line with the sample rate and the noise bound.
+/// `file:line`, after a header line with the sample rate. Each space figure has its standard error beside it
+/// (`± x`), and a `*` when fewer than [`FEW_SAMPLES`] sampled allocations are behind it; in exact mode
+/// (rate 1) the figures are exact and have none.
 pub(crate) fn render(sites: &[Site], rate: usize, top: usize) -> String {
+    let exact = rate <= 1;
     let mut out = String::new();
+    let rate_text = human_bytes(i64::try_from(rate).unwrap_or(i64::MAX));
+    let _ = if exact {
+        writeln!(
+            out,
+            "heap profile: sample rate {rate_text} ({} sites); exact: every allocation recorded",
+            sites.len()
+        )
+    } else {
+        writeln!(
+            out,
+            "heap profile: sample rate {rate_text} ({} sites); estimates ± one standard error, from the \
+             samples taken; * fewer than {FEW_SAMPLES} samples behind the figure",
+            sites.len()
+        )
+    };
+    let space = |bytes: i64, stderr: f64, samples: u64| {
+        if exact {
+            return human_bytes(bytes);
+        }
+        let few = if samples < FEW_SAMPLES && bytes != 0 {
+            "*"
+        } else {
+            " "
+        };
+        format!(
+            "{} ± {}{few}",
+            human_bytes(bytes),
+            human_bytes(stderr.round() as i64)
+        )
+    };
+    let width = if exact { 12 } else { 24 };
     let _ = writeln!(
         out,
-        "heap profile: sample rate {} ({} sites); values are estimates, relative standard error <= sqrt(rate / bytes)",
-        human_bytes(i64::try_from(rate).unwrap_or(i64::MAX)),
-        sites.len()
-    );
-    let _ = writeln!(
-        out,
-        "{:>12} {:>12} {:>12} {:>12}  site",
+        "{:>width$} {:>12} {:>width$} {:>12}  site",
         "inuse_space", "inuse_objs", "alloc_space", "alloc_objs"
     );
     for site in sites.iter().take(top) {
         let file = site.file.rsplit('/').next().unwrap_or(&site.file);
         let _ = writeln!(
             out,
-            "{:>12} {:>12} {:>12} {:>12}  {} ({}:{})",
-            human_bytes(site.inuse_space),
+            "{:>width$} {:>12} {:>width$} {:>12}  {} ({}:{})",
+            space(
+                site.inuse_space,
+                site.inuse_space_stderr,
+                site.inuse_samples
+            ),
             site.inuse_objects,
-            human_bytes(site.alloc_space),
+            space(site.alloc_space, site.alloc_space_stderr, site.samples),
             site.alloc_objects,
             site.function,
             file,

@@ -235,11 +235,11 @@ pub(crate) fn installed() -> bool {
 
 /// Whether a profile can be taken: [`crate::Error::Unsupported`] on a target without sampling,
 /// [`crate::Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator.
-pub(crate) fn check_installed() -> Result<(), crate::Error> {
+pub(crate) fn check_installed() -> Result<(), crate::error::Error> {
     if !SAMPLING_SUPPORTED {
-        Err(crate::Error::Unsupported)
+        Err(crate::error::Error::Unsupported)
     } else if !installed() {
-        Err(crate::Error::NotInstalled)
+        Err(crate::error::Error::NotInstalled)
     } else {
         Ok(())
     }

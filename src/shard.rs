@@ -1,7 +1,7 @@
 //! Thread groups, so that threads sampling on different cores do not write one cache line.
 //!
 //! Every sampled allocation and every free of one updates a few figures. Kept in one place, each update by
-//! one core takes the cache line from the others, a transfer of 100 ns or more; with two threads sampling,
+//! one core takes the cache line from the others, a transfer between cores; with two threads sampling,
 //! that is most of a sample's cost. Each thread is instead given a shard when it first samples (round
 //! robin): the heap totals keep one sum per shard, which a reader adds up, and the bucket table offsets a
 //! thread's stripes by its shard, so threads sampling one stack keep buckets of their own.

@@ -10,6 +10,7 @@
 
 use std::fmt;
 
+use crate::clock;
 use crate::error::Error;
 use crate::pprof::{self, symbols};
 use crate::sample_type::SampleType;
@@ -88,7 +89,7 @@ impl HeapSnapshot {
     /// [`Error::Unsupported`] on a target without sampling (see [`crate::SAMPLING_SUPPORTED`]).
     pub fn current() -> Result<HeapSnapshot, Error> {
         pprof::dumping(|guard| {
-            let time_nanos = pprof::now_nanos();
+            let time_nanos = clock::now_nanos();
             // The table is read a stripe at a time: what is held is what was resolved from it, never a copy
             // of all of its stacks.
             let resolved = symbols::resolve_parts(guard, buckets::count(), &mut |f| {

@@ -254,6 +254,7 @@ mod tests {
             alloc_space: (64 * n) << 32,
             inuse_objects: n << 32,
             inuse_space: (64 * n) << 32,
+            ..Counts::default()
         };
         let labeled = LabelSet::new(&[("tenant", "builder-test")]);
         // Enough samples for several pieces.

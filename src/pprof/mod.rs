@@ -40,10 +40,3 @@ pub(crate) fn dumping<R>(f: impl FnOnce(&Guard) -> R) -> Result<R, Error> {
     let _dump = DUMP.lock();
     Ok(f(&guard))
 }
-
-/// The time now, in nanoseconds since the Unix epoch, as pprof's `time_nanos`.
-pub(crate) fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}

@@ -95,9 +95,12 @@ impl HeapSnapshot {
     }
 
     /// The profile's own comments (`go tool pprof -comments`), before what the symbolizer noted: who wrote
-    /// it, and for a peak what it shows and when the peak was.
+    /// it, how to read its values' error, and for a peak what it shows and when the peak was.
     fn comments(&self) -> Vec<String> {
-        let mut comments = vec![format!("heap-sampler {}", env!("CARGO_PKG_VERSION"))];
+        let mut comments = vec![
+            format!("heap-sampler {}", env!("CARGO_PKG_VERSION")),
+            error_comment(self.rate),
+        ];
         let Origin::Peak {
             inuse_bytes,
             highest,
@@ -131,6 +134,21 @@ impl HeapSnapshot {
         ));
         comments
     }
+}
+
+/// How to read a profile's values at sample rate `rate`: pprof has no field for a value's error, so a comment
+/// gives the bound, and points at the text report, which gives each site's own.
+fn error_comment(rate: usize) -> String {
+    if rate <= 1 {
+        return "exact mode (sample rate 1): every allocation is recorded, the values are exact"
+            .to_string();
+    }
+    format!(
+        "values are unbiased estimates from allocations sampled every {rate} bytes on average: a value of B \
+         bytes has a relative standard error of at most sqrt({rate} / B), and two values differ by more than \
+         noise only when their gap exceeds about twice sqrt(se1^2 + se2^2); the text report (?debug=1, \
+         heap_sampler::report) gives each site's standard error"
+    )
 }
 
 /// Makes `sample_type` the profile's default sample type, the one `go tool pprof` shows unless told otherwise.

@@ -85,6 +85,7 @@ fn counts([ao, asp, io, isp]: [u128; 4]) -> Counts {
         alloc_space: asp << 32,
         inuse_objects: io << 32,
         inuse_space: isp << 32,
+        ..Counts::default()
     }
 }
 
@@ -354,18 +355,26 @@ fn made_up_stacks_become_the_profile_field_by_field() {
         [("bytes", "", 1024, "bytes"), ("tenant", "protomem", 0, "")]
     );
 
-    // Who wrote it, then what the symbolizer noted.
+    // Who wrote it, how to read the values' error, then what the symbolizer noted.
     let comments: Vec<&str> = profile.comment.iter().map(|&c| p.string(c)).collect();
-    assert_eq!(comments.len(), 2, "{comments:?}");
+    assert_eq!(comments.len(), 3, "{comments:?}");
     assert_eq!(
         comments[0],
         format!("heap-sampler {}", env!("CARGO_PKG_VERSION"))
     );
     assert!(
-        comments[1]
-            .starts_with("/usr/lib/libc.so.6 (build ID d4e5): no symbols for 1 of 1 addresses"),
+        comments[1].starts_with(
+            "values are unbiased estimates from allocations sampled every 4096 bytes on average: a \
+             value of B bytes has a relative standard error of at most sqrt(4096 / B)"
+        ),
         "{}",
         comments[1]
+    );
+    assert!(
+        comments[2]
+            .starts_with("/usr/lib/libc.so.6 (build ID d4e5): no symbols for 1 of 1 addresses"),
+        "{}",
+        comments[2]
     );
 }
 
@@ -420,15 +429,15 @@ fn a_delta_and_a_peak_carry_their_window_and_their_comments() {
     let p = Named(&profile);
     let comments: Vec<&str> = profile.comment.iter().map(|&c| p.string(c)).collect();
     assert!(
-        comments[1].starts_with("peak heap profile:"),
+        comments[2].starts_with("peak heap profile:"),
         "{comments:?}"
     );
     assert_eq!(
-        comments[2],
+        comments[3],
         "peak: 3145728 bytes (3.00 MiB) in use at 1700000000.123456789 s since the Unix epoch"
     );
     assert!(
-        comments[3].starts_with("highest estimated in-use bytes seen: 4194304;"),
+        comments[4].starts_with("highest estimated in-use bytes seen: 4194304;"),
         "{comments:?}"
     );
     assert_eq!(profile.time_nanos, 1_700_000_000_123_456_789);

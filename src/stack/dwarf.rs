@@ -2,7 +2,7 @@
 //!
 //! Unwinding one frame with DWARF call-frame information means finding the frame description entry (FDE)
 //! that covers the address and running its CFI program up to that address. libgcc's `_Unwind_Backtrace`
-//! does both for every frame of every stack, about 100–200 ns a frame. The stacks of sampled allocations
+//! does both for every frame of every stack. The stacks of sampled allocations
 //! go through the same few thousand return addresses again and again, so this unwinder keeps the result:
 //! a table of 2^14 words, each holding one code address together with its rule (where the canonical frame
 //! address is, and where the caller's frame pointer was saved). A frame whose address is in the table costs

@@ -66,11 +66,11 @@ pub enum Unwinder {
     /// DWARF call-frame information (`.eh_frame`, which Rust emits by default): right for any code that has
     /// unwind tables. The unwind rule of each code address is looked up once (the FDE through libgcc's
     /// `_Unwind_Find_FDE`, its program evaluated with gimli) and kept in a fixed table of 2^14 entries
-    /// (128 KiB), so a stack whose addresses have been seen costs about 5 ns per frame: 0.44 µs for a sampled
-    /// allocation 32 frames deep. On x86_64 Linux (glibc); elsewhere, for frames the table cannot describe
+    /// (128 KiB), so a frame whose address has been seen costs a load and a few additions (`cargo bench
+    /// --manifest-path benches/micro/Cargo.toml -- sampled` measures it). On x86_64 Linux (glibc); elsewhere, for frames the table cannot describe
     /// (signal trampolines, rules given by DWARF expressions) and for code running on another stack than its
-    /// thread's, the system unwinder (libgcc's `_Unwind_Backtrace`, through the `backtrace` crate, about
-    /// 150 ns per frame) unwinds the whole stack. The default, except on Apple's systems.
+    /// thread's, the system unwinder (libgcc's `_Unwind_Backtrace`, through the `backtrace` crate, which
+    /// finds and runs the rule of every frame anew) unwinds the whole stack. The default, except on Apple's systems.
     Dwarf,
     /// Walks the chain of saved frame pointers: a few nanoseconds per frame, but right only for code built
     /// with frame pointers (`RUSTFLAGS="-C force-frame-pointers=yes"`; the standard library too, with

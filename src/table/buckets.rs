@@ -35,21 +35,52 @@ pub fn set_max_buckets(buckets: usize) {
     MAX_BUCKETS.store(buckets, Relaxed);
 }
 
-/// Counts of one bucket, in [`super::UNITS`] per object and per byte; all are estimates.
+/// Counts of one bucket, in [`super::UNITS`] per object and per byte; all are estimates. Beside each space
+/// and object count, the estimated variance of that estimate (in [`super::UNITS`] per object² and per
+/// byte², see [`Weight::variance`]), and the sampled allocations behind it, moving with it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Counts {
     pub(crate) alloc_objects: u128,
     pub(crate) alloc_space: u128,
     pub(crate) inuse_objects: u128,
     pub(crate) inuse_space: u128,
+    pub(crate) alloc_objects_variance: u128,
+    pub(crate) alloc_space_variance: u128,
+    pub(crate) inuse_objects_variance: u128,
+    pub(crate) inuse_space_variance: u128,
+    /// Sampled allocations counted in `alloc_*`.
+    pub(crate) alloc_samples: u64,
+    /// Sampled allocations counted in `inuse_*`: those not freed yet.
+    pub(crate) inuse_samples: u64,
 }
 
 impl Counts {
+    /// No allocation: what a new bucket starts from (`Default` is not `const`).
+    pub(crate) const ZERO: Counts = Counts {
+        alloc_objects: 0,
+        alloc_space: 0,
+        inuse_objects: 0,
+        inuse_space: 0,
+        alloc_objects_variance: 0,
+        alloc_space_variance: 0,
+        inuse_objects_variance: 0,
+        inuse_space_variance: 0,
+        alloc_samples: 0,
+        inuse_samples: 0,
+    };
+
     fn add(&mut self, w: Weight) {
+        let v = w.variance();
         self.alloc_objects = self.alloc_objects.saturating_add(w.objects);
         self.alloc_space = self.alloc_space.saturating_add(w.bytes);
         self.inuse_objects = self.inuse_objects.saturating_add(w.objects);
         self.inuse_space = self.inuse_space.saturating_add(w.bytes);
+        self.alloc_objects_variance = self.alloc_objects_variance.saturating_add(v.objects);
+        self.alloc_space_variance = self.alloc_space_variance.saturating_add(v.bytes);
+        self.inuse_objects_variance = self.inuse_objects_variance.saturating_add(v.objects);
+        self.inuse_space_variance = self.inuse_space_variance.saturating_add(v.bytes);
+        self.alloc_samples = self.alloc_samples.saturating_add(1);
+        self.inuse_samples = self.inuse_samples.saturating_add(1);
         debug_assert!(
             self.inuse_objects <= self.alloc_objects && self.inuse_space <= self.alloc_space,
             "a bucket holds more than it allocated"
@@ -57,21 +88,68 @@ impl Counts {
     }
 
     fn sub(&mut self, w: Weight) {
+        let v = w.variance();
         // A free subtracts what its allocation added to this bucket: in-use counts never go below zero.
         debug_assert!(
-            self.inuse_objects >= w.objects && self.inuse_space >= w.bytes,
+            self.inuse_objects >= w.objects
+                && self.inuse_space >= w.bytes
+                && self.inuse_objects_variance >= v.objects
+                && self.inuse_space_variance >= v.bytes
+                && self.inuse_samples >= 1,
             "a free subtracted more than its bucket holds"
         );
         self.inuse_objects = self.inuse_objects.saturating_sub(w.objects);
         self.inuse_space = self.inuse_space.saturating_sub(w.bytes);
+        self.inuse_objects_variance = self.inuse_objects_variance.saturating_sub(v.objects);
+        self.inuse_space_variance = self.inuse_space_variance.saturating_sub(v.bytes);
+        self.inuse_samples = self.inuse_samples.saturating_sub(1);
     }
 
-    /// Adds another bucket's counts, e.g. of a stack that trims to the same frames.
+    /// Adds another bucket's counts, e.g. of a stack that trims to the same frames: independent estimates,
+    /// so their variances add too.
     pub(crate) fn merge(&mut self, other: &Counts) {
         self.alloc_objects = self.alloc_objects.saturating_add(other.alloc_objects);
         self.alloc_space = self.alloc_space.saturating_add(other.alloc_space);
         self.inuse_objects = self.inuse_objects.saturating_add(other.inuse_objects);
         self.inuse_space = self.inuse_space.saturating_add(other.inuse_space);
+        self.alloc_objects_variance = self
+            .alloc_objects_variance
+            .saturating_add(other.alloc_objects_variance);
+        self.alloc_space_variance = self
+            .alloc_space_variance
+            .saturating_add(other.alloc_space_variance);
+        self.inuse_objects_variance = self
+            .inuse_objects_variance
+            .saturating_add(other.inuse_objects_variance);
+        self.inuse_space_variance = self
+            .inuse_space_variance
+            .saturating_add(other.inuse_space_variance);
+        self.alloc_samples = self.alloc_samples.saturating_add(other.alloc_samples);
+        self.inuse_samples = self.inuse_samples.saturating_add(other.inuse_samples);
+    }
+
+    /// Subtracts the `alloc_*` counts, variances and samples of `earlier`, a copy of the same bucket taken
+    /// before: what was allocated between the two copies (the in-use counts stay as they are now).
+    pub(crate) fn subtract_allocated(&mut self, earlier: &Counts) {
+        self.alloc_objects = self.alloc_objects.saturating_sub(earlier.alloc_objects);
+        self.alloc_space = self.alloc_space.saturating_sub(earlier.alloc_space);
+        self.alloc_objects_variance = self
+            .alloc_objects_variance
+            .saturating_sub(earlier.alloc_objects_variance);
+        self.alloc_space_variance = self
+            .alloc_space_variance
+            .saturating_sub(earlier.alloc_space_variance);
+        self.alloc_samples = self.alloc_samples.saturating_sub(earlier.alloc_samples);
+    }
+
+    /// One standard error of `alloc_space` and of `inuse_space`, in bytes: the square roots of their
+    /// estimated variances.
+    pub(crate) fn space_stderr(&self) -> (f64, f64) {
+        let stderr = |variance: u128| (variance as f64 / super::UNITS).sqrt();
+        (
+            stderr(self.alloc_space_variance),
+            stderr(self.inuse_space_variance),
+        )
     }
 
     /// `[alloc_objects, alloc_space, inuse_objects, inuse_space]` in whole objects and bytes, rounded: the
@@ -167,15 +245,7 @@ fn stripes() -> impl Iterator<Item = &'static Lock<Stripe>> {
     TABLE.iter().map(|line| &line.0.stripe)
 }
 
-static OVERFLOW: Lock<Counts> = Lock::new(
-    Rank::BucketOverflow,
-    Counts {
-        alloc_objects: 0,
-        alloc_space: 0,
-        inuse_objects: 0,
-        inuse_space: 0,
-    },
-);
+static OVERFLOW: Lock<Counts> = Lock::new(Rank::BucketOverflow, Counts::ZERO);
 
 /// Adds a sampled allocation to the bucket of its stack (`frames`, innermost first, and whether they were cut
 /// at the maximum depth; no frames for a stack not captured) and `labels`, creating the bucket if needed.
@@ -473,12 +543,7 @@ impl CountsCopy {
         CountsCopy {
             counts: Vec::new(),
             lens: [0; STRIPES],
-            overflow: Counts {
-                alloc_objects: 0,
-                alloc_space: 0,
-                inuse_objects: 0,
-                inuse_space: 0,
-            },
+            overflow: Counts::ZERO,
         }
     }
 

@@ -90,6 +90,34 @@ impl Weight {
             bytes: to_units(bytes),
         }
     }
+
+    /// What this sample adds to the estimated variance of its bucket's estimates: `(1 − p)/p²` objects² and
+    /// `s²·(1 − p)/p²` bytes², in [`UNITS`]. Summed over a bucket's sampled allocations, these are unbiased
+    /// estimates of the variance of the bucket's Horvitz–Thompson sums, allocations being sampled
+    /// independently (the gaps between samples are exponential: a Poisson process along the bytes
+    /// allocated). Computed from the weight alone, with 1/p = `objects` and s/p = `bytes`, so that a free
+    /// subtracts exactly what its allocation added. Zero when p = 1 (exact mode, or an allocation far above
+    /// the rate).
+    pub(crate) fn variance(self) -> Variance {
+        if self.objects <= 1 << 32 {
+            return Variance::default();
+        }
+        let inverse_p = self.objects as f64 / UNITS;
+        let bytes = self.bytes as f64 / UNITS;
+        let unsampled = 1.0 - 1.0 / inverse_p;
+        Variance {
+            objects: to_units(inverse_p * inverse_p * unsampled),
+            bytes: to_units(bytes * bytes * unsampled),
+        }
+    }
+}
+
+/// The estimated variance one sampled allocation adds to its bucket (see [`Weight::variance`]): objects² and
+/// bytes², in [`UNITS`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Variance {
+    pub(crate) objects: u128,
+    pub(crate) bytes: u128,
 }
 
 /// `value` (finite, not negative) in [`UNITS`], rounded to nearest. Below 2^63 units, as almost every weight
@@ -119,6 +147,34 @@ mod tests {
         assert_eq!(to_units((1u64 << 40) as f64), 1 << 72);
         assert_eq!(to_units(f64::MAX), u128::MAX);
         assert_eq!(to_units(0.0), 0);
+    }
+
+    #[test]
+    fn a_samples_variance_is_one_minus_p_over_p_squared() {
+        // Exact mode, and an allocation far above the rate: p = 1, no variance.
+        assert_eq!(Weight::of(4096, 1).variance(), Variance::default());
+        assert_eq!(
+            Weight::of(64 << 20, 64 << 10).variance(),
+            Variance::default()
+        );
+        // size = rate: p = 1 − 1/e.
+        let w = Weight::of(1 << 19, 1 << 19);
+        let v = w.variance();
+        let p = 1.0 - (-1.0f64).exp();
+        let close = |units: u128, expected: f64| {
+            let value = units as f64 / UNITS;
+            assert!(
+                (value - expected).abs() <= expected * 1e-9,
+                "{value} vs {expected}"
+            );
+        };
+        close(v.objects, (1.0 - p) / (p * p));
+        close(
+            v.bytes,
+            (1u64 << 19) as f64 * (1u64 << 19) as f64 * (1.0 - p) / (p * p),
+        );
+        // The same weight gives the same variance: a free subtracts exactly what its allocation added.
+        assert_eq!(Weight::of(1 << 19, 1 << 19).variance(), v);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::lock::{self, AnyLock, Lock, Rank};
 use crate::sampler::Guard;
 use crate::stack::spare;
 use crate::sync::Atomic;
-use crate::{pprof, sampler, totals};
+use crate::{clock, sampler, totals};
 
 /// The two levels of the peak protocol: what a sampled allocation raises, and what a free compares (with
 /// core's atomics here, loom's in the models).
@@ -129,7 +129,7 @@ fn take(guard: &Guard, inuse: u64, bar: fn(u64) -> u64) {
     let peak = &mut *peak;
     let copied = LEVELS.replace(inuse, bar, || {
         peak.copy.take(guard);
-        peak.time_nanos = pprof::now_nanos();
+        peak.time_nanos = clock::now_nanos();
     });
     if copied {
         COPIES.fetch_add(1, Relaxed);

@@ -23,3 +23,10 @@ pub fn temp_dir(name: &str) -> PathBuf {
 pub fn under_address_sanitizer() -> bool {
     std::env::var_os("HEAP_SAMPLER_TEST_SANITIZER").is_some_and(|v| v == "address")
 }
+
+/// Whether this run is under valgrind's memcheck, which runs every instruction tens of times slower: `.ci/run`
+/// sets `HEAP_SAMPLER_TEST_SANITIZER=memcheck` for that run, where a test may do fewer rounds of the same
+/// work (memcheck looks for invalid accesses, which one round shows as well as many).
+pub fn under_memcheck() -> bool {
+    std::env::var_os("HEAP_SAMPLER_TEST_SANITIZER").is_some_and(|v| v == "memcheck")
+}
