@@ -196,7 +196,7 @@ pub(crate) fn render(sites: &[Site], rate: usize, top: usize) -> String {
             human_bytes(stderr.round() as i64)
         )
     };
-    let width = if exact { 12 } else { 24 };
+    let width = if exact { 12 } else { 26 };
     let _ = writeln!(
         out,
         "{:>width$} {:>12} {:>width$} {:>12}  site",
