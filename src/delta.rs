@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use crate::clock;
 use crate::error::Error;
-use crate::pprof;
 use crate::sample_type::SampleType;
 use crate::sampler::{self, Guard};
 use crate::snapshot::{HeapSnapshot, Origin};
@@ -80,7 +79,7 @@ impl DeltaWindow {
             subtract(&self.before, after)
         };
         drop(self);
-        pprof::dumping(|guard| {
+        crate::symbolize::dumping(|guard| {
             let origin = Origin::Delta { duration_nanos };
             HeapSnapshot::of(guard, delta, origin, time_nanos, SampleType::AllocSpace)
         })

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::error::Error;
-use crate::pprof::symbols::Resolved;
 use crate::sample_type::SampleType;
 use crate::sampler::Guard;
 use crate::snapshot::HeapSnapshot;
+use crate::symbolize::symbols::Resolved;
 
 impl HeapSnapshot {
     /// The snapshot as folded stacks of `sample_type` (e.g. [`SampleType::InuseSpace`] for bytes in use):

@@ -46,13 +46,13 @@ extern "C" fn after_fork() {
 /// Shows `f` every profiler lock of `rank`: the one list of the locks, by rank, that the handlers take.
 fn locks_of(rank: Rank, f: &mut dyn FnMut(&'static dyn AnyLock)) {
     match rank {
-        Rank::Dump => f(crate::pprof::dump_lock()),
+        Rank::Dump => f(crate::symbolize::dump_lock()),
         // Apple's mappings keep no lock of their own.
         Rank::MappingFiles => {
             #[cfg(not(target_vendor = "apple"))]
-            f(crate::pprof::mappings::files_lock());
+            f(crate::symbolize::mappings::files_lock());
         }
-        Rank::SymbolCache => f(crate::pprof::symbols::cache_lock()),
+        Rank::SymbolCache => f(crate::symbolize::symbols::cache_lock()),
         Rank::LabelRegistry => f(crate::labels::registry_lock()),
         // Only where there is a spare stack.
         Rank::SpareStack => {

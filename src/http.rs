@@ -133,7 +133,6 @@ use std::time::Duration;
 
 use crate::delta::DeltaWindow;
 use crate::error::Error;
-use crate::pprof;
 use crate::report::{self, Site};
 use crate::sample_type::SampleType;
 use crate::sampler::Guard;
@@ -272,7 +271,7 @@ pub fn symbol(body: &[u8]) -> Response {
             u64::from_str_radix(hex, 16).ok()
         })
         .collect();
-    match pprof::function_names(&addresses) {
+    match crate::symbolize::function_names(&addresses) {
         Ok(names) => {
             let mut out = String::new();
             for (address, name) in names {

@@ -77,6 +77,7 @@ mod shard;
 mod snapshot;
 mod stack;
 mod stats;
+mod symbolize;
 mod sync;
 mod table;
 mod totals;
@@ -95,8 +96,6 @@ pub use pprof::proto;
 pub use pprof::render::{
     dump_delta_profile, dump_peak_profile, dump_profile, write_peak_profile, write_profile,
 };
-pub use pprof::symbols::PROFILER_FRAME_PREFIXES;
-pub use pprof::symbols::{set_keep_std_frames, set_symbolize, symbolize};
 pub use report::{Site, report, top_sites};
 pub use sample_type::SampleType;
 pub use sampler::{
@@ -110,4 +109,6 @@ pub use stack::{
     set_unwinder, unwinder,
 };
 pub use stats::{Stats, stats};
+pub use symbolize::symbols::PROFILER_FRAME_PREFIXES;
+pub use symbolize::symbols::{set_keep_std_frames, set_symbolize, symbolize};
 pub use table::buckets::{DEFAULT_MAX_BUCKETS, set_max_buckets};

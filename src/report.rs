@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use crate::error::Error;
-use crate::pprof::symbols::{Frame, Resolved, is_std};
 use crate::sampler::Guard;
 use crate::snapshot::HeapSnapshot;
+use crate::symbolize::symbols::{Frame, Resolved, is_std};
 use crate::table::buckets::Counts;
 
 /// The heap figures of one allocation site: the innermost frame of a stack that is outside the standard

@@ -12,9 +12,9 @@ use std::fmt;
 
 use crate::clock;
 use crate::error::Error;
-use crate::pprof::{self, symbols};
 use crate::sample_type::SampleType;
 use crate::sampler::{self, Guard};
+use crate::symbolize::{self, symbols};
 use crate::table::buckets::{self, Snapshot};
 use crate::table::peak;
 
@@ -88,7 +88,7 @@ impl HeapSnapshot {
     /// [`Error::NotInstalled`] when no [`crate::SamplingAllocator`] is the global allocator;
     /// [`Error::Unsupported`] on a target without sampling (see [`crate::SAMPLING_SUPPORTED`]).
     pub fn current() -> Result<HeapSnapshot, Error> {
-        pprof::dumping(|guard| {
+        symbolize::dumping(|guard| {
             let time_nanos = clock::now_nanos();
             // The table is read a stripe at a time: what is held is what was resolved from it, never a copy
             // of all of its stacks.
@@ -112,7 +112,7 @@ impl HeapSnapshot {
     /// # Errors
     /// As [`HeapSnapshot::current`].
     pub fn peak() -> Result<HeapSnapshot, Error> {
-        pprof::dumping(|guard| {
+        symbolize::dumping(|guard| {
             let (buckets, inuse_bytes, time_nanos) = peak::kept(guard);
             let origin = Origin::Peak {
                 inuse_bytes,
@@ -123,7 +123,7 @@ impl HeapSnapshot {
     }
 
     /// Symbolizes `buckets` (a copy at the peak, the difference of two copies) into a snapshot, inside the
-    /// profiler guard and under the dump lock (see [`pprof::dumping`]).
+    /// profiler guard and under the dump lock (see [`symbolize::dumping`]).
     pub(crate) fn of(
         guard: &Guard,
         buckets: Snapshot,

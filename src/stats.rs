@@ -6,7 +6,7 @@
 
 use crate::sampler::sample_rate;
 use crate::table::peak;
-use crate::{labels, pprof, stack, table, totals};
+use crate::{labels, stack, symbolize, table, totals};
 
 /// Heap estimates and the profiler's own figures. Cheap to read (a few dozen relaxed loads, no lock, no
 /// allocation), fit to export as metrics every second (see `examples/prometheus.rs`).
@@ -113,6 +113,6 @@ fn profiler_bytes(table_bytes: usize) -> usize {
         + table::live::FILTER_BYTES
         + labels::label_bytes()
         + peak::copy_bytes()
-        + pprof::symbols::cache_bytes()
-        + pprof::mappings::cache_bytes()
+        + symbolize::symbols::cache_bytes()
+        + symbolize::mappings::cache_bytes()
 }

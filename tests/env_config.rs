@@ -221,9 +221,11 @@ fn periodic_child() {
         common::recurse(0, BLOCK, &mut kept);
     }
     // A profile being written now may have copied the table before the allocations; the one after it and
-    // all later ones show them. Wait for KEEP of those.
+    // all later ones show them. Wait for KEEP of those, and one more: the dump thread writes a profile and
+    // then removes the oldest, so only once the next profile exists has a profile older than the kept ones
+    // certainly been removed.
     let first_after = sequences(&dir).last().copied().unwrap_or(0) + 2;
-    while sequences(&dir).last().copied().unwrap_or(0) < first_after + KEEP as u64 - 1 {
+    while sequences(&dir).last().copied().unwrap_or(0) < first_after + KEEP as u64 {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(kept);

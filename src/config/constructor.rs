@@ -34,7 +34,7 @@ extern "C" fn configure() {
         crate::sampler::set_sample_rate(rate);
     }
     if let Some(symbolize) = config.symbolize {
-        crate::pprof::symbols::set_symbolize(symbolize);
+        crate::symbolize::symbols::set_symbolize(symbolize);
     }
     if let Some(path) = config.exit_dump {
         autodump::dump_at_exit_to(path);

@@ -8,8 +8,8 @@ use prost::Message;
 use prost::encoding::message;
 
 use super::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
-use super::symbols::{Frame, Resolved, ResolvedSample};
 use crate::labels::{self, LabelSet};
+use crate::symbolize::symbols::{Frame, Resolved, ResolvedSample};
 
 /// The four sample types, in the order of every sample's values.
 pub(crate) const SAMPLE_TYPES: [(&str, &str); 4] = [
@@ -235,7 +235,7 @@ impl Dump<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pprof::symbols::ResolvedLocation;
+    use crate::symbolize::symbols::ResolvedLocation;
     use crate::table::buckets::Counts;
 
     fn frame(name: &str, line: u32) -> Frame {

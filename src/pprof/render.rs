@@ -10,7 +10,6 @@ use flate2::write::GzEncoder;
 
 use super::builder::{self, Dump};
 use super::proto::Profile;
-use super::symbols::ResolvedSample;
 use crate::delta::DeltaWindow;
 use crate::error::Error;
 use crate::output;
@@ -18,6 +17,7 @@ use crate::report::human_bytes;
 use crate::sample_type::SampleType;
 use crate::sampler::Guard;
 use crate::snapshot::{HeapSnapshot, Origin};
+use crate::symbolize::symbols::ResolvedSample;
 
 impl HeapSnapshot {
     /// Writes the snapshot to `out` as gzip-compressed pprof (`profile.proto`), the format of Go's

@@ -8,13 +8,13 @@ use std::io::Read;
 use flate2::read::GzDecoder;
 use prost::Message;
 
-use super::mappings::MappingInfo;
 use super::proto::{Profile, Sample};
-use super::symbols::{Cache, Frame, Resolved, Resolver};
 use crate::labels::LabelSet;
 use crate::sample_type::SampleType;
 use crate::sampler::Guard;
 use crate::snapshot::{HeapSnapshot, Origin};
+use crate::symbolize::mappings::MappingInfo;
+use crate::symbolize::symbols::{Cache, Frame, Resolved, Resolver};
 use crate::table::buckets::{Counts, Snapshot};
 
 /// Return addresses (one past a call) in the program's mapping.
