@@ -16,12 +16,10 @@
 //!     // gzipped profile.proto: `go tool pprof -top heap.pb.gz`
 //!     let profile: Vec<u8> = heap_sampler::dump_profile()?;
 //!     assert!(!profile.is_empty());
-//!     # let dir = std::env::temp_dir().join(format!("heap-sampler-doc-{}", std::process::id()));
-//!     # std::fs::create_dir_all(&dir).unwrap();
-//!     # let path = dir.join("heap.pb.gz");
+//!     let path = std::env::temp_dir().join(format!("heap-{}.pb.gz", std::process::id()));
 //!     heap_sampler::write_profile(&path)?;
 //!     println!("{}", heap_sampler::report(10)?);
-//!     # std::fs::remove_dir_all(&dir).unwrap();
+//!     # std::fs::remove_file(&path).unwrap();
 //!     drop(kept);
 //!     Ok(())
 //! }

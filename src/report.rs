@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use crate::error::Error;
+use crate::sample_type::SampleType;
 use crate::sampler::Guard;
 use crate::snapshot::HeapSnapshot;
 use crate::symbolize::symbols::{Frame, Resolved, is_std};
@@ -100,8 +101,9 @@ fn site_frame(resolved: &Resolved, locations: &[u32]) -> Option<Frame> {
         .and_then(|&i| resolved.locations[i as usize].frames.first().cloned())
 }
 
-/// The allocation sites of a symbolized snapshot, largest in-use first (then largest allocated).
-fn sites(resolved: &Resolved) -> Vec<Site> {
+/// The allocation sites of a symbolized snapshot, largest in-use first (then largest allocated), or, when
+/// `by_allocated`, largest allocated first (then largest in use).
+fn sites(resolved: &Resolved, by_allocated: bool) -> Vec<Site> {
     let mut by_site: HashMap<Frame, Counts> = HashMap::new();
     for sample in &resolved.samples {
         if let Some(frame) = site_frame(resolved, &sample.locations) {
@@ -128,14 +130,13 @@ fn sites(resolved: &Resolved) -> Vec<Site> {
             }
         })
         .collect();
+    // Largest first by the view's figure, then by the other; then by name, for a stable order.
+    let key = |s: &Site| match by_allocated {
+        false => (s.inuse_space, s.alloc_space),
+        true => (s.alloc_space, s.inuse_space),
+    };
     sites.sort_by(|a, b| {
-        (b.inuse_space, b.alloc_space, &a.function, &a.file, a.line).cmp(&(
-            a.inuse_space,
-            a.alloc_space,
-            &b.function,
-            &b.file,
-            b.line,
-        ))
+        (key(b), &a.function, &a.file, a.line).cmp(&(key(a), &b.function, &b.file, b.line))
     });
     sites
 }
@@ -227,11 +228,22 @@ pub(crate) fn render(sites: &[Site], rate: usize, top: usize) -> String {
 }
 
 impl HeapSnapshot {
-    /// The allocation sites of the snapshot, largest in-use first (then largest allocated). See [`Site`] for
-    /// how a stack is charged to a site; the sites' values add up to the snapshot's totals.
+    /// The allocation sites of the snapshot, largest first in the snapshot's view: in-use bytes (then
+    /// allocated) for the heap now and the peak, allocated bytes (then in use) for a delta window, whose
+    /// view is what was allocated during it (and for any snapshot whose default sample type was set to
+    /// `alloc_*`, see [`HeapSnapshot::with_default_sample_type`]). See [`Site`] for how a stack is charged
+    /// to a site; the sites' values add up to the snapshot's totals.
     pub fn sites(&self) -> Vec<Site> {
         let _guard = Guard::enter();
-        sites(&self.resolved)
+        sites(&self.resolved, self.by_allocated())
+    }
+
+    /// Whether the snapshot's view is what was allocated rather than what is in use.
+    fn by_allocated(&self) -> bool {
+        matches!(
+            self.default_sample_type,
+            SampleType::AllocSpace | SampleType::AllocObjects
+        )
     }
 
     /// A text report of the `top` allocation sites of the snapshot (see [`HeapSnapshot::sites`]), with the
@@ -240,7 +252,7 @@ impl HeapSnapshot {
     /// Go's `?debug=1` text.
     pub fn report(&self, top: usize) -> String {
         let _guard = Guard::enter();
-        render(&sites(&self.resolved), self.rate, top)
+        render(&sites(&self.resolved, self.by_allocated()), self.rate, top)
     }
 }
 

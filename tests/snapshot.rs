@@ -81,7 +81,7 @@ fn one_snapshot_rendered_every_way_agrees_on_totals() {
 fn a_delta_window_ends_when_the_caller_finishes_it() {
     let _serial = common::serial();
     heap_sampler::set_sample_rate(1);
-    let before = snapshot_keeps(8, 4096);
+    let before = snapshot_keeps(64, 4096);
     let window = DeltaWindow::start().unwrap();
     let during = window_keeps(32, 8192);
     let snapshot = window.finish().unwrap();
@@ -92,6 +92,19 @@ fn a_delta_window_ends_when_the_caller_finishes_it() {
     assert!(in_window.alloc_space >= 32 * 8192, "{in_window:?}");
     // Allocated before the window began: nothing of it is counted as allocated during it.
     assert_eq!(common::at_function(&p, "snapshot_keeps").alloc_space, 0);
+    // Its sites and report lead with what was allocated during it, not with what was held before it (here
+    // the earlier site holds as much as the window allocated, in more blocks).
+    let sites = snapshot.sites();
+    assert!(
+        sites[0].function.contains("window_keeps"),
+        "largest allocated first: {sites:#?}"
+    );
+    assert!(
+        sites
+            .windows(2)
+            .all(|w| (w[0].alloc_space, w[0].inuse_space) >= (w[1].alloc_space, w[1].inuse_space)),
+        "{sites:#?}"
+    );
     drop((before, during));
 }
 
