@@ -49,8 +49,9 @@ pub struct Site {
 }
 
 // By value: standard errors are finite, never NaN, so equality is an equivalence.
-impl PartialEq for Site {
-    fn eq(&self, other: &Site) -> bool {
+impl Site {
+    /// Every field, the standard errors by their bits: what equality compares.
+    fn fields(&self) -> (&str, &str, u32, [i64; 4], [u64; 4]) {
         (
             &self.function,
             &self.file,
@@ -61,23 +62,19 @@ impl PartialEq for Site {
                 self.alloc_space,
                 self.alloc_objects,
             ],
-            self.inuse_space_stderr.to_bits(),
-            self.alloc_space_stderr.to_bits(),
-            [self.samples, self.inuse_samples],
-        ) == (
-            &other.function,
-            &other.file,
-            other.line,
             [
-                other.inuse_space,
-                other.inuse_objects,
-                other.alloc_space,
-                other.alloc_objects,
+                self.inuse_space_stderr.to_bits(),
+                self.alloc_space_stderr.to_bits(),
+                self.samples,
+                self.inuse_samples,
             ],
-            other.inuse_space_stderr.to_bits(),
-            other.alloc_space_stderr.to_bits(),
-            [other.samples, other.inuse_samples],
         )
+    }
+}
+
+impl PartialEq for Site {
+    fn eq(&self, other: &Site) -> bool {
+        self.fields() == other.fields()
     }
 }
 

@@ -5,31 +5,12 @@
 mod common;
 
 use std::alloc::System;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
+use common::channels::foo;
 use heap_sampler::{DeltaWindow, SamplingAllocator, Site};
 
 #[global_allocator]
 static ALLOC: SamplingAllocator<System> = SamplingAllocator::new(System);
-
-type Queue<T> = (SyncSender<T>, Receiver<T>);
-
-type Queues = (
-    Queue<[u8; 64]>,
-    Queue<[u8; 64]>,
-    Queue<[u8; 256]>,
-    Queue<u64>,
-);
-
-/// The channels example's `foo`: four queue lines, the first two identical.
-#[inline(never)]
-fn foo() -> Queues {
-    let a = sync_channel::<[u8; 64]>(100);
-    let b = sync_channel::<[u8; 64]>(100);
-    let c = sync_channel::<[u8; 256]>(100);
-    let d = sync_channel::<u64>(1000);
-    (a, b, c, d)
-}
 
 /// A site of mixed sizes: one block of each size, pushed onto `blocks` (reserved by the caller).
 #[inline(never)]
@@ -106,9 +87,8 @@ fn check_calibration(name: &str, z: &[f64]) {
 fn error_bars_are_calibrated() {
     let _serial = common::serial();
     let line_of_foo = |offset: u32| {
-        // `foo`'s first queue line, from this file: the tests below name lines, not call sites.
-        let source = include_str!("error_bars.rs");
-        let first = source
+        // `foo`'s first queue line, in its source: the tests below name lines, not call sites.
+        let first = common::channels::SOURCE
             .lines()
             .position(|l| l.contains("let a = sync_channel::<[u8; 64]>(100);"))
             .expect("foo's first line") as u32;

@@ -5,30 +5,12 @@ mod common;
 
 use std::alloc::System;
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
+use common::channels::foo;
 use heap_sampler::SamplingAllocator;
 
 #[global_allocator]
 static ALLOC: SamplingAllocator<System> = SamplingAllocator::new(System);
-
-type Queue<T> = (SyncSender<T>, Receiver<T>);
-
-type Queues = (
-    Queue<[u8; 64]>,
-    Queue<[u8; 64]>,
-    Queue<[u8; 256]>,
-    Queue<u64>,
-);
-
-#[inline(never)]
-fn foo() -> Queues {
-    let a = sync_channel::<[u8; 64]>(100);
-    let b = sync_channel::<[u8; 64]>(100);
-    let c = sync_channel::<[u8; 256]>(100);
-    let d = sync_channel::<u64>(1000);
-    (a, b, c, d)
-}
 
 const RATE: usize = 64 << 10;
 

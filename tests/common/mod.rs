@@ -1,10 +1,11 @@
 //! Helpers shared by the integration tests, by purpose: reading profiles ([`query`]), checking the pprof
 //! contract ([`contract`]), running a test in a child process ([`child`]), driving the tools that read
-//! profiles and binaries ([`tools`]), the sampler's statistics ([`stats`]), and what a test needs around it
-//! ([`harness`]). Everything is re-exported here, so that a test calls `common::profile()` whichever module
+//! profiles and binaries ([`tools`]), the sampler's statistics ([`stats`]), what a test needs around it ([`harness`]), and the
+//! channels puzzle's allocations ([`channels`]). Everything is re-exported here, so that a test calls `common::profile()` whichever module
 //! holds it; [`recurse`] is defined here, as tests find its samples by its path, `<test>::common::recurse`.
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod channels;
 mod child;
 mod contract;
 mod harness;
