@@ -282,4 +282,43 @@ mod tests {
         assert_eq!(human_bytes(1536), "1.50 KiB");
         assert_eq!(human_bytes(3 << 20), "3.00 MiB");
     }
+
+    fn site(function: &str, space: i64, stderr: f64, samples: u64) -> Site {
+        Site {
+            function: function.to_string(),
+            file: "src/app.rs".to_string(),
+            line: 7,
+            inuse_space: space,
+            inuse_objects: 1,
+            alloc_space: space,
+            alloc_objects: 1,
+            inuse_space_stderr: stderr,
+            alloc_space_stderr: stderr,
+            samples,
+            inuse_samples: samples,
+        }
+    }
+
+    #[test]
+    fn sampled_figures_carry_their_error_and_few_samples_are_marked() {
+        let sites = [
+            site("app::many", 40 << 20, 4.5 * f64::from(1 << 20), 70),
+            site("app::few", 3 << 20, 1.5 * f64::from(1 << 20), 3),
+        ];
+        let text = render(&sites, 512 << 10, 10);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].contains("estimates ± one standard error"),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("40.00 MiB ± 4.50 MiB ") && !lines[2].contains('*'),
+            "{text}"
+        );
+        assert!(lines[3].contains("3.00 MiB ± 1.50 MiB*"), "{text}");
+        // Exact mode: exact figures, no error bars.
+        let exact = render(&[site("app::many", 4096, 0.0, 1)], 1, 10);
+        assert!(exact.lines().next().unwrap().contains("exact"), "{exact}");
+        assert!(!exact.contains('±') && !exact.contains('*'), "{exact}");
+    }
 }
