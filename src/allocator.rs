@@ -101,8 +101,15 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         // when the walk fits; a sample without its stack is recorded on the spare stack.
         let room = Room::here(&guard);
         if room.fits_walk() {
-            let bucket =
-                record_with_stack(&guard, entry, stack::frame_pointer(), room, labels, weight);
+            let bucket = record_with_stack(
+                &guard,
+                entry,
+                stack::frame_pointer(),
+                room,
+                labels,
+                weight,
+                size,
+            );
             record_live(&guard, ptr, bucket, weight);
         } else {
             stack::note_stackless_sample();
@@ -110,7 +117,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
                 record_live(
                     &guard,
                     ptr,
-                    buckets::record_alloc(&guard, &[], false, labels, weight),
+                    buckets::record_alloc(&guard, &[], false, labels, weight, size),
                     weight,
                 );
             });
@@ -163,12 +170,20 @@ fn record_with_stack(
     room: Room,
     labels: LabelSet,
     weight: Weight,
+    size: usize,
 ) -> buckets::BucketId {
     let mut stack = Stack::empty();
     if !stack.capture(guard, entry, entry_frame, room) {
         stack::note_stackless_sample();
     }
-    buckets::record_alloc(guard, stack.frames(), stack.truncated(), labels, weight)
+    buckets::record_alloc(
+        guard,
+        stack.frames(),
+        stack.truncated(),
+        labels,
+        weight,
+        size,
+    )
 }
 
 /// Enters a sampled allocation recorded in `bucket` in the live table and the heap totals.

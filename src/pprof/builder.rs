@@ -52,9 +52,10 @@ pub(crate) struct Header<'a> {
 
 /// Assembles the profile of the locations and mappings of `resolved` and of `samples` (its samples, or the
 /// samples taken out of it so that the rest can be dropped before the profile is written). Values are
-/// already unbiased estimates (as Go writes them); `bytes` is a numeric label with the sample's average
-/// allocation size, as Go's heap profiles carry, and a sample's label set gives string labels (key and
-/// `str`), as Go's `pprof.Do` labels give in CPU profiles.
+/// already unbiased estimates (as Go writes them); `bytes` is a numeric label with the size of the sample's
+/// allocations, as Go's heap profiles carry, on the samples whose allocations all had one size (see
+/// [`crate::table::buckets::Counts::block_size`]), and a sample's label set gives string labels (key and `str`), as Go's `pprof.Do`
+/// labels give in CPU profiles.
 pub(crate) fn build<'a>(
     resolved: &Resolved,
     samples: &'a [ResolvedSample],
@@ -185,7 +186,7 @@ pub(crate) struct Dump<'a> {
     samples: &'a [ResolvedSample],
     /// The string labels of each label set of the samples.
     labels: HashMap<LabelSet, Vec<Label>>,
-    /// The string index of `bytes`, the key and unit of every sample's numeric label.
+    /// The string index of `bytes`, the key and unit of the samples' numeric label.
     bytes_key: i64,
 }
 
@@ -210,12 +211,14 @@ impl Dump<'_> {
                 .location_id
                 .extend(s.locations.iter().map(|&i| u64::from(i) + 1));
             sample.label.clear();
-            sample.label.push(Label {
-                key: self.bytes_key,
-                str: 0,
-                num: s.counts.average_size(),
-                num_unit: self.bytes_key,
-            });
+            if let Some(size) = s.counts.block_size() {
+                sample.label.push(Label {
+                    key: self.bytes_key,
+                    str: 0,
+                    num: size,
+                    num_unit: self.bytes_key,
+                });
+            }
             if let Some(labels) = self.labels.get(&s.labels) {
                 sample.label.extend_from_slice(labels);
             }
@@ -236,7 +239,7 @@ impl Dump<'_> {
 mod tests {
     use super::*;
     use crate::symbolize::symbols::ResolvedLocation;
-    use crate::table::buckets::Counts;
+    use crate::table::buckets::{Counts, MIXED_SIZES};
 
     fn frame(name: &str, line: u32) -> Frame {
         Frame {
@@ -254,6 +257,8 @@ mod tests {
             alloc_space: (64 * n) << 32,
             inuse_objects: n << 32,
             inuse_space: (64 * n) << 32,
+            // Every fifth sample is of a bucket of mixed sizes.
+            size: if n.is_multiple_of(5) { MIXED_SIZES } else { 64 },
             ..Counts::default()
         };
         let labeled = LabelSet::new(&[("tenant", "builder-test")]);
@@ -306,6 +311,12 @@ mod tests {
             .collect();
         assert_eq!(labels, [("bytes", "", 64)]);
         let labels: Vec<(&str, &str)> = profile.sample[4]
+            .label
+            .iter()
+            .map(|l| (string(l.key), string(l.str)))
+            .collect();
+        assert_eq!(labels, [("tenant", "builder-test")], "mixed sizes: no size");
+        let labels: Vec<(&str, &str)> = profile.sample[6]
             .label
             .iter()
             .map(|l| (string(l.key), string(l.str)))

@@ -82,7 +82,7 @@ pub struct Sample {
     /// One value per `sample_type`.
     #[prost(int64, repeated, tag = "2")]
     pub value: Vec<i64>,
-    /// String or numeric labels, e.g. `bytes` = average allocation size.
+    /// String or numeric labels, e.g. `bytes` = the size of the sample's allocations.
     #[prost(message, repeated, tag = "3")]
     pub label: Vec<Label>,
 }

@@ -78,13 +78,15 @@ fn mapping(start: u64, limit: u64, path: &str, build_id: &str) -> MappingInfo {
     }
 }
 
-/// Counts of whole objects and bytes: `[alloc_objects, alloc_space, inuse_objects, inuse_space]`.
+/// Counts of whole objects and bytes: `[alloc_objects, alloc_space, inuse_objects, inuse_space]`, of
+/// allocations of one size.
 fn counts([ao, asp, io, isp]: [u128; 4]) -> Counts {
     Counts {
         alloc_objects: ao << 32,
         alloc_space: asp << 32,
         inuse_objects: io << 32,
         inuse_space: isp << 32,
+        size: (asp / ao) as u64,
         ..Counts::default()
     }
 }
@@ -348,7 +350,8 @@ fn made_up_stacks_become_the_profile_field_by_field() {
         p.stack(&profile.sample[0]),
         ["app::parse", "app::load", "app::main"]
     );
-    // Every sample's average size as Go's `bytes` label, then its string labels.
+    // Each sample's allocation size as Go's `bytes` label (each sample's allocations had one size), then
+    // its string labels.
     assert_eq!(p.labels(&profile.sample[0]), [("bytes", "", 64, "bytes")]);
     assert_eq!(
         p.labels(&profile.sample[1]),

@@ -52,6 +52,24 @@ pub(crate) struct Counts {
     pub(crate) alloc_samples: u64,
     /// Sampled allocations counted in `inuse_*`: those not freed yet.
     pub(crate) inuse_samples: u64,
+    /// The size in bytes of every sampled allocation counted, while they all had one size: 0 before the
+    /// first, [`MIXED_SIZES`] once a second size was sampled. Go's heap profile buckets are per size, and
+    /// its samples carry that size as their `bytes` label; here a bucket is per stack and label set, and
+    /// only a bucket of one size has a size to show (see [`Counts::block_size`]).
+    pub(crate) size: u64,
+}
+
+/// [`Counts::size`] of a bucket that sampled allocations of more than one size.
+pub(crate) const MIXED_SIZES: u64 = u64::MAX;
+
+/// The size of a bucket that counts the allocations of two buckets of sizes `a` and `b` (see
+/// [`Counts::size`]).
+fn merged_size(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, size) | (size, 0) => size,
+        (a, b) if a == b => a,
+        _ => MIXED_SIZES,
+    }
 }
 
 impl Counts {
@@ -67,9 +85,11 @@ impl Counts {
         inuse_space_variance: 0,
         alloc_samples: 0,
         inuse_samples: 0,
+        size: 0,
     };
 
-    fn add(&mut self, w: Weight) {
+    /// Adds a sampled allocation of `size` bytes with weight `w`.
+    fn add(&mut self, w: Weight, size: usize) {
         let v = w.variance();
         self.alloc_objects = self.alloc_objects.saturating_add(w.objects);
         self.alloc_space = self.alloc_space.saturating_add(w.bytes);
@@ -81,6 +101,7 @@ impl Counts {
         self.inuse_space_variance = self.inuse_space_variance.saturating_add(v.bytes);
         self.alloc_samples = self.alloc_samples.saturating_add(1);
         self.inuse_samples = self.inuse_samples.saturating_add(1);
+        self.size = merged_size(self.size, size as u64);
         debug_assert!(
             self.inuse_objects <= self.alloc_objects && self.inuse_space <= self.alloc_space,
             "a bucket holds more than it allocated"
@@ -126,6 +147,7 @@ impl Counts {
             .saturating_add(other.inuse_space_variance);
         self.alloc_samples = self.alloc_samples.saturating_add(other.alloc_samples);
         self.inuse_samples = self.inuse_samples.saturating_add(other.inuse_samples);
+        self.size = merged_size(self.size, other.size);
     }
 
     /// Subtracts the `alloc_*` counts, variances and samples of `earlier`, a copy of the same bucket taken
@@ -164,17 +186,15 @@ impl Counts {
         .map(whole)
     }
 
-    /// The average size of the allocations counted, in bytes, rounded: of those allocated or, when none were
-    /// (a delta profile's bucket that only holds memory), of those in use; 0 if none.
-    pub(crate) fn average_size(&self) -> i64 {
-        let (objects, space) = match self.alloc_objects {
-            0 => (self.inuse_objects, self.inuse_space),
-            _ => (self.alloc_objects, self.alloc_space),
-        };
-        if objects == 0 {
-            return 0;
+    /// The size of the allocations counted, in bytes, if they all had one size (as a bucket of Go's heap
+    /// profile has): `None` before any was sampled and once a second size was. Fixed for the life of a
+    /// bucket once known, so that collectors that match the samples of successive profiles by their labels
+    /// (Grafana Alloy's delta of `alloc_*`) find a bucket again; an average would drift with every sample.
+    pub(crate) fn block_size(&self) -> Option<i64> {
+        match self.size {
+            0 | MIXED_SIZES => None,
+            size => i64::try_from(size).ok(),
         }
-        (space as f64 / objects as f64).round() as i64
     }
 }
 
@@ -247,8 +267,9 @@ fn stripes() -> impl Iterator<Item = &'static Lock<Stripe>> {
 
 static OVERFLOW: Lock<Counts> = Lock::new(Rank::BucketOverflow, Counts::ZERO);
 
-/// Adds a sampled allocation to the bucket of its stack (`frames`, innermost first, and whether they were cut
-/// at the maximum depth; no frames for a stack not captured) and `labels`, creating the bucket if needed.
+/// Adds a sampled allocation of `size` bytes to the bucket of its stack (`frames`, innermost first, and
+/// whether they were cut at the maximum depth; no frames for a stack not captured) and `labels`, creating the
+/// bucket if needed.
 /// Runs inside the profiler guard: it may allocate.
 pub(crate) fn record_alloc(
     _: &Guard,
@@ -256,6 +277,7 @@ pub(crate) fn record_alloc(
     truncated: bool,
     labels: LabelSet,
     weight: Weight,
+    size: usize,
 ) -> BucketId {
     let hash =
         hash_frames(frames, truncated) ^ u64::from(labels.id()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -267,7 +289,7 @@ pub(crate) fn record_alloc(
     let mut slot = stripe.index.get(&hash).copied().unwrap_or(u32::MAX);
     while let Some(bucket) = stripe.buckets.get_mut(slot as usize) {
         if bucket.labels == labels && bucket.truncated == truncated && *bucket.frames == *frames {
-            bucket.counts.add(weight);
+            bucket.counts.add(weight, size);
             return BucketId::new(stripe_no, slot as usize);
         }
         slot = bucket.next;
@@ -278,7 +300,7 @@ pub(crate) fn record_alloc(
     {
         drop(stripe);
         OVERFLOW_SAMPLES.fetch_add(1, Relaxed);
-        OVERFLOW.lock().add(weight);
+        OVERFLOW.lock().add(weight, size);
         return BucketId::OVERFLOW;
     }
     BUCKETS.fetch_add(1, Relaxed);
@@ -288,7 +310,7 @@ pub(crate) fn record_alloc(
     let before = allocated(&stripe);
     let next = stripe.index.insert(hash, index as u32).unwrap_or(u32::MAX);
     let mut counts = Counts::default();
-    counts.add(weight);
+    counts.add(weight, size);
     stripe.buckets.push(Bucket {
         frames: frames.into(),
         truncated,
@@ -632,7 +654,7 @@ mod tests {
         // 2,541,494, where rounding each weight would give 3,000,000.
         let w = Weight::of(1, 2);
         let mut counts = Counts::default();
-        (0..1_000_000).for_each(|_| counts.add(w));
+        (0..1_000_000).for_each(|_| counts.add(w, 1));
         let expected = 1_000_000.0 / -(-0.5f64).exp_m1();
         assert!(
             (counts.values()[1] as f64 - expected).abs() < 1.0,
@@ -641,15 +663,33 @@ mod tests {
         );
         (0..1_000_000).for_each(|_| counts.sub(w));
         assert_eq!(counts.values()[2..], [0, 0]);
+    }
+
+    #[test]
+    fn a_bucket_has_a_block_size_while_its_samples_have_one_size() {
+        let w = Weight::of(7200, 1 << 19);
+        let mut counts = Counts::default();
+        assert_eq!(counts.block_size(), None);
+        counts.add(w, 7200);
+        counts.add(w, 7200);
+        assert_eq!(counts.block_size(), Some(7200));
+        let mut other = Counts::default();
+        other.add(w, 7200);
+        counts.merge(&other);
         assert_eq!(
-            Counts {
-                alloc_objects: 3 << 32,
-                alloc_space: 21_600u128 << 32,
-                ..Counts::default()
-            }
-            .average_size(),
-            7200
+            counts.block_size(),
+            Some(7200),
+            "one size merged with itself"
         );
+        other.add(Weight::of(640, 1 << 19), 640);
+        counts.merge(&other);
+        assert_eq!(counts.block_size(), None, "two sizes merged");
+        let mut grown = Counts::default();
+        grown.add(w, 7200);
+        grown.add(w, 7201);
+        assert_eq!(grown.block_size(), None, "a second size");
+        grown.add(w, 7200);
+        assert_eq!(grown.block_size(), None, "mixed for good");
     }
 
     #[test]

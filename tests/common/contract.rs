@@ -167,12 +167,10 @@ pub fn check_contract(p: &Profile) {
                 "sample refers to a location by id"
             );
         }
-        let bytes = sample
-            .label
-            .iter()
-            .find(|l| s(l.key) == "bytes")
-            .expect("numeric label `bytes`");
-        assert!(bytes.num >= 0);
+        // The size of the sample's allocations, on a sample whose allocations all had one size.
+        if let Some(bytes) = sample.label.iter().find(|l| s(l.key) == "bytes") {
+            assert!(bytes.num > 0 && s(bytes.num_unit) == "bytes" && bytes.str == 0);
+        }
         let lines = sample
             .location_id
             .iter()
