@@ -100,8 +100,8 @@ use crate::sampler::Guard;
 /// # Costs
 ///
 /// Creating a span with labels interns its set (a lock, a hash map lookup and a few allocations, unsampled),
-/// as [`LabelSet::with`] does, and stores it in the span's extensions; a span that neither has chosen fields
-/// nor inherits labels is left alone. Entering a span looks it up in the registry and reads its extensions;
+/// as [`LabelSet::with`] does, and stores it in the span's extensions; nothing is stored for a span that
+/// neither has chosen fields nor inherits labels. Entering a span looks it up in the registry and reads its extensions;
 /// when it has labels, one push on a per-thread stack and one thread-local store, and exiting pops. Nothing
 /// is interned on entry or exit. The allocator reads the labels only when it samples an allocation.
 /// `benches/span_labels.rs` measures what the layer adds to an enter/exit.
@@ -322,8 +322,8 @@ where
         }
         let span = id.into_u64();
         let _ = ENTERED.try_with(|entered| {
-            // A thread that is already inside this layer (a span entered by the allocator's own caller while
-            // the stack grows) skips the entry, and so does its exit, which will not find it.
+            // A span entered while the stack is borrowed (by a global allocator that enters spans, while the
+            // stack grows) is skipped; its exit, not finding it, does nothing.
             let Ok(mut entered) = entered.try_borrow_mut() else {
                 return;
             };
