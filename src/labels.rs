@@ -261,6 +261,13 @@ impl<F: Future> Future for Labeled<F> {
     }
 }
 
+/// Makes `set` the current thread's labels, without a guard: for the tracing layer, which keeps the previous
+/// set itself and restores it when the span exits. Nothing while the thread's locals are being destroyed.
+#[cfg(feature = "tracing")]
+pub(crate) fn set_current(set: LabelSet) {
+    let _ = CURRENT.try_with(|c| c.set(set.0));
+}
+
 /// The label set to charge a sampled allocation to: the current thread's, or the empty set (counted as
 /// dropped) when its set was not kept. One thread-local load; called on the allocator's slow path.
 pub(crate) fn for_sample() -> LabelSet {

@@ -41,7 +41,8 @@
 //! - [`dump_peak_profile`]: the profile at the highest estimated in-use bytes, after it was freed.
 //! - [`dump_delta_profile`]: what was allocated during a window.
 //! - [`LabelSet`], [`with_labels`], [`enter_labels`], [`labeled`]: heap profiles by tenant, endpoint or
-//!   component, across `.await` too.
+//!   component, across `.await` too; `tracing::HeapLabelsLayer` (feature `tracing`) takes them from the
+//!   fields of tracing spans.
 //! - [`stats`]: heap estimates and the profiler's own figures, cheap enough to export as metrics.
 //! - [`http`]: Go's `/debug/pprof` endpoints for any HTTP framework; `serve` (feature `server`) runs a small
 //!   server of its own.
@@ -79,6 +80,8 @@ mod symbolize;
 mod sync;
 mod table;
 mod totals;
+#[cfg(feature = "tracing")]
+pub mod tracing;
 
 pub use allocator::SamplingAllocator;
 pub use delta::DeltaWindow;
