@@ -19,7 +19,7 @@
 //! | --- | --- | --- |
 //! | `…/heap` | `inuse_space` | what holds memory now: allocations not yet freed (leaks, caches, bloat) |
 //! | `…/allocs` | `alloc_space` | where the allocator's work goes: every allocation since start, freed or not (churn) |
-//! | `…/` | | an HTML index of the two |
+//! | `…/` | | a page to look at: the bytes in use over the last minutes (while the built-in server runs), the top sites with their error bars, and links to every profile and view |
 //! | `…/symbol` | | `num_symbols: 1`; a POST of addresses is answered by [`symbol`] |
 //!
 //! The last path segment names the profile, so the handler can be mounted under any prefix.
@@ -138,6 +138,9 @@ use crate::sample_type::SampleType;
 use crate::sampler::Guard;
 use crate::snapshot::HeapSnapshot;
 
+// The index page; the recorder of its chart fills in its readings.
+pub(crate) mod index;
+
 /// What to send back: status, content type and body. Headers as Go's `net/http/pprof` sets them are in
 /// [`Response::headers`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -237,7 +240,7 @@ pub(crate) fn parse(path: &str, query: &str) -> Result<Request, Response> {
     let endpoint = match path.rsplit('/').next().unwrap_or("") {
         "heap" => Endpoint::Heap,
         "allocs" => Endpoint::Allocs,
-        "" => return Err(index()),
+        "" => return Ok(Request::page()),
         // Go's answer to a GET: symbols can be looked up (with a POST, see `symbol`).
         "symbol" => return Err(Response::ok(TEXT, b"num_symbols: 1\n".to_vec())),
         other => {
@@ -311,9 +314,11 @@ enum Format {
     Text,
     Folded,
     Svg,
+    /// The index page, with the heap's top sites.
+    Page,
 }
 
-/// A parsed request for a profile.
+/// A parsed request for a profile, or for the index page.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Request {
     endpoint: Endpoint,
@@ -393,6 +398,16 @@ impl Request {
         })
     }
 
+    /// The index page: it shows the heap's sites, largest in use first. Its query is ignored.
+    fn page() -> Request {
+        Request {
+            endpoint: Endpoint::Heap,
+            seconds: None,
+            format: Format::Page,
+            sample_type: SampleType::InuseSpace,
+        }
+    }
+
     /// The delta window asked for with `seconds`, if any: [`Request::respond`] wants it begun this long ago.
     pub(crate) fn window(&self) -> Option<Duration> {
         self.seconds.map(Duration::from_secs)
@@ -410,8 +425,13 @@ impl Request {
     fn serve(&self, window: Option<DeltaWindow>) -> Result<Response, Error> {
         let t = self.sample_type;
         let snapshot = match window {
-            Some(window) => window.finish()?,
-            None => HeapSnapshot::current()?,
+            Some(window) => window.finish(),
+            None => HeapSnapshot::current(),
+        };
+        let snapshot = match (self.format, snapshot) {
+            // The page says why it has no sites, and shows the rest.
+            (Format::Page, Err(error)) => return Ok(index(Err(error))),
+            (_, snapshot) => snapshot?,
         }
         .with_default_sample_type(t);
         match self.format {
@@ -432,6 +452,7 @@ impl Request {
             }
             Format::Folded => Ok(Response::ok(TEXT, snapshot.folded_stacks(t).into_bytes())),
             Format::Svg => self.svg(&snapshot),
+            Format::Page => Ok(index(Ok(snapshot))),
         }
     }
 
@@ -469,38 +490,13 @@ fn site_value(site: &Site, t: SampleType) -> i64 {
     }
 }
 
-/// The index page: the two profiles, their views, and how to read them with `go tool pprof`.
-fn index() -> Response {
-    let mut html = String::from(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>/debug/pprof/</title></head><body>\n",
-    );
-    let _ = writeln!(
-        html,
-        "<h1>heap-sampler {}</h1>\n<p>Sample rate {}. Read with <code>go tool pprof \
-         http://HOST/debug/pprof/heap</code>; add <code>?seconds=30</code> to <code>allocs</code> for the \
-         next 30 seconds only.</p>\n<table>",
-        env!("CARGO_PKG_VERSION"),
-        report::human_bytes(i64::try_from(crate::sampler::sample_rate()).unwrap_or(i64::MAX))
-    );
-    for (name, about) in [
-        (
-            "heap",
-            "what holds memory now: allocations not yet freed (inuse_space)",
-        ),
-        (
-            "allocs",
-            "where allocation work goes: all allocations since start, freed or not (alloc_space)",
-        ),
-    ] {
-        let _ = writeln!(
-            html,
-            "<tr><td><a href=\"{name}\">{name}</a></td><td><a href=\"{name}?debug=1\">top</a></td>\
-             <td><a href=\"{name}?format=svg\">flamegraph</a></td><td><a href=\"{name}?format=folded\">folded</a>\
-             </td><td>{about}</td></tr>"
-        );
-    }
-    html.push_str("</table>\n</body></html>\n");
-    Response::ok("text/html; charset=utf-8", html.into_bytes())
+/// The index page, with the sites of `snapshot` (the heap now), or the error that kept it from being taken.
+fn index(snapshot: Result<HeapSnapshot, Error>) -> Response {
+    let profile = snapshot.map(|snapshot| (snapshot.sites(), snapshot.sample_rate()));
+    Response::ok(
+        "text/html; charset=utf-8",
+        index::page_now(profile).into_bytes(),
+    )
 }
 
 #[cfg(test)]

@@ -155,7 +155,13 @@ pub(crate) fn human_bytes(bytes: i64) -> String {
 
 /// Figures resting on fewer sampled allocations than this are marked in the report: below it the estimate's
 /// distribution is skewed and its standard error rough.
-const FEW_SAMPLES: u64 = 10;
+pub(crate) const FEW_SAMPLES: u64 = 10;
+
+/// Whether a figure of `bytes` resting on `samples` sampled allocations is marked as resting on few (see
+/// [`FEW_SAMPLES`]); a zero figure is not.
+pub(crate) fn few_samples(bytes: i64, samples: u64) -> bool {
+    samples < FEW_SAMPLES && bytes != 0
+}
 
 /// Renders the `top` sites as a table: in-use bytes and objects, allocated bytes and objects, function and
 /// `file:line`, after a header line with the sample rate. Each space figure has its standard error beside it
@@ -183,7 +189,7 @@ pub(crate) fn render(sites: &[Site], rate: usize, top: usize) -> String {
         if exact {
             return human_bytes(bytes);
         }
-        let few = if samples < FEW_SAMPLES && bytes != 0 {
+        let few = if few_samples(bytes, samples) {
             "*"
         } else {
             " "

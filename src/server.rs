@@ -149,6 +149,8 @@ fn start(addr: &str, loopback_only: bool) -> Result<ProfileServer, Error> {
                     return;
                 }
             };
+            // The index page's chart: the in-use bytes, read on this runtime while it runs.
+            crate::history::start(runtime.handle());
             runtime.block_on(until(stopped, accept(listener, shared)));
             // The listener is closed; open connections and windows are dropped with their tasks.
             runtime.shutdown_timeout(STOP_WAIT);

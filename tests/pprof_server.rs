@@ -513,7 +513,7 @@ fn a_client_that_reads_nothing_is_closed() {
     let start = Instant::now();
     let (done, writer) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        // Index pages of about 1 KiB each: far more than the sockets' buffers hold, were they all answered.
+        // Index pages of several KiB each: far more than the sockets' buffers hold, were they all answered.
         let chunk = "GET /debug/pprof/ HTTP/1.1\r\nHost: test\r\n\r\n".repeat(1024);
         let mut sent = 0usize;
         let result = loop {
