@@ -34,17 +34,8 @@ use crate::common;
 const ENTRY_POINTS: &[(&str, &[&str])] = &[
     ("__rust_alloc", &["on_alloc_slow", "alloc_sampled"]),
     ("__rust_alloc_zeroed", &["on_alloc_slow", "alloc_sampled"]),
-    ("__rust_dealloc", &["dealloc_maybe_sampled"]),
-    (
-        "__rust_realloc",
-        &[
-            "on_alloc_slow",
-            "untrack",
-            "retrack",
-            "record_free",
-            "track",
-        ],
-    ),
+    ("__rust_dealloc", &["dealloc_candidate"]),
+    ("__rust_realloc", &["on_alloc_slow", "realloc_slow"]),
 ];
 
 /// The inner allocator, `System`: the C library's functions it calls (`memset` zeroes a block allocated
