@@ -243,7 +243,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for SamplingAllocator<A> {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if sampler::SAMPLING_SUPPORTED && mark::may_be_sampled(ptr, layout.align()) {
             // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract.
-            return unsafe { self.dealloc_candidate(ptr, layout) };
+            return unsafe { Self::dealloc_candidate(ptr, layout.size(), layout.align(), self) };
         }
         // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract; `ptr` is not marked, so it came from
         // the inner allocator with `layout`.
@@ -314,23 +314,26 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     }
 
     /// The slow path of `dealloc`: `ptr` has the mark's bits, so it may be a sampled allocation; if so its
-    /// block goes back to the inner allocator.
+    /// block goes back to the inner allocator. The arguments are the allocator shim's, in its order, and the
+    /// allocator comes last: they are already where this call wants them, and `dealloc` moves no register.
     ///
     /// # Safety
-    /// As `GlobalAlloc::dealloc` for `ptr` and `layout`.
+    /// As `GlobalAlloc::dealloc` for `ptr` and the layout of `size` and `align`.
     #[cold]
     #[inline(never)]
-    unsafe fn dealloc_candidate(&self, ptr: *mut u8, layout: Layout) {
+    unsafe fn dealloc_candidate(ptr: *mut u8, size: usize, align: usize, this: &Self) {
+        // SAFETY: `dealloc`'s layout, taken apart by the caller.
+        let layout = unsafe { Layout::from_size_align_unchecked(size, align) };
         let Some(entry) = Self::untrack(ptr) else {
             // SAFETY: forwarded from this function's contract; not sampled, so the inner allocator's block.
-            return unsafe { self.inner.dealloc(ptr, layout) };
+            return unsafe { this.inner.dealloc(ptr, layout) };
         };
         Self::record_free(entry);
         // SAFETY: `ptr` was in the live table, so it is a sampled allocation of `layout`, and its block was
         // allocated with the layout `block_of` gives.
         unsafe {
             let (block, block_layout) = mark::block_of(ptr, layout);
-            self.inner.dealloc(block, block_layout);
+            this.inner.dealloc(block, block_layout);
         }
     }
 
