@@ -44,8 +44,9 @@ use crate::totals;
 /// # Cost
 ///
 /// An allocation that is not sampled costs a thread-local subtraction and a sign test; its free, a test of two
-/// bits of the pointer, since a sampled allocation lies at an odd multiple of its alignment (at least 8) in a
-/// block 8 bytes larger, or its alignment larger, than asked (see [`crate::mark`]). A sampled one captures its stack, with the default DWARF unwinder
+/// bits of the pointer: a sampled allocation lies at an odd multiple of its alignment (at least 8 bytes)
+/// into a block that much larger than asked, so a pointer without that bit set was not sampled. A sampled
+/// one costs that many bytes more, and captures its stack, with the default DWARF unwinder
 /// (which remembers the unwind rule of every return address it has seen) or with
 /// [`crate::Unwinder::FramePointer`] in programs built with frame pointers, about half as costly (see
 /// [`crate::set_unwinder`]). `benches/workloads.rs` measures whole programs; the README has its table.
