@@ -2,8 +2,10 @@
 //! this file stays short: the fast path is `sampler::on_alloc` plus the inner call, the rest is `#[cold]`.
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::ptr;
 
 use crate::labels::{self, LabelSet};
+use crate::mark;
 use crate::sampler::{self, DEFAULT_SAMPLE_RATE, Guard};
 use crate::stack::{self, Room, Stack, path, spare};
 use crate::table::peak;
@@ -41,8 +43,10 @@ use crate::totals;
 ///
 /// # Cost
 ///
-/// An allocation that is not sampled costs a thread-local subtraction and a sign test; its free, a filter bit
-/// found by one product of the pointer. A sampled one captures its stack, with the default DWARF unwinder
+/// An allocation that is not sampled costs a thread-local subtraction and a sign test; its free, a test of two
+/// bits of the pointer: a sampled allocation lies at an odd multiple of its alignment (at least 8 bytes)
+/// into a block that much larger than asked, so a pointer without that bit set was not sampled. A sampled
+/// one costs that many bytes more, and captures its stack, with the default DWARF unwinder
 /// (which remembers the unwind rule of every return address it has seen) or with
 /// [`crate::Unwinder::FramePointer`] in programs built with frame pointers, about half as costly (see
 /// [`crate::set_unwinder`]). `benches/workloads.rs` measures whole programs; the README has its table.
@@ -74,8 +78,11 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         &self.inner
     }
 
-    /// Records a sampled allocation of `size` bytes at `ptr` (non-null), before `ptr` reaches the program:
-    /// in the bucket of its stack and the thread's labels, in the live table, and in the heap totals. The
+    /// Records a sampled allocation of `size` bytes at `ptr` (non-null, in a block of [`mark::block_layout`]),
+    /// before `ptr` reaches the program: in the bucket of its stack and the thread's labels, in the live
+    /// table, and in the heap totals. It is always entered in the live table, whose entries tell which blocks
+    /// have the mark, so the guard is entered without being asked: a sampled allocation is never nested in the
+    /// profiler (see `sampler::on_alloc`). The
     /// stack is captured only when the thread's stack has room for the walk (see [`stack::Room`]); otherwise
     /// the sample is recorded with no stack, under `[stack not captured]`, with its full weight.
     ///
@@ -89,7 +96,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
             // Before the guard: the probes' allocations must be sampled.
             path::learn();
         }
-        let Some(guard) = Guard::enter() else { return };
+        let guard = Guard::inside();
         if rate == 0 {
             path::record_probe(&guard, entry);
             return;
@@ -124,12 +131,27 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         }
     }
 
-    /// Forgets `ptr` if it was sampled, returning what it recorded (bucket counts are not yet changed).
+    /// Forgets `ptr`, a candidate by its address (see [`mark::may_be_sampled`]), if it was sampled, returning
+    /// what it recorded (bucket counts are not yet changed). `None` means that `ptr` is a block of the inner
+    /// allocator as the program asked for it.
     #[cold]
     #[inline(never)]
     fn untrack(ptr: *mut u8) -> Option<live::LiveEntry> {
-        // Inside the guard only the profiler's own memory is freed, and that is never sampled.
-        let guard = Guard::enter()?;
+        // Most candidates that were not sampled stop at the filter, without a lock.
+        if !live::maybe_sampled(ptr) {
+            return None;
+        }
+        let Some(guard) = Guard::enter() else {
+            // Inside the profiler: mostly its own memory, never sampled, but also the program's, which the
+            // profiler may free or grow (a span's extensions, say): the table is asked too, unless this thread
+            // holds one of its stripes, when only the table's own memory is freed. A live stripe is the
+            // highest rank, so whatever else the thread holds, it may take one; not the spare stack, which
+            // ranks below the tables' locks.
+            if live::frees_are_own() {
+                return None;
+            }
+            return live::remove(&Guard::inside(), ptr);
+        };
         let mut entry = None;
         stack::with_room_for_free(&guard, &mut || entry = live::remove(&guard, ptr));
         entry
@@ -140,22 +162,21 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     #[cold]
     #[inline(never)]
     fn record_free(entry: live::LiveEntry) {
-        if let Some(guard) = Guard::enter() {
-            stack::with_room_for_free(&guard, &mut || {
-                peak::before_free(&guard, totals::on_free(entry.weight));
-                buckets::record_free(entry.bucket, entry.weight);
-            });
-        }
+        // Also inside the profiler, which may free a sampled allocation of the program (see `untrack`).
+        let guard = Guard::inside();
+        stack::with_room_for_free(&guard, &mut || {
+            peak::before_free(&guard, totals::on_free(entry.weight));
+            buckets::record_free(entry.bucket, entry.weight);
+        });
     }
 
-    /// Enters `ptr` in the live table again after its reallocation failed.
+    /// Enters `ptr` in the live table again after its reallocation failed: its block still has the mark.
     #[cold]
     #[inline(never)]
     fn retrack(ptr: *mut u8, entry: live::LiveEntry) {
-        if let Some(guard) = Guard::enter() {
-            // On the spare stack: the entry may have to grow the table, and a failed reallocation is rare.
-            spare::run(&mut || live::insert(&guard, ptr, entry));
-        }
+        let guard = Guard::inside();
+        // On the spare stack: the entry may have to grow the table, and a failed reallocation is rare.
+        spare::run(&mut || live::insert(&guard, ptr, entry));
     }
 }
 
@@ -192,8 +213,12 @@ fn record_live(guard: &Guard, ptr: *mut u8, bucket: buckets::BucketId, weight: W
     peak::after_alloc(totals::on_alloc(weight));
 }
 
-// SAFETY: every method forwards to the inner allocator with the caller's arguments unchanged and returns its
-// result unchanged; the bookkeeping around the calls never touches the memory it returns.
+// SAFETY: an allocation that is not sampled is the inner allocator's, with the caller's arguments and result
+// unchanged. A sampled one is a block of the inner allocator `mark::block_layout` bytes larger and aligned to
+// twice its offset, whose pointer, that offset into it, has the caller's size and alignment; it is in the live
+// table from before it is returned until its free or reallocation finds it there and gives the inner
+// allocator back the block, with the layout it was allocated with. The bookkeeping never touches the memory
+// it returns but to copy the contents of a reallocated block.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for SamplingAllocator<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -217,11 +242,12 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for SamplingAllocator<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if sampler::SAMPLING_SUPPORTED && live::maybe_sampled(ptr) {
+        if sampler::SAMPLING_SUPPORTED && mark::may_be_sampled(ptr, layout.align()) {
             // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract.
-            return unsafe { self.dealloc_maybe_sampled(ptr, layout) };
+            return unsafe { Self::dealloc_candidate(ptr, layout.size(), layout.align(), self) };
         }
-        // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract; `ptr` came from the inner allocator.
+        // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract; `ptr` is not marked, so it came from
+        // the inner allocator with `layout`.
         unsafe { self.inner.dealloc(ptr, layout) }
     }
 
@@ -229,15 +255,152 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for SamplingAllocator<A> {
     /// bytes with its own sampling decision. A failed reallocation leaves the accounting as it was.
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // One call of the slow path, whichever way it is reached: its return address in this function is
+        // then one, which the allocation path learns (see `crate::stack::path`).
+        let slow = if sampler::SAMPLING_SUPPORTED && mark::may_be_sampled(ptr, layout.align()) {
+            Some(None)
+        } else {
+            sampler::on_alloc(new_size, self.rate).map(Some)
+        };
+        if let Some(rate) = slow {
+            // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract for `ptr`, `layout` and `new_size`.
+            return unsafe { self.realloc_slow(ptr, layout, new_size, rate) };
+        }
+        // SAFETY: as above; `ptr` is not marked, so it came from the inner allocator with `layout`.
+        unsafe { self.inner.realloc(ptr, layout, new_size) }
+    }
+}
+
+impl<A: GlobalAlloc> SamplingAllocator<A> {
+    /// The slow path of `alloc` and `alloc_zeroed`: allocate a marked block, then record the sampled
+    /// allocation (rate 0, the probe of the allocation path: an unmarked block, the probe recorded). Where the
+    /// marked block's layout does not exist or cannot be had, the allocation as asked, not sampled.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::alloc` (or `alloc_zeroed` when `zeroed`) for `layout`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_sampled(&self, layout: Layout, rate: usize, zeroed: bool) -> *mut u8 {
+        let allocate = |layout: Layout| {
+            // SAFETY: forwarded from this function's contract; a block layout is larger than `layout`, so
+            // its size is not zero either. `alloc_zeroed` zeroes the whole block, the program's part with it.
+            unsafe {
+                if zeroed {
+                    self.inner.alloc_zeroed(layout)
+                } else {
+                    self.inner.alloc(layout)
+                }
+            }
+        };
+        let mut ptr = ptr::null_mut();
+        let mut recorded = rate == 0;
+        if rate != 0
+            && let Some((block, offset)) = mark::block_layout(layout)
+        {
+            let base = allocate(block);
+            if !base.is_null() {
+                // SAFETY: allocated just above with the layout made with `offset`.
+                ptr = unsafe { mark::user_pointer(base, offset) };
+                recorded = true;
+            }
+        }
+        if ptr.is_null() {
+            ptr = allocate(layout);
+        }
+        // One call: its return address is on the allocation path (see `crate::stack::path`).
+        if recorded && !ptr.is_null() {
+            Self::track(ptr, layout.size(), rate);
+        }
+        ptr
+    }
+
+    /// The slow path of `dealloc`: `ptr` has the mark's bits, so it may be a sampled allocation; if so its
+    /// block goes back to the inner allocator. The arguments are the allocator shim's, in its order, and the
+    /// allocator comes last: they are already where this call wants them, and `dealloc` moves no register.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::dealloc` for `ptr` and the layout of `size` and `align`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_candidate(ptr: *mut u8, size: usize, align: usize, this: &Self) {
+        // SAFETY: `dealloc`'s layout, taken apart by the caller.
+        let layout = unsafe { Layout::from_size_align_unchecked(size, align) };
+        let Some(entry) = Self::untrack(ptr) else {
+            // SAFETY: forwarded from this function's contract; not sampled, so the inner allocator's block.
+            return unsafe { this.inner.dealloc(ptr, layout) };
+        };
+        Self::record_free(entry);
+        // SAFETY: `ptr` was in the live table, so it is a sampled allocation of `layout`, and its block was
+        // allocated with the layout `block_of` gives.
+        unsafe {
+            let (block, block_layout) = mark::block_of(ptr, layout);
+            this.inner.dealloc(block, block_layout);
+        }
+    }
+
+    /// The slow path of `realloc`: the old block may be sampled (`rate` is `None`, not yet decided), or the
+    /// new one is (`Some(rate)`; rate 0 for the probe of the allocation path). A block that stays sampled, or
+    /// stays unsampled, is reallocated by the inner allocator; one that changes is allocated anew, its
+    /// contents copied and the old block freed.
+    ///
+    /// # Safety
+    /// As `GlobalAlloc::realloc` for `ptr`, `layout` and `new_size`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn realloc_slow(
+        &self,
+        ptr: *mut u8,
+        layout: Layout,
+        new_size: usize,
+        rate: Option<usize>,
+    ) -> *mut u8 {
         // Untrack before the inner call: once it returns, the old address may already be reused by another
         // thread's sampled allocation.
-        let old = if sampler::SAMPLING_SUPPORTED && live::maybe_sampled(ptr) {
+        let old = if rate.is_none() {
             Self::untrack(ptr)
         } else {
             None
         };
-        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract for `ptr`, `layout` and `new_size`.
-        let new_ptr = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        let rate = rate.or_else(|| sampler::on_alloc(new_size, self.rate));
+        // SAFETY: `GlobalAlloc::realloc`'s contract: `new_size` with `layout`'s alignment is a layout.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        let marked = rate
+            .filter(|&rate| rate != 0)
+            .and_then(|_| mark::block_layout(new_layout));
+        let (old_block, old_layout) = match old {
+            // SAFETY: `ptr` was in the live table: a sampled allocation of `layout`.
+            Some(_) => unsafe { mark::block_of(ptr, layout) },
+            None => (ptr, layout),
+        };
+        // SAFETY: `old_block` is the inner allocator's block of `old_layout` (per this function's contract, or
+        // the mark's), `new_layout` and the marked layouts have non-zero sizes, and the copy stays within both
+        // the program's old allocation and its new one.
+        let new_ptr = unsafe {
+            match (old.is_some(), marked) {
+                // Marked before and after: the same offset, since the alignment is the same.
+                (true, Some((block, offset))) => {
+                    let base = self.inner.realloc(old_block, old_layout, block.size());
+                    if base.is_null() {
+                        base
+                    } else {
+                        mark::user_pointer(base, offset)
+                    }
+                }
+                (false, None) => self.inner.realloc(ptr, layout, new_size),
+                (_, marked) => {
+                    let (block, offset) = marked.unwrap_or((new_layout, 0));
+                    let base = self.inner.alloc(block);
+                    if base.is_null() {
+                        base
+                    } else {
+                        let new_ptr = base.add(offset);
+                        ptr::copy_nonoverlapping(ptr, new_ptr, layout.size().min(new_size));
+                        self.inner.dealloc(old_block, old_layout);
+                        new_ptr
+                    }
+                }
+            }
+        };
         if new_ptr.is_null() {
             if let Some(entry) = old {
                 Self::retrack(ptr, entry);
@@ -247,46 +410,12 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for SamplingAllocator<A> {
         if let Some(entry) = old {
             Self::record_free(entry);
         }
-        if let Some(rate) = sampler::on_alloc(new_size, self.rate) {
+        // One call: its return address is on the allocation path (see `crate::stack::path`).
+        if let Some(rate) = rate
+            && (rate == 0 || marked.is_some())
+        {
             Self::track(new_ptr, new_size, rate);
         }
         new_ptr
-    }
-}
-
-impl<A: GlobalAlloc> SamplingAllocator<A> {
-    /// The slow path of `alloc` and `alloc_zeroed`: allocate, then record the sampled allocation.
-    ///
-    /// # Safety
-    /// As `GlobalAlloc::alloc` (or `alloc_zeroed` when `zeroed`) for `layout`.
-    #[cold]
-    #[inline(never)]
-    unsafe fn alloc_sampled(&self, layout: Layout, rate: usize, zeroed: bool) -> *mut u8 {
-        // SAFETY: forwarded from this function's contract.
-        let ptr = unsafe {
-            if zeroed {
-                self.inner.alloc_zeroed(layout)
-            } else {
-                self.inner.alloc(layout)
-            }
-        };
-        if !ptr.is_null() {
-            Self::track(ptr, layout.size(), rate);
-        }
-        ptr
-    }
-
-    /// The slow path of `dealloc`: the pointer's filter slot is in use, so it may be a sampled allocation.
-    ///
-    /// # Safety
-    /// As `GlobalAlloc::dealloc` for `ptr` and `layout`.
-    #[cold]
-    #[inline(never)]
-    unsafe fn dealloc_maybe_sampled(&self, ptr: *mut u8, layout: Layout) {
-        if let Some(entry) = Self::untrack(ptr) {
-            Self::record_free(entry);
-        }
-        // SAFETY: forwarded from this function's contract.
-        unsafe { self.inner.dealloc(ptr, layout) }
     }
 }

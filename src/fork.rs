@@ -33,9 +33,11 @@ extern "C" fn before_fork() {
     for rank in Rank::ALL {
         locks_of(rank, &mut |lock| lock.hold());
     }
+    crate::table::live::holding_every_stripe(true);
 }
 
 extern "C" fn after_fork() {
+    crate::table::live::holding_every_stripe(false);
     for rank in Rank::ALL.into_iter().rev() {
         // SAFETY: this thread took these locks in `before_fork`, or is the child's only thread.
         locks_of(rank, &mut |lock| unsafe { lock.release() });

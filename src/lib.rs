@@ -68,6 +68,7 @@ mod history;
 pub mod http;
 mod labels;
 mod lock;
+mod mark;
 mod output;
 mod pprof;
 mod report;

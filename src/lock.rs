@@ -35,7 +35,8 @@ pub(crate) enum Rank {
     BucketStripe,
     /// The bucket table's overflow bucket.
     BucketOverflow,
-    /// A stripe of the live table (and its block of the free filter).
+    /// A stripe of the live table (and its block of the free filter): the highest rank, so that the free of
+    /// a candidate (see [`crate::mark`]) may look it up whatever else its thread holds.
     LiveStripe,
 }
 

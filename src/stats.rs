@@ -65,14 +65,16 @@ pub struct Stats {
     pub label_sets: usize,
     /// Frees (and reallocations) of sampled allocations, which subtracted their weight.
     pub sampled_frees: u64,
-    /// Frees of unsampled pointers that shared a filter slot with a live sampled allocation and so looked the
-    /// pointer up under a lock in vain. A free reads the filter block of its pointer's 4 MiB address region,
+    /// Frees of unsampled pointers that had the bits of a sampled one (an odd multiple of their alignment, at
+    /// least 8: see [`crate::SamplingAllocator`]'s costs) and shared a filter slot with a live sampled
+    /// allocation, and so looked the pointer up under a lock in vain. Such a free reads the filter block of
+    /// its pointer's 4 MiB address region,
     /// 4,096 slots shared with the regions that hash to the same block: about `live / 4096` of the frees
     /// there look up in vain, `live` being the live sampled allocations of those regions (at the default
     /// rate at most about 8 per region, so `live_samples / 2^18` for a heap spread over many regions).
     pub filter_false_positives: u64,
     /// Bytes of the free filter: 2^18 bits (32 KiB), one 512-byte block per stripe of the live table, of
-    /// which every free reads one bit (only touched pages are resident).
+    /// which the free of a pointer with a sampled one's bits reads one bit (only touched pages are resident).
     pub filter_bytes: usize,
 }
 

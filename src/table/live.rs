@@ -1,7 +1,11 @@
 //! The sampled allocations that are still live, so that a free subtracts exactly what its allocation added.
 //!
-//! Every free must ask "was this pointer sampled?", and almost every answer is no. A filter answers that
-//! without a lock: bit `slot_of(ptr)` of `FILTER` is set while some live sampled pointer hashes to the slot,
+//! A free asks "was this pointer sampled?" only of the pointers whose address has the mark's bits (see
+//! [`crate::mark`]): the sampled ones, and the few others that happen to have those bits (blocks of larger
+//! alignments, or the smallest size classes of some allocators), and the table's entries are what tells them
+//! apart: a pointer found here has a marked block to give back. Over glibc's allocator those others are tens
+//! in a million frees; over an allocator with an 8-byte size class, half the frees of that class. A filter
+//! answers most of them without a lock: bit `slot_of(ptr)` of `FILTER` is set while some live sampled pointer hashes to the slot,
 //! so a clear bit means "not sampled" with certainty (one relaxed load). A set bit (a sampled pointer, or
 //! another pointer sharing its slot) goes on to the striped table. The table is keyed by slot: all live
 //! pointers of a slot have the same hash and one stripe, so the free that removes a slot's last pointer sees
@@ -14,6 +18,7 @@
 //! per-thread arenas, jemalloc's arenas, mimalloc's segments), so a thread's sampled allocations and frees
 //! mostly touch stripes and filter blocks that no other core writes.
 
+use core::cell::Cell;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use hashbrown::HashTable;
@@ -131,6 +136,8 @@ pub(crate) fn insert(_: &Guard, ptr: *mut u8, entry: LiveEntry) {
     let hash = table_hash(slot);
     let stripe = stripe(slot);
     let mut table = stripe.table.lock();
+    // Growing the table frees its old memory while the lock is held: that free must not look itself up.
+    let _own = OwnFrees::begin();
     let mut slot_in_use = false;
     for live in table.iter_hash_mut(hash) {
         if live.ptr == ptr {
@@ -157,6 +164,34 @@ pub(crate) fn insert(_: &Guard, ptr: *mut u8, entry: LiveEntry) {
         set_filter_bit(slot, true);
     }
     bump(&stripe.live, 1);
+}
+
+thread_local! {
+    /// Whether this thread holds a stripe's lock while it may free memory: then what it frees is the
+    /// profiler's own, and is not looked up (the lookup would wait for the lock it holds). `const`, without
+    /// destructor: usable inside the allocator and during thread exit.
+    static OWN_FREES: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the frees of this thread as the profiler's own (see [`frees_are_own`]) until dropped.
+struct OwnFrees(bool);
+
+impl OwnFrees {
+    fn begin() -> OwnFrees {
+        OwnFrees(OWN_FREES.try_with(|own| own.replace(true)).unwrap_or(true))
+    }
+}
+
+impl Drop for OwnFrees {
+    fn drop(&mut self) {
+        let _ = OWN_FREES.try_with(|own| own.set(self.0));
+    }
+}
+
+/// Whether the calling thread holds a stripe's lock (while it grows the stripe's table, or across a `fork`),
+/// so that whatever it frees is the profiler's own memory, and must not be looked up in the table.
+pub(crate) fn frees_are_own() -> bool {
+    OWN_FREES.try_with(Cell::get).unwrap_or(false)
 }
 
 /// Sets or clears the filter bit of `slot`. The caller holds the slot's stripe lock, and a filter word's 64
@@ -212,6 +247,13 @@ pub(crate) fn false_positives() -> u64 {
 /// The locks of the table's stripes, for the `fork` handlers.
 pub(crate) fn stripe_locks() -> impl Iterator<Item = &'static dyn AnyLock> {
     LIVE.iter().map(|stripe| &stripe.0.table as &dyn AnyLock)
+}
+
+/// Called by the `fork` handlers with every stripe's lock held (`true`) and before they are released
+/// (`false`): meanwhile the forking thread frees nothing of the program's (it is in `fork`), and a free must
+/// not wait for a stripe it holds.
+pub(crate) fn holding_every_stripe(held: bool) {
+    let _ = OWN_FREES.try_with(|own| own.set(held));
 }
 
 /// Bytes the live tables have allocated: their entries and spare capacity (they grow, and do not shrink).
@@ -390,7 +432,8 @@ mod loom_models {
             }
         }
 
-        /// Whether the free found the pointer sampled: the filter's check first, as `dealloc` does.
+        /// Whether the free found the pointer sampled: the filter's check first, as the free of a pointer with
+        /// the bits of a sampled one does.
         fn free(&self, slot: usize) -> bool {
             if !marked(&self.word, slot) {
                 return false;

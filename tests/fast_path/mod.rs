@@ -1,6 +1,6 @@
 //! The allocator's fast path, pinned in the machine code of a release build, as tcmalloc's
 //! `testing/fast_path.opt.golden` pins its own: an allocation that is not sampled costs a thread-local
-//! subtraction and a sign test, a free a hash and a relaxed load, and nothing else. What the compiler makes of
+//! subtraction and a sign test, a free a test of two bits of the pointer, and nothing else. What the compiler makes of
 //! that is checked here, so that a change that puts a lock, an atomic read-modify-write or a call on that path
 //! fails a test rather than slowing every allocation of every program unnoticed.
 //!
@@ -21,6 +21,11 @@
 //! point must call both the inner allocator and one of its slow paths: otherwise the code found is not the
 //! entry point described here, and the check fails.
 //!
+//! The free is held to more: whether a pointer may be sampled is told by two of its bits (see the crate's
+//! `mark` module), so `__rust_dealloc`, up to its jumps to the inner allocator and to its slow path, reads
+//! no memory at all (no operand in memory but the stack's, which only a frame's setup would touch) and is
+//! at most [`MAX_FREE_INSTRUCTIONS`] instructions long.
+//!
 //! The instructions are x86-64's, as `objdump` prints them: the check exists only on x86-64.
 
 use std::collections::{BTreeSet, HashMap};
@@ -34,18 +39,17 @@ use crate::common;
 const ENTRY_POINTS: &[(&str, &[&str])] = &[
     ("__rust_alloc", &["on_alloc_slow", "alloc_sampled"]),
     ("__rust_alloc_zeroed", &["on_alloc_slow", "alloc_sampled"]),
-    ("__rust_dealloc", &["dealloc_maybe_sampled"]),
-    (
-        "__rust_realloc",
-        &[
-            "on_alloc_slow",
-            "untrack",
-            "retrack",
-            "record_free",
-            "track",
-        ],
-    ),
+    ("__rust_dealloc", &["dealloc_candidate"]),
+    ("__rust_realloc", &["on_alloc_slow", "realloc_slow"]),
 ];
+
+/// The most instructions `__rust_dealloc` may have, over every function walked: the mask made from the
+/// alignment, its test of the pointer and the branch, the tail call to the inner allocator, and the slow
+/// path's jump with the allocator's address.
+const MAX_FREE_INSTRUCTIONS: usize = 7;
+
+/// The entry point whose code may not read memory, nor be longer than [`MAX_FREE_INSTRUCTIONS`].
+const FREE_ENTRY: &str = "__rust_dealloc";
 
 /// The inner allocator, `System`: the C library's functions it calls (`memset` zeroes a block allocated
 /// with `posix_memalign` for `alloc_zeroed`).
@@ -211,6 +215,7 @@ fn check_entry(
     let mut findings = Findings::default();
     let mut queue = vec![(start, start + size, name.clone())];
     let mut walked = BTreeSet::new();
+    let mut instructions = 0;
     while let Some((start, end, function)) = queue.pop() {
         if !walked.insert(start) {
             continue;
@@ -221,6 +226,24 @@ fn check_entry(
             let at = format!("{function}+{:#x}", instruction.address - start);
             let m = instruction.mnemonic.as_str();
             let memory = instruction.operands.contains('(');
+            // Padding between functions is not the function's.
+            if !m.starts_with("nop") && m != "int3" {
+                instructions += 1;
+            }
+            let on_stack =
+                instruction.operands.contains("(%rsp") || instruction.operands.contains("(%rbp");
+            if entry == FREE_ENTRY
+                && memory
+                && !on_stack
+                && !m.starts_with("nop")
+                && !m.starts_with("lea")
+                && !instruction.operands.starts_with('*')
+            {
+                findings.problems.push(format!(
+                    "{at}: the free reads memory: {m} {}",
+                    instruction.operands
+                ));
+            }
             if instruction.prefixes.iter().any(|p| p == "lock")
                 || (m.starts_with("xchg") && memory)
                 || m.starts_with("cmpxchg")
@@ -279,6 +302,11 @@ fn check_entry(
         findings.inner_calls,
         findings.slow_calls
     );
+    if entry == FREE_ENTRY && instructions > MAX_FREE_INSTRUCTIONS {
+        findings.problems.push(format!(
+            "{instructions} instructions, more than {MAX_FREE_INSTRUCTIONS} for the free"
+        ));
+    }
     // Without both, the code walked is not the entry point this check describes.
     if findings.inner_calls.is_empty() {
         findings
