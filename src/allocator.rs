@@ -110,7 +110,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
                 weight,
                 size,
             );
-            record_live(&guard, ptr, bucket, weight);
+            record_live(&guard, ptr, bucket, weight, size);
         } else {
             stack::note_stackless_sample();
             spare::run(&mut || {
@@ -119,6 +119,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
                     ptr,
                     buckets::record_alloc(&guard, &[], false, labels, weight, size),
                     weight,
+                    size,
                 );
             });
         }
@@ -143,7 +144,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         if let Some(guard) = Guard::enter() {
             stack::with_room_for_free(&guard, &mut || {
                 peak::before_free(&guard, totals::on_free(entry.weight));
-                buckets::record_free(entry.bucket, entry.weight);
+                buckets::record_free(entry.bucket, entry.weight, entry.size);
             });
         }
     }
@@ -186,9 +187,23 @@ fn record_with_stack(
     )
 }
 
-/// Enters a sampled allocation recorded in `bucket` in the live table and the heap totals.
-fn record_live(guard: &Guard, ptr: *mut u8, bucket: buckets::BucketId, weight: Weight) {
-    live::insert(guard, ptr, live::LiveEntry { bucket, weight });
+/// Enters a sampled allocation of `size` bytes recorded in `bucket` in the live table and the heap totals.
+fn record_live(
+    guard: &Guard,
+    ptr: *mut u8,
+    bucket: buckets::BucketId,
+    weight: Weight,
+    size: usize,
+) {
+    live::insert(
+        guard,
+        ptr,
+        live::LiveEntry {
+            bucket,
+            weight,
+            size,
+        },
+    );
     peak::after_alloc(totals::on_alloc(weight));
 }
 
