@@ -6,8 +6,8 @@
 #   benches/callgrind_sample.sh [--whole]
 #
 # A sample's record is what `SamplingAllocator::track` costs (stack, bucket, live entry, totals, peak); its
-# free, `untrack` and `record_free` (the inner allocator's own free is not counted). Both are inclusive
-# counts divided by the pairs the workload makes.
+# free, what `free_maybe_sampled` costs (or `untrack` and `record_free`, as a reallocation frees); the inner
+# allocator's own free is not counted. Both are inclusive counts divided by the pairs the workload makes.
 set -eu
 cd "$(dirname "$0")/.."
 pairs=100000
@@ -38,9 +38,10 @@ for workload in deep16 deep16x8 deep16exact; do
     file=$(run $workload sampled)
     record=$(inclusive "$file" 'SamplingAllocator<A>::track')
     untrack=$(inclusive "$file" 'SamplingAllocator<A>::untrack')
-    free=$(inclusive "$file" 'SamplingAllocator<A>::record_free')
-    awk -v w=$workload -v r="$record" -v u="$untrack" -v f="$free" -v n=$pairs \
-        'BEGIN { printf "%-12s record %6.0f  free %5.0f\n", w, r / n, (u + f) / n }'
+    free=$(inclusive "$file" "SamplingAllocator<A>::record_free")
+    free_maybe=$(inclusive "$file" "SamplingAllocator<A>::free_maybe_sampled")
+    awk -v w=$workload -v r="$record" -v u="$untrack" -v f="$free" -v m="$free_maybe" -v n=$pairs \
+        'BEGIN { printf "%-12s record %6.0f  free %5.0f\n", w, r / n, (u + f + m) / n }'
 done
 
 if [ "${1:-}" = --whole ]; then

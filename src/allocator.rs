@@ -136,15 +136,26 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         entry
     }
 
-    /// Subtracts a freed sampled allocation from the heap totals and from its bucket; a free that ends a peak
-    /// of the in-use estimate first copies the buckets as they are at the peak.
+    /// Subtracts a freed sampled allocation from the heap totals and from its bucket (see [`subtract`]).
     #[cold]
     #[inline(never)]
     fn record_free(entry: live::LiveEntry) {
         if let Some(guard) = Guard::enter() {
+            stack::with_room_for_free(&guard, &mut || subtract(&guard, entry));
+        }
+    }
+
+    /// The free of `ptr`, whose filter slot is in use: forgets it and subtracts it if it was sampled, in one
+    /// entry of the profiler guard.
+    #[cold]
+    #[inline(never)]
+    fn free_maybe_sampled(ptr: *mut u8) {
+        // Inside the guard only the profiler's own memory is freed, and that is never sampled.
+        if let Some(guard) = Guard::enter() {
             stack::with_room_for_free(&guard, &mut || {
-                peak::before_free(&guard, totals::on_free(entry.weight));
-                buckets::record_free(entry.bucket, entry.weight, entry.size);
+                if let Some(entry) = live::remove(&guard, ptr) {
+                    subtract(&guard, entry);
+                }
             });
         }
     }
@@ -185,6 +196,13 @@ fn record_with_stack(
         weight,
         size,
     )
+}
+
+/// Subtracts a freed sampled allocation from the heap totals and from its bucket, inside the profiler guard;
+/// a free that ends a peak of the in-use estimate first copies the buckets as they are at the peak.
+fn subtract(guard: &Guard, entry: live::LiveEntry) {
+    peak::before_free(guard, totals::on_free(entry.weight));
+    buckets::record_free(entry.bucket, entry.weight, entry.size);
 }
 
 /// Enters a sampled allocation of `size` bytes recorded in `bucket` in the live table and the heap totals.
@@ -298,9 +316,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     #[cold]
     #[inline(never)]
     unsafe fn dealloc_maybe_sampled(&self, ptr: *mut u8, layout: Layout) {
-        if let Some(entry) = Self::untrack(ptr) {
-            Self::record_free(entry);
-        }
+        Self::free_maybe_sampled(ptr);
         // SAFETY: forwarded from this function's contract.
         unsafe { self.inner.dealloc(ptr, layout) }
     }
