@@ -436,7 +436,7 @@ impl Remembered {
         (self.word & ADDRESS_MASK) as usize
     }
 
-    fn from_rbp(self) -> bool {
+    fn cfa_from_rbp(self) -> bool {
         self.word >> ADDRESS_BITS & 1 == 1
     }
 
@@ -479,7 +479,7 @@ impl Memo {
             if read == step.word && step.word <= ADDRESS_MASK {
                 continue;
             }
-            if read != step.word & ADDRESS_MASK || (step.from_rbp() && !fp_same) {
+            if read != step.word & ADDRESS_MASK || (step.cfa_from_rbp() && !fp_same) {
                 return None;
             }
             let slot = step.rbp_slot();
@@ -668,19 +668,21 @@ fn walk_remembering(
     skip_through: usize,
 ) -> Walk {
     // Started where the last walk started, through unchanged frames: the same walk.
-    if memo.len > 0 && memo.start_sp == cursor.sp {
-        if let Some(fp_same) = memo.verify(0, memo.len, memo.start_fp == cursor.fp) {
-            let first = memo.first;
-            let mut recorder = Recorder {
-                len: memo.len,
-                cut: false,
-                old: 0,
-                old_len: 0,
-                old_first: 0,
-            };
-            return replay(memo, &mut recorder, cursor, fp_same, first, frames, 0);
-        }
+    if memo.len > 0
+        && memo.start_sp == cursor.sp
+        && let Some(fp_same) = memo.verify(0, memo.len, memo.start_fp == cursor.fp)
+    {
+        let first = memo.first;
+        let mut recorder = Recorder {
+            len: memo.len,
+            cut: false,
+            old: 0,
+            old_len: 0,
+            old_first: 0,
+        };
+        return replay(memo, &mut recorder, cursor, fp_same, first, frames, 0);
     }
+
     let mut recorder = Recorder {
         len: 0,
         cut: false,
