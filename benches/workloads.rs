@@ -2,7 +2,11 @@
 //!
 //! Workloads: `json` (serde_json documents parsed and indexed), `index` (a string-keyed map index), `churn`
 //! (random-size allocate/free churn over a window of live buffers), `churn2` (the same on two threads) and
-//! `pairs16` (allocate+free pairs of 16 bytes: the fast path alone).
+//! `pairs16` (allocate+free pairs of 16 bytes: the fast path alone). Three more are for counting the cost of
+//! one sample under callgrind (`benches/callgrind_sample.sh`), not for the timed rounds: `deep16` (a block
+//! of 64 KiB allocated and freed 16 frames below the workload, at a sample rate of 4 KiB, so that every block
+//! is sampled with a weight and a variance as real samples have), `deep16x8` (the same from 8 call sites in
+//! turn: 8 stacks and buckets) and `deep16exact` (64-byte blocks at rate 1, exact mode).
 //! Each run is a fresh child process of this binary; its global allocator is chosen from the environment
 //! before the first allocation:
 //!
@@ -204,6 +208,51 @@ fn pairs16(_rng: &mut Rng) {
     }
 }
 
+/// Sampled allocate+free pairs per run of the `deep16` workloads.
+const DEEP_PAIRS: usize = 100_000;
+
+/// Allocates and frees a block of `size + N` bytes: one call site per `N`, and so one stack per `N` (the
+/// extra bytes keep the functions distinct, so that they are not merged).
+#[inline(never)]
+fn site<const N: usize>(size: usize) {
+    drop(black_box(Vec::<u8>::with_capacity(size + N)));
+}
+
+const SITES: [fn(usize); 8] = [
+    site::<0>, site::<1>, site::<2>, site::<3>, site::<4>, site::<5>, site::<6>, site::<7>,
+];
+
+/// Calls itself `levels` more times, then allocates and frees a block at call site `site` (0–7).
+#[inline(never)]
+fn deep(levels: usize, site: usize, size: usize) {
+    if levels > 0 {
+        deep(black_box(levels - 1), site, size);
+        black_box(levels);
+        return;
+    }
+    SITES[site % SITES.len()](size);
+}
+
+fn deep16_at(rate: usize, size: usize, sites: usize) {
+    heap_sampler::set_sample_rate(rate);
+    for i in 0..DEEP_PAIRS {
+        deep(16, i % sites, size);
+    }
+    heap_sampler::set_sample_rate(heap_sampler::DEFAULT_SAMPLE_RATE);
+}
+
+fn deep16(_rng: &mut Rng) {
+    deep16_at(4096, 64 << 10, 1);
+}
+
+fn deep16x8(_rng: &mut Rng) {
+    deep16_at(4096, 64 << 10, 8);
+}
+
+fn deep16exact(_rng: &mut Rng) {
+    deep16_at(1, 64, 1);
+}
+
 type Workload = (&'static str, fn(&mut Rng));
 
 const WORKLOADS: [Workload; 5] = [
@@ -212,6 +261,13 @@ const WORKLOADS: [Workload; 5] = [
     ("churn", churn),
     ("churn2", churn2),
     ("pairs16", pairs16),
+];
+
+/// Workloads that only count instructions (see the module's documentation): run by name, never in rounds.
+const COUNTED: [Workload; 3] = [
+    ("deep16", deep16),
+    ("deep16x8", deep16x8),
+    ("deep16exact", deep16exact),
 ];
 
 fn variants() -> Vec<&'static str> {
@@ -257,6 +313,7 @@ fn main() {
     if let Ok(workload) = std::env::var(WORKLOAD_VAR) {
         let (_, run) = WORKLOADS
             .iter()
+            .chain(&COUNTED)
             .find(|(name, _)| *name == workload)
             .expect("a known workload");
         if std::env::var(MODE_VAR).is_ok_and(|m| m == "sampled-fp") {

@@ -117,7 +117,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
                 weight,
                 size,
             );
-            record_live(&guard, ptr, bucket, weight);
+            record_live(&guard, ptr, bucket, weight, size);
         } else {
             stack::note_stackless_sample();
             spare::run(&mut || {
@@ -126,6 +126,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
                     ptr,
                     buckets::record_alloc(&guard, &[], false, labels, weight, size),
                     weight,
+                    size,
                 );
             });
         }
@@ -157,17 +158,42 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         entry
     }
 
-    /// Subtracts a freed sampled allocation from the heap totals and from its bucket; a free that ends a peak
-    /// of the in-use estimate first copies the buckets as they are at the peak.
+    /// Subtracts a freed sampled allocation from the heap totals and from its bucket (see [`subtract`]).
     #[cold]
     #[inline(never)]
     fn record_free(entry: live::LiveEntry) {
         // Also inside the profiler, which may free a sampled allocation of the program (see `untrack`).
         let guard = Guard::inside();
+        stack::with_room_for_free(&guard, &mut || subtract(&guard, entry));
+    }
+
+    /// The free of `ptr`, a candidate by its address: forgets it and subtracts it if it was sampled, in one
+    /// entry of the profiler guard and one check of the stack's room, as [`Self::untrack`] and
+    /// [`Self::record_free`] do in two. Returns whether `ptr` was sampled.
+    #[cold]
+    #[inline(never)]
+    fn free_if_sampled(ptr: *mut u8) -> bool {
+        if !live::maybe_sampled(ptr) {
+            return false;
+        }
+        let Some(guard) = Guard::enter() else {
+            // Inside the profiler, as in `untrack`.
+            return match Self::untrack(ptr) {
+                Some(entry) => {
+                    Self::record_free(entry);
+                    true
+                }
+                None => false,
+            };
+        };
+        let mut sampled = false;
         stack::with_room_for_free(&guard, &mut || {
-            peak::before_free(&guard, totals::on_free(entry.weight));
-            buckets::record_free(entry.bucket, entry.weight);
+            if let Some(entry) = live::remove(&guard, ptr) {
+                subtract(&guard, entry);
+                sampled = true;
+            }
         });
+        sampled
     }
 
     /// Enters `ptr` in the live table again after its reallocation failed: its block still has the mark.
@@ -207,9 +233,30 @@ fn record_with_stack(
     )
 }
 
-/// Enters a sampled allocation recorded in `bucket` in the live table and the heap totals.
-fn record_live(guard: &Guard, ptr: *mut u8, bucket: buckets::BucketId, weight: Weight) {
-    live::insert(guard, ptr, live::LiveEntry { bucket, weight });
+/// Subtracts a freed sampled allocation from the heap totals and from its bucket, inside the profiler guard;
+/// a free that ends a peak of the in-use estimate first copies the buckets as they are at the peak.
+fn subtract(guard: &Guard, entry: live::LiveEntry) {
+    peak::before_free(guard, totals::on_free(entry.weight));
+    buckets::record_free(entry.bucket, entry.weight, entry.size);
+}
+
+/// Enters a sampled allocation of `size` bytes recorded in `bucket` in the live table and the heap totals.
+fn record_live(
+    guard: &Guard,
+    ptr: *mut u8,
+    bucket: buckets::BucketId,
+    weight: Weight,
+    size: usize,
+) {
+    live::insert(
+        guard,
+        ptr,
+        live::LiveEntry {
+            bucket,
+            weight,
+            size,
+        },
+    );
     peak::after_alloc(totals::on_alloc(weight));
 }
 
@@ -325,11 +372,10 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     unsafe fn dealloc_candidate(ptr: *mut u8, size: usize, align: usize, this: &Self) {
         // SAFETY: `dealloc`'s layout, taken apart by the caller.
         let layout = unsafe { Layout::from_size_align_unchecked(size, align) };
-        let Some(entry) = Self::untrack(ptr) else {
+        if !Self::free_if_sampled(ptr) {
             // SAFETY: forwarded from this function's contract; not sampled, so the inner allocator's block.
             return unsafe { this.inner.dealloc(ptr, layout) };
-        };
-        Self::record_free(entry);
+        }
         // SAFETY: `ptr` was in the live table, so it is a sampled allocation of `layout`, and its block was
         // allocated with the layout `block_of` gives.
         unsafe {

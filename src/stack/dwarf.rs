@@ -316,6 +316,8 @@ enum Step {
     Frame(usize),
     /// No caller: the outermost frame, or code without unwind information.
     End,
+    /// No caller: the return address read at the new stack pointer − 8 is 0.
+    ZeroReturn,
     /// A frame needs the system unwinder.
     Fallback,
     /// A frame's rule is not in the table, and the stack has no room to compute it.
@@ -335,6 +337,8 @@ struct Cursor {
     stack_top: usize,
     /// Whether the stack has room to compute a rule missing from the table.
     rules_fit: bool,
+    /// The shape of the rule the last step applied, as [`Remembered::word`] keeps it.
+    shape: u64,
 }
 
 impl Cursor {
@@ -394,12 +398,115 @@ impl Cursor {
             self.fp = unsafe { *((cfa - 8 * rbp_slot) as *const usize) };
         }
         self.sp = cfa;
+        self.shape = (from_rbp as u64) << ADDRESS_BITS | (rbp_slot as u64) << (ADDRESS_BITS + 1);
         if return_address == 0 {
-            return Step::End;
+            return Step::ZeroReturn;
         }
         self.lookup = return_address - 1;
         Step::Frame(return_address)
     }
+}
+
+/// Steps a thread remembers of its last walk: enough for most stacks of the default depth.
+const REMEMBERED_STEPS: usize = 64;
+
+/// One step of a remembered walk, and what it read. Given the registers before the step, the step depends
+/// only on the rule of their address, which does not change, and on the stack words it reads, which are
+/// kept: if those words are still there, the step goes the same way.
+#[derive(Clone, Copy)]
+struct Remembered {
+    /// The return address read at `cfa − 8` (0 for a step that ended the walk there), with the shape of the
+    /// rule in the bits above it: whether the CFA came from the frame pointer (bit 47), and the frame
+    /// pointer's save slot (bits 48–51, 0 if the frame pointer was left as it was).
+    word: u64,
+    /// The CFA: the caller's stack pointer.
+    cfa: usize,
+    /// The frame pointer after the step: read at `cfa − 8·slot` when the rule has a save slot.
+    fp: usize,
+}
+
+impl Remembered {
+    const EMPTY: Remembered = Remembered {
+        word: 0,
+        cfa: 0,
+        fp: 0,
+    };
+
+    fn return_address(self) -> usize {
+        (self.word & ADDRESS_MASK) as usize
+    }
+
+    fn cfa_from_rbp(self) -> bool {
+        self.word >> ADDRESS_BITS & 1 == 1
+    }
+
+    fn rbp_slot(self) -> usize {
+        (self.word >> (ADDRESS_BITS + 1)) as usize
+    }
+}
+
+/// The last walk of a thread: its steps from the walk's own frame outwards. A walk that reaches a frame at
+/// the same stack position with the same return address as a remembered step (or that starts where the
+/// remembered walk started) checks that the stack words the remembered steps read after it are unchanged,
+/// and copies their return addresses instead of stepping: the stacks of a thread's sampled allocations
+/// mostly share their outer frames, which are then not unwound again.
+struct Memo {
+    /// Steps remembered; 0 for none (the last walk fell back, or did not recognise the entry point).
+    len: usize,
+    /// The first step whose return address is the program's (after the profiler's entry point).
+    first: usize,
+    /// Whether the walk ended after the last step remembered (else it was cut: more frames may follow).
+    ended: bool,
+    /// The stack and frame pointers the walk started from, in [`walk`].
+    start_sp: usize,
+    start_fp: usize,
+    steps: [Remembered; REMEMBERED_STEPS],
+}
+
+impl Memo {
+    /// Whether the steps `from..to` would go the same way again from the registers they were taken
+    /// from, but for the frame pointer, which is the one remembered if `fp_same`: every stack word they read
+    /// is unchanged, and no step needs a frame pointer that differs. The frame pointer after them is the
+    /// one remembered if the returned flag is set, else the one before them.
+    fn verify(&self, from: usize, to: usize, mut fp_same: bool) -> Option<bool> {
+        for step in &self.steps[from..to] {
+            // SAFETY: the remembered walk checked that each word it read lies in [sp, stack_top) of this
+            // thread's stack, with `sp` at or above the stack pointer the steps start from (which is at or
+            // above this walk's), and is 8-aligned; that part of the stack is live and mapped.
+            let read = unsafe { *((step.cfa - 8) as *const usize) } as u64;
+            // Most rules take the CFA from the stack pointer and leave the frame pointer: their word is the
+            // return address alone.
+            if read == step.word && step.word <= ADDRESS_MASK {
+                continue;
+            }
+            if read != step.word & ADDRESS_MASK || (step.cfa_from_rbp() && !fp_same) {
+                return None;
+            }
+            let slot = step.rbp_slot();
+            if slot != 0 {
+                // SAFETY: as above.
+                if unsafe { *((step.cfa - 8 * slot) as *const usize) } != step.fp {
+                    return None;
+                }
+                fp_same = true;
+            }
+        }
+        Some(fp_same)
+    }
+}
+
+thread_local! {
+    /// This thread's last walk. `const`-initialised, without destructor: reachable during thread exit.
+    static MEMO: core::cell::UnsafeCell<Memo> = const {
+        core::cell::UnsafeCell::new(Memo {
+            len: 0,
+            first: 0,
+            ended: false,
+            start_sp: 0,
+            start_fp: 0,
+            steps: [Remembered::EMPTY; REMEMBERED_STEPS],
+        })
+    };
 }
 
 /// What a walk produced.
@@ -426,13 +533,236 @@ pub(super) fn walk(
     rules_fit: bool,
 ) -> Walk {
     let (pc, sp, fp) = registers();
-    let mut cursor = Cursor {
+    let cursor = Cursor {
         lookup: pc,
         sp,
         fp,
         stack_top,
         rules_fit,
+        shape: 0,
     };
+    MEMO.try_with(|memo| {
+        // SAFETY: only this thread's walks touch its memo, and they never overlap: a walk runs inside the
+        // profiler guard and calls nothing that walks again.
+        let memo = unsafe { &mut *memo.get() };
+        walk_remembering(memo, cursor, frames, skip_through)
+    })
+    .unwrap_or(Walk::Fallback)
+}
+
+/// The current walk's steps as they are remembered, in place of the last walk's: step `i` at index `i`.
+/// The last walk's steps not yet passed, `old..old_len`, are kept above the current walk's, moved up the
+/// array if the current walk reaches them.
+struct Recorder {
+    /// Steps of the current walk recorded.
+    len: usize,
+    /// Whether recording stopped (the array is full, or a return address does not fit a word's 47 bits).
+    cut: bool,
+    old: usize,
+    old_len: usize,
+    /// Where the last walk's program frames start (moved with its steps).
+    old_first: usize,
+}
+
+impl Recorder {
+    /// Records the step the cursor just took, which read `return_address` (0 for a step that ended the
+    /// walk).
+    #[inline(always)]
+    fn record(&mut self, memo: &mut Memo, cursor: &Cursor, return_address: usize) {
+        if self.cut {
+            return;
+        }
+        let i = self.len;
+        if i >= REMEMBERED_STEPS || return_address as u64 > ADDRESS_MASK {
+            self.cut = true;
+            return;
+        }
+        if i == self.old && i < self.old_len {
+            self.make_room(memo, cursor.sp);
+        }
+        memo.steps[i] = Remembered {
+            word: return_address as u64 | cursor.shape,
+            cfa: cursor.sp,
+            fp: cursor.fp,
+        };
+        self.len = i + 1;
+    }
+
+    /// The current walk reached the index of the last walk's next step: passes the steps below stack
+    /// pointer `sp` (they can no longer match), and moves the others to the top of the array, or forgets
+    /// them if they do not fit there.
+    #[cold]
+    #[inline(never)]
+    fn make_room(&mut self, memo: &mut Memo, sp: usize) {
+        while self.old < self.old_len && memo.steps[self.old].cfa < sp {
+            self.old += 1;
+        }
+        if self.old > self.len || self.old == self.old_len {
+            return;
+        }
+        let to = REMEMBERED_STEPS - (self.old_len - self.old);
+        if to > self.len {
+            memo.steps.copy_within(self.old..self.old_len, to);
+            self.old_first = (self.old_first + to).saturating_sub(self.old);
+            self.old = to;
+            self.old_len = REMEMBERED_STEPS;
+        } else {
+            self.old_len = self.old;
+        }
+    }
+
+    /// After the current walk's step to `cursor`, which read `return_address` (a frame of the program): if the
+    /// last walk took a step to the same stack position with the same return address and what follows it is
+    /// unchanged, records the step and the last walk's steps after it as the current walk's, and returns the
+    /// index of the first of those and whether the frame pointer after them is the remembered one.
+    #[inline(always)]
+    fn rejoin(
+        &mut self,
+        memo: &mut Memo,
+        cursor: &Cursor,
+        return_address: usize,
+    ) -> Option<(usize, bool)> {
+        while self.old < self.old_len && memo.steps[self.old].cfa < cursor.sp {
+            self.old += 1;
+        }
+        if self.cut || self.old == self.old_len || self.old + 1 < self.old_first {
+            return None;
+        }
+        let step = memo.steps[self.old];
+        if step.cfa != cursor.sp || step.return_address() != return_address {
+            return None;
+        }
+        self.rejoin_at(memo, cursor, return_address)
+    }
+
+    #[inline(never)]
+    fn rejoin_at(
+        &mut self,
+        memo: &mut Memo,
+        cursor: &Cursor,
+        return_address: usize,
+    ) -> Option<(usize, bool)> {
+        let (old, old_len) = (self.old, self.old_len);
+        let fp_same = memo.verify(old + 1, old_len, cursor.fp == memo.steps[old].fp)?;
+        // The current walk's steps stay below the last walk's (see `record`): `len <= old`.
+        debug_assert!(self.len <= old);
+        let i = self.len;
+        memo.steps[i] = Remembered {
+            word: return_address as u64 | cursor.shape,
+            cfa: cursor.sp,
+            fp: cursor.fp,
+        };
+        memo.steps.copy_within(old + 1..old_len, i + 1);
+        self.len = i + 1 + (old_len - old - 1);
+        self.old = 0;
+        self.old_len = 0;
+        Some((i + 1, fp_same))
+    }
+}
+
+/// [`walk`] from `cursor`, with this thread's `memo` of its last walk, which it replaces with this one.
+fn walk_remembering(
+    memo: &mut Memo,
+    cursor: Cursor,
+    frames: &mut [MaybeUninit<usize>],
+    skip_through: usize,
+) -> Walk {
+    // Started where the last walk started, through unchanged frames: the same walk.
+    if memo.len > 0
+        && memo.start_sp == cursor.sp
+        && let Some(fp_same) = memo.verify(0, memo.len, memo.start_fp == cursor.fp)
+    {
+        let first = memo.first;
+        let mut recorder = Recorder {
+            len: memo.len,
+            cut: false,
+            old: 0,
+            old_len: 0,
+            old_first: 0,
+        };
+        return replay(memo, &mut recorder, cursor, fp_same, first, frames, 0);
+    }
+
+    let mut recorder = Recorder {
+        len: 0,
+        cut: false,
+        old: 0,
+        old_len: memo.len,
+        old_first: memo.first,
+    };
+    memo.start_sp = cursor.sp;
+    memo.start_fp = cursor.fp;
+    let walk = walk_recording(memo, &mut recorder, cursor, frames, skip_through);
+    if !matches!(walk, Walk::Done { .. }) {
+        memo.len = 0;
+    }
+    walk
+}
+
+/// Copies the return addresses of the remembered steps from `from` on into `frames` from `len` on, and
+/// goes on walking past them if the remembered walk was cut and `frames` has room left. `cursor` is the
+/// state before step `from`; `fp_same` whether the frame pointer after the steps is the remembered one.
+fn replay(
+    memo: &mut Memo,
+    recorder: &mut Recorder,
+    mut cursor: Cursor,
+    fp_same: bool,
+    from: usize,
+    frames: &mut [MaybeUninit<usize>],
+    mut len: usize,
+) -> Walk {
+    let end = recorder.len;
+    let mut steps = &memo.steps[from..end];
+    if let [frames_of @ .., last] = steps
+        && last.return_address() == 0
+    {
+        // The step that read a zero return address is not a frame.
+        steps = frames_of;
+    }
+    let room = frames.len() - len;
+    let copied = steps.len().min(room);
+    for (frame, step) in frames[len..len + copied].iter_mut().zip(&steps[..copied]) {
+        frame.write(step.return_address());
+    }
+    len += copied;
+    if copied < steps.len() {
+        memo.len = end;
+        return Walk::Done {
+            len,
+            truncated: true,
+        };
+    }
+    memo.len = end;
+    if memo.ended {
+        return Walk::Done {
+            len,
+            truncated: false,
+        };
+    }
+    // The remembered walk was cut: go on from its last step.
+    if let Some(last) = end.checked_sub(1).map(|i| memo.steps[i]) {
+        cursor.lookup = last.return_address().wrapping_sub(1);
+        cursor.sp = last.cfa;
+        if fp_same {
+            cursor.fp = last.fp;
+        }
+    }
+    let walk = program_frames(memo, recorder, cursor, frames, len);
+    if !matches!(walk, Walk::Done { .. }) {
+        memo.len = 0;
+    }
+    walk
+}
+
+/// The walk, recording each step: the profiler's own frames first, up to its entry point, then the
+/// program's.
+fn walk_recording(
+    memo: &mut Memo,
+    recorder: &mut Recorder,
+    mut cursor: Cursor,
+    frames: &mut [MaybeUninit<usize>],
+    skip_through: usize,
+) -> Walk {
     // The profiler's own frames, up to the entry point, recognised by a remembered return address.
     let mut own = [0usize; ENTRY_SEARCH_FRAMES];
     let mut own_len = 0;
@@ -440,13 +770,19 @@ pub(super) fn walk(
     let mut entry_found = false;
     while own_len < ENTRY_SEARCH_FRAMES {
         match cursor.step() {
-            Step::Frame(return_address) if known_entry_return(return_address) => {
-                entry_found = true;
-                break;
-            }
             Step::Frame(return_address) => {
+                recorder.record(memo, &cursor, return_address);
+                if known_entry_return(return_address) {
+                    entry_found = true;
+                    break;
+                }
                 own[own_len] = return_address;
                 own_len += 1;
+            }
+            Step::ZeroReturn => {
+                recorder.record(memo, &cursor, 0);
+                ended = true;
+                break;
             }
             Step::End => {
                 ended = true;
@@ -458,12 +794,15 @@ pub(super) fn walk(
     }
     let kept = if entry_found {
         &own[..0]
-    } else if !rules_fit {
+    } else if !cursor.rules_fit {
         // Finding the entry point by function address is an FDE lookup too.
         return Walk::NoRoom;
     } else {
-        // The first walk (or a new entry point): find the entry by function address; failing that, keep
+        // The first walk (or a new entry point): not remembered, so that a walk that starts like it finds
+        // the entry point by its return address. Find the entry by function address; failing that, keep
         // every frame, and the dump trims the profiler's by name.
+        recorder.cut = true;
+        recorder.len = 0;
         match own[..own_len]
             .iter()
             .position(|&return_address| returns_into(return_address, skip_through))
@@ -472,44 +811,67 @@ pub(super) fn walk(
             None => &own[..own_len],
         }
     };
-    let mut len = kept.len().min(frames.len());
+    memo.first = recorder.len;
+    let len = kept.len().min(frames.len());
     for (frame, &return_address) in frames.iter_mut().zip(&kept[..len]) {
         frame.write(return_address);
     }
     if len < kept.len() {
-        return Walk::Done {
-            len,
-            truncated: true,
-        };
+        return finish(memo, recorder, false, len, true);
     }
     if ended {
-        return Walk::Done {
-            len,
-            truncated: false,
-        };
+        return finish(memo, recorder, true, len, false);
     }
+    program_frames(memo, recorder, cursor, frames, len)
+}
+
+/// Walks the program's frames from `cursor` on, writing them into `frames` from `len` on.
+fn program_frames(
+    memo: &mut Memo,
+    recorder: &mut Recorder,
+    mut cursor: Cursor,
+    frames: &mut [MaybeUninit<usize>],
+    mut len: usize,
+) -> Walk {
     loop {
         match cursor.step() {
             Step::Frame(return_address) => {
+                if let Some((from, fp_same)) = recorder.rejoin(memo, &cursor, return_address) {
+                    if len == frames.len() {
+                        memo.len = recorder.len;
+                        return Walk::Done {
+                            len,
+                            truncated: true,
+                        };
+                    }
+                    frames[len].write(return_address);
+                    // The last walk's end is this one's now.
+                    return replay(memo, recorder, cursor, fp_same, from, frames, len + 1);
+                }
+                recorder.record(memo, &cursor, return_address);
                 if len == frames.len() {
-                    return Walk::Done {
-                        len,
-                        truncated: true,
-                    };
+                    return finish(memo, recorder, false, len, true);
                 }
                 frames[len].write(return_address);
                 len += 1;
             }
-            Step::End => {
-                return Walk::Done {
-                    len,
-                    truncated: false,
-                };
+            Step::ZeroReturn => {
+                recorder.record(memo, &cursor, 0);
+                return finish(memo, recorder, true, len, false);
             }
+            Step::End => return finish(memo, recorder, true, len, false),
             Step::Fallback => return Walk::Fallback,
             Step::NoRoom => return Walk::NoRoom,
         }
     }
+}
+
+/// Ends a walk of `len` frames (`truncated` if more remained): remembers it, as having `ended` if no frame
+/// followed its last step.
+fn finish(memo: &mut Memo, recorder: &Recorder, ended: bool, len: usize, truncated: bool) -> Walk {
+    memo.len = recorder.len;
+    memo.ended = ended && !recorder.cut;
+    Walk::Done { len, truncated }
 }
 
 #[cfg(test)]
@@ -545,6 +907,7 @@ mod tests {
             fp,
             stack_top: high,
             rules_fit: true,
+            shape: 0,
         };
         let falls_back = |sp, fp, from_rbp, cfa_offset, rbp_slot| {
             matches!(

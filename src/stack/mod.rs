@@ -616,6 +616,32 @@ mod tests {
         }
     }
 
+    #[inline(never)]
+    fn through_a(depth: usize) {
+        assert_same(depth);
+        black_box(1);
+    }
+
+    #[inline(never)]
+    fn through_b(depth: usize) {
+        assert_same(depth);
+        black_box(2);
+    }
+
+    #[test]
+    fn walks_from_one_place_under_other_callers_see_their_callers() {
+        // The walks start at the same stack position through frames of the same sizes: a walk must not take
+        // the remembered one's callers for its own.
+        for _ in 0..3 {
+            for depth in [1, 4, MAX_STACK_DEPTH] {
+                through_a(black_box(depth));
+                through_b(black_box(depth));
+                recurse(black_box(2), depth);
+                recurse(black_box(3), depth);
+            }
+        }
+    }
+
     #[test]
     fn cached_walk_matches_system_unwinder() {
         // Twice: the first walk fills the rule table, the second reads it.

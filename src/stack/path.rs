@@ -13,7 +13,7 @@
 
 use core::alloc::Layout;
 use core::sync::atomic::{
-    AtomicU8, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    AtomicU8, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
 
 use crate::sampler::{self, Guard};
@@ -24,6 +24,16 @@ const CAPACITY: usize = 32;
 
 static PATH: [AtomicUsize; CAPACITY] = [const { AtomicUsize::new(0) }; CAPACITY];
 static LEN: AtomicUsize = AtomicUsize::new(0);
+/// One bit per address of the path, at [`mask_bit`]: a frame whose bit is clear is not on the path, which
+/// is what almost every frame a sample's stack is searched for is told, without comparing it with the path.
+/// Set before `LEN` counts the address.
+static MASK: AtomicU64 = AtomicU64::new(0);
+
+/// The bit of `address` in [`MASK`].
+#[inline(always)]
+fn mask_bit(address: usize) -> u64 {
+    1 << ((address as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58)
+}
 
 const UNKNOWN: u8 = 0;
 const LEARNING: u8 = 1;
@@ -165,6 +175,7 @@ fn add(address: usize) {
         return;
     }
     PATH[len].store(address, Relaxed);
+    MASK.fetch_or(mask_bit(address), Relaxed);
     LEN.store(len + 1, Release);
 }
 
@@ -172,22 +183,20 @@ fn add(address: usize) {
 /// (a walk that reached the program through the unwinder's own frames has them inside that span).
 pub(crate) fn path_frames(frames: &[usize]) -> usize {
     let len = LEN.load(Acquire);
-    // Read once into plain words: each frame of the window is compared with every address of the path.
-    let mut path = [0usize; CAPACITY];
-    for (word, address) in path.iter_mut().zip(&PATH[..len]) {
-        *word = address.load(Relaxed);
-    }
+    let mask = MASK.load(Relaxed);
     // The path comes first: only the innermost frames need looking at. Plain loops: this runs for every
     // sample, also in unoptimized builds, where iterator adaptors cost calls.
     let mut i = frames.len().min(CAPACITY);
     while i > 0 {
         let frame = frames[i - 1];
-        let mut j = 0;
-        while j < len {
-            if path[j] == frame {
-                return i;
+        if mask & mask_bit(frame) != 0 {
+            let mut j = 0;
+            while j < len {
+                if PATH[j].load(Relaxed) == frame {
+                    return i;
+                }
+                j += 1;
             }
-            j += 1;
         }
         i -= 1;
     }

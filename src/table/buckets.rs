@@ -10,7 +10,7 @@ use core::hash::BuildHasherDefault;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::collections::HashMap;
 
-use super::{Lock, Rank, STRIPES, Weight, WordHasher, bump};
+use super::{Lock, Rank, STRIPES, Variance, Weight, WordHasher, bump};
 use crate::labels::LabelSet;
 use crate::lock::AnyLock;
 use crate::sampler::Guard;
@@ -88,44 +88,6 @@ impl Counts {
         size: 0,
     };
 
-    /// Adds a sampled allocation of `size` bytes with weight `w`.
-    fn add(&mut self, w: Weight, size: usize) {
-        let v = w.variance();
-        self.alloc_objects = self.alloc_objects.saturating_add(w.objects);
-        self.alloc_space = self.alloc_space.saturating_add(w.bytes);
-        self.inuse_objects = self.inuse_objects.saturating_add(w.objects);
-        self.inuse_space = self.inuse_space.saturating_add(w.bytes);
-        self.alloc_objects_variance = self.alloc_objects_variance.saturating_add(v.objects);
-        self.alloc_space_variance = self.alloc_space_variance.saturating_add(v.bytes);
-        self.inuse_objects_variance = self.inuse_objects_variance.saturating_add(v.objects);
-        self.inuse_space_variance = self.inuse_space_variance.saturating_add(v.bytes);
-        self.alloc_samples = self.alloc_samples.saturating_add(1);
-        self.inuse_samples = self.inuse_samples.saturating_add(1);
-        self.size = merged_size(self.size, size as u64);
-        debug_assert!(
-            self.inuse_objects <= self.alloc_objects && self.inuse_space <= self.alloc_space,
-            "a bucket holds more than it allocated"
-        );
-    }
-
-    fn sub(&mut self, w: Weight) {
-        let v = w.variance();
-        // A free subtracts what its allocation added to this bucket: in-use counts never go below zero.
-        debug_assert!(
-            self.inuse_objects >= w.objects
-                && self.inuse_space >= w.bytes
-                && self.inuse_objects_variance >= v.objects
-                && self.inuse_space_variance >= v.bytes
-                && self.inuse_samples >= 1,
-            "a free subtracted more than its bucket holds"
-        );
-        self.inuse_objects = self.inuse_objects.saturating_sub(w.objects);
-        self.inuse_space = self.inuse_space.saturating_sub(w.bytes);
-        self.inuse_objects_variance = self.inuse_objects_variance.saturating_sub(v.objects);
-        self.inuse_space_variance = self.inuse_space_variance.saturating_sub(v.bytes);
-        self.inuse_samples = self.inuse_samples.saturating_sub(1);
-    }
-
     /// Adds another bucket's counts, e.g. of a stack that trims to the same frames: independent estimates,
     /// so their variances add too.
     pub(crate) fn merge(&mut self, other: &Counts) {
@@ -198,6 +160,97 @@ impl Counts {
     }
 }
 
+/// Sums over some sampled allocations, in [`super::UNITS`]: their weights, the variances they add (see
+/// [`Weight::variance`]) and their number.
+#[derive(Clone, Copy, Debug)]
+struct Moments {
+    objects: u128,
+    space: u128,
+    objects_variance: u128,
+    space_variance: u128,
+    samples: u64,
+}
+
+impl Moments {
+    const ZERO: Moments = Moments {
+        objects: 0,
+        space: 0,
+        objects_variance: 0,
+        space_variance: 0,
+        samples: 0,
+    };
+
+    /// Adds a sample of weight `w` and variance `v`. Wrapping: a sum reaches 2^128 units only past 2^96
+    /// objects or bytes, and in-use figures, differences of two sums, are right modulo 2^128 anyway.
+    fn add(&mut self, w: Weight, v: Variance) {
+        self.objects = self.objects.wrapping_add(w.objects);
+        self.space = self.space.wrapping_add(w.bytes);
+        self.objects_variance = self.objects_variance.wrapping_add(v.objects);
+        self.space_variance = self.space_variance.wrapping_add(v.bytes);
+        self.samples = self.samples.wrapping_add(1);
+    }
+}
+
+/// What a bucket keeps: sums over its sampled allocations and over the frees of those, so that a sample and
+/// a free each add to five sums, and the in-use counts are their differences (see [`Sums::counts`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sums {
+    allocated: Moments,
+    freed: Moments,
+    /// As [`Counts::size`].
+    size: u64,
+}
+
+impl Sums {
+    pub(crate) const ZERO: Sums = Sums {
+        allocated: Moments::ZERO,
+        freed: Moments::ZERO,
+        size: 0,
+    };
+
+    /// Adds a sampled allocation of `size` bytes with weight `w`.
+    pub(crate) fn add(&mut self, w: Weight, size: usize) {
+        self.allocated.add(w, w.variance(size));
+        self.size = merged_size(self.size, size as u64);
+    }
+
+    /// Subtracts a freed sampled allocation of `size` bytes that was added with weight `w`.
+    pub(crate) fn sub(&mut self, w: Weight, size: usize) {
+        let v = w.variance(size);
+        // A free subtracts what its allocation added to this bucket: in-use counts never go below zero.
+        debug_assert!(
+            {
+                let c = self.counts();
+                c.inuse_objects >= w.objects
+                    && c.inuse_space >= w.bytes
+                    && c.inuse_objects_variance >= v.objects
+                    && c.inuse_space_variance >= v.bytes
+                    && c.inuse_samples >= 1
+            },
+            "a free subtracted more than its bucket holds"
+        );
+        self.freed.add(w, v);
+    }
+
+    /// The counts: what was allocated, and what of it is still in use.
+    pub(crate) fn counts(&self) -> Counts {
+        let (a, f) = (&self.allocated, &self.freed);
+        Counts {
+            alloc_objects: a.objects,
+            alloc_space: a.space,
+            inuse_objects: a.objects.wrapping_sub(f.objects),
+            inuse_space: a.space.wrapping_sub(f.space),
+            alloc_objects_variance: a.objects_variance,
+            alloc_space_variance: a.space_variance,
+            inuse_objects_variance: a.objects_variance.wrapping_sub(f.objects_variance),
+            inuse_space_variance: a.space_variance.wrapping_sub(f.space_variance),
+            alloc_samples: a.samples,
+            inuse_samples: a.samples.wrapping_sub(f.samples),
+            size: self.size,
+        }
+    }
+}
+
 /// Fixed-point units to a whole number, rounded (saturating).
 fn whole(units: u128) -> i64 {
     let rounded = units.saturating_add(1 << 31) >> 32;
@@ -232,7 +285,7 @@ struct Bucket {
     labels: LabelSet,
     /// Next bucket of this stripe with the same hash, or `u32::MAX`.
     next: u32,
-    counts: Counts,
+    sums: Sums,
 }
 
 struct Stripe {
@@ -265,7 +318,7 @@ fn stripes() -> impl Iterator<Item = &'static Lock<Stripe>> {
     TABLE.iter().map(|line| &line.0.stripe)
 }
 
-static OVERFLOW: Lock<Counts> = Lock::new(Rank::BucketOverflow, Counts::ZERO);
+static OVERFLOW: Lock<Sums> = Lock::new(Rank::BucketOverflow, Sums::ZERO);
 
 /// Adds a sampled allocation of `size` bytes to the bucket of its stack (`frames`, innermost first, and
 /// whether they were cut at the maximum depth; no frames for a stack not captured) and `labels`, creating the
@@ -289,7 +342,7 @@ pub(crate) fn record_alloc(
     let mut slot = stripe.index.get(&hash).copied().unwrap_or(u32::MAX);
     while let Some(bucket) = stripe.buckets.get_mut(slot as usize) {
         if bucket.labels == labels && bucket.truncated == truncated && *bucket.frames == *frames {
-            bucket.counts.add(weight, size);
+            bucket.sums.add(weight, size);
             return BucketId::new(stripe_no, slot as usize);
         }
         slot = bucket.next;
@@ -309,24 +362,24 @@ pub(crate) fn record_alloc(
     };
     let before = allocated(&stripe);
     let next = stripe.index.insert(hash, index as u32).unwrap_or(u32::MAX);
-    let mut counts = Counts::default();
-    counts.add(weight, size);
+    let mut sums = Sums::ZERO;
+    sums.add(weight, size);
     stripe.buckets.push(Bucket {
         frames: frames.into(),
         truncated,
         labels,
         next,
-        counts,
+        sums,
     });
     // The bucket's frames, and what the stripe's index and vector grew by (with their spare capacity).
     TABLE_BYTES.fetch_add(size_of_val(frames) + allocated(&stripe) - before, Relaxed);
     BucketId::new(stripe_no, index)
 }
 
-/// Subtracts a freed sampled allocation from the bucket it was added to.
-pub(crate) fn record_free(id: BucketId, weight: Weight) {
+/// Subtracts a freed sampled allocation of `size` bytes from the bucket it was added to.
+pub(crate) fn record_free(id: BucketId, weight: Weight, size: usize) {
     if id == BucketId::OVERFLOW {
-        OVERFLOW.lock().sub(weight);
+        OVERFLOW.lock().sub(weight, size);
         return;
     }
     if let Some(bucket) = TABLE[id.stripe()]
@@ -336,7 +389,7 @@ pub(crate) fn record_free(id: BucketId, weight: Weight) {
         .buckets
         .get_mut(id.index())
     {
-        bucket.counts.sub(weight);
+        bucket.sums.sub(weight, size);
     }
 }
 
@@ -455,7 +508,7 @@ impl Snapshot {
                 .iter()
                 .zip(counts)
                 .for_each(|(b, counts)| copy(b, counts)),
-            None => stripe.buckets.iter().for_each(|b| copy(b, b.counts)),
+            None => stripe.buckets.iter().for_each(|b| copy(b, b.sums.counts())),
         }
     }
 
@@ -504,7 +557,7 @@ pub(crate) fn snapshot(_: &Guard) -> Snapshot {
         out.copy_stripe(&stripe.lock(), None);
     }
     out.merge_threads();
-    out.push_overflow(*OVERFLOW.lock());
+    out.push_overflow(OVERFLOW.lock().counts());
     out
 }
 
@@ -537,7 +590,7 @@ pub(crate) fn for_each_stripe(_: &Guard, f: &mut dyn FnMut(&Snapshot)) {
         f(&part);
     }
     part.clear();
-    part.push_overflow(*OVERFLOW.lock());
+    part.push_overflow(OVERFLOW.lock().counts());
     if !part.is_empty() {
         f(&part);
     }
@@ -576,10 +629,11 @@ impl CountsCopy {
         self.counts.reserve(BUCKETS.load(Relaxed));
         for (stripe, len) in stripes().zip(self.lens.iter_mut()) {
             let stripe = stripe.lock();
-            self.counts.extend(stripe.buckets.iter().map(|b| b.counts));
+            self.counts
+                .extend(stripe.buckets.iter().map(|b| b.sums.counts()));
             *len = stripe.buckets.len() as u32;
         }
-        self.overflow = *OVERFLOW.lock();
+        self.overflow = OVERFLOW.lock().counts();
     }
 
     /// The in-use bytes of the copy, in [`super::UNITS`].
@@ -653,43 +707,44 @@ mod tests {
         // A 1-byte allocation at rate 2 weighs 1/p = 2.541 objects and bytes: a million of them sum to
         // 2,541,494, where rounding each weight would give 3,000,000.
         let w = Weight::of(1, 2);
-        let mut counts = Counts::default();
-        (0..1_000_000).for_each(|_| counts.add(w, 1));
+        let mut sums = Sums::ZERO;
+        (0..1_000_000).for_each(|_| sums.add(w, 1));
         let expected = 1_000_000.0 / -(-0.5f64).exp_m1();
         assert!(
-            (counts.values()[1] as f64 - expected).abs() < 1.0,
+            (sums.counts().values()[1] as f64 - expected).abs() < 1.0,
             "{:?} vs {expected}",
-            counts.values()
+            sums.counts().values()
         );
-        (0..1_000_000).for_each(|_| counts.sub(w));
-        assert_eq!(counts.values()[2..], [0, 0]);
+        (0..1_000_000).for_each(|_| sums.sub(w, 1));
+        assert_eq!(sums.counts().values()[2..], [0, 0]);
     }
 
     #[test]
     fn a_bucket_has_a_block_size_while_its_samples_have_one_size() {
         let w = Weight::of(7200, 1 << 19);
-        let mut counts = Counts::default();
-        assert_eq!(counts.block_size(), None);
-        counts.add(w, 7200);
-        counts.add(w, 7200);
+        let mut sums = Sums::ZERO;
+        assert_eq!(sums.counts().block_size(), None);
+        sums.add(w, 7200);
+        sums.add(w, 7200);
+        let mut counts = sums.counts();
         assert_eq!(counts.block_size(), Some(7200));
-        let mut other = Counts::default();
+        let mut other = Sums::ZERO;
         other.add(w, 7200);
-        counts.merge(&other);
+        counts.merge(&other.counts());
         assert_eq!(
             counts.block_size(),
             Some(7200),
             "one size merged with itself"
         );
         other.add(Weight::of(640, 1 << 19), 640);
-        counts.merge(&other);
+        counts.merge(&other.counts());
         assert_eq!(counts.block_size(), None, "two sizes merged");
-        let mut grown = Counts::default();
+        let mut grown = Sums::ZERO;
         grown.add(w, 7200);
         grown.add(w, 7201);
-        assert_eq!(grown.block_size(), None, "a second size");
+        assert_eq!(grown.counts().block_size(), None, "a second size");
         grown.add(w, 7200);
-        assert_eq!(grown.block_size(), None, "mixed for good");
+        assert_eq!(grown.counts().block_size(), None, "mixed for good");
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub(crate) const FILTER_BYTES: usize = size_of_val(&FILTER);
 pub(crate) struct LiveEntry {
     pub(crate) bucket: BucketId,
     pub(crate) weight: Weight,
+    /// The size asked for, in bytes: with the weight, it gives the variance to subtract.
+    pub(crate) size: usize,
 }
 
 /// A live sampled pointer and what it recorded.
@@ -286,6 +288,7 @@ mod tests {
                 objects: 1,
                 bytes: 1,
             },
+            size: 1,
         }
     }
 

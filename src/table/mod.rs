@@ -91,24 +91,35 @@ impl Weight {
         }
     }
 
-    /// What this sample adds to the estimated variance of its bucket's estimates: `(1 − p)/p²` objects² and
-    /// `s²·(1 − p)/p²` bytes², in [`UNITS`]. Summed over a bucket's sampled allocations, these are unbiased
-    /// estimates of the variance of the bucket's Horvitz–Thompson sums, allocations being sampled
-    /// independently (the gaps between samples are exponential: a Poisson process along the bytes
-    /// allocated). Computed from the weight alone, with 1/p = `objects` and s/p = `bytes`, so that a free
-    /// subtracts exactly what its allocation added. Zero when p = 1 (exact mode, or an allocation far above
-    /// the rate).
-    pub(crate) fn variance(self) -> Variance {
-        if self.objects <= 1 << 32 {
+    /// What this sample, an allocation of `size` bytes, adds to the estimated variance of its bucket's
+    /// estimates: `(1 − p)/p²` objects² and `s²·(1 − p)/p²` bytes², in [`UNITS`]. Summed over a bucket's
+    /// sampled allocations, these are unbiased estimates of the variance of the bucket's Horvitz–Thompson
+    /// sums, allocations being sampled independently (the gaps between samples are exponential: a Poisson
+    /// process along the bytes allocated). Computed from the weight and the size alone, as
+    /// `(1/p)·(1/p − 1)` and `(s/p)·(s/p − s)`, in integers where the products fit (a zero-size allocation
+    /// weighs as a 1-byte one, see [`crate::sampler::weights`]), so that a free subtracts exactly what its
+    /// allocation added. Zero when p = 1 (exact mode, or an allocation far above the rate).
+    pub(crate) fn variance(self, size: usize) -> Variance {
+        const ONE: u128 = 1 << 32;
+        if self.objects <= ONE {
             return Variance::default();
         }
-        let inverse_p = self.objects as f64 / UNITS;
-        let bytes = self.bytes as f64 / UNITS;
-        let unsampled = 1.0 - 1.0 / inverse_p;
+        let size = (size.max(1) as u128) << 32;
         Variance {
-            objects: to_units(inverse_p * inverse_p * unsampled),
-            bytes: to_units(bytes * bytes * unsampled),
+            objects: product(self.objects, self.objects - ONE),
+            bytes: product(self.bytes, self.bytes.saturating_sub(size)),
         }
+    }
+}
+
+/// `a · b` of two figures in [`UNITS`], in [`UNITS`], rounded to nearest: one multiplication when both are
+/// below 2^64 units (2^32 objects or bytes), as the weights of almost every sample are.
+fn product(a: u128, b: u128) -> u128 {
+    if (a | b) >> 64 == 0 {
+        let p = a * b;
+        (p >> 32) + (p >> 31 & 1)
+    } else {
+        to_units((a as f64 / UNITS) * (b as f64 / UNITS))
     }
 }
 
@@ -152,14 +163,14 @@ mod tests {
     #[test]
     fn a_samples_variance_is_one_minus_p_over_p_squared() {
         // Exact mode, and an allocation far above the rate: p = 1, no variance.
-        assert_eq!(Weight::of(4096, 1).variance(), Variance::default());
+        assert_eq!(Weight::of(4096, 1).variance(4096), Variance::default());
         assert_eq!(
-            Weight::of(64 << 20, 64 << 10).variance(),
+            Weight::of(64 << 20, 64 << 10).variance(64 << 20),
             Variance::default()
         );
         // size = rate: p = 1 − 1/e.
         let w = Weight::of(1 << 19, 1 << 19);
-        let v = w.variance();
+        let v = w.variance(1 << 19);
         let p = 1.0 - (-1.0f64).exp();
         let close = |units: u128, expected: f64| {
             let value = units as f64 / UNITS;
@@ -174,7 +185,7 @@ mod tests {
             (1u64 << 19) as f64 * (1u64 << 19) as f64 * (1.0 - p) / (p * p),
         );
         // The same weight gives the same variance: a free subtracts exactly what its allocation added.
-        assert_eq!(Weight::of(1 << 19, 1 << 19).variance(), v);
+        assert_eq!(Weight::of(1 << 19, 1 << 19).variance(1 << 19), v);
     }
 
     #[test]

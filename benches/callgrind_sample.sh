@@ -1,0 +1,55 @@
+#!/bin/sh
+# Counts, with callgrind, the instructions of one sample and of its free at a depth of 16 frames (the
+# `deep16*` workloads of benches/workloads.rs), and with `--whole`, the instructions of whole workloads with
+# and without the profiler.
+#
+#   benches/callgrind_sample.sh [--whole]
+#
+# A sample's record is what `SamplingAllocator::track` costs (stack, bucket, live entry, totals, peak); its
+# free, what `free_maybe_sampled` costs (or `untrack` and `record_free`, as a reallocation frees); the inner
+# allocator's own free is not counted. Both are inclusive counts divided by the pairs the workload makes.
+set -eu
+cd "$(dirname "$0")/.."
+pairs=100000
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+bin=$(cargo bench --bench workloads --no-run --message-format=json 2>/dev/null |
+    sed -n 's/.*"executable":"\([^"]*workloads-[^"]*\)".*/\1/p' | tail -1)
+[ -x "$bin" ] || { echo "could not build the workloads bench" >&2; exit 1; }
+
+# Inclusive instructions of the functions whose names end with $2, in callgrind output $1.
+inclusive() {
+    callgrind_annotate --inclusive=yes --threshold=100 "$1" 2>/dev/null |
+        awk -v name="$2" '$0 ~ name " \\[" { gsub(",", "", $1); sum += $1 } END { print sum + 0 }'
+}
+
+run() { # workload allocator
+    HEAP_SAMPLER_BENCH_WORKLOAD=$1 HEAP_SAMPLER_BENCH_ALLOCATOR=$2 valgrind --tool=callgrind \
+        --callgrind-out-file="$out/$1.$2" "$bin" >/dev/null 2>&1
+    echo "$out/$1.$2"
+}
+
+total() {
+    callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'
+}
+
+echo "instructions per sample, $pairs sampled allocate+free pairs 16 frames deep"
+for workload in deep16 deep16x8 deep16exact; do
+    file=$(run $workload sampled)
+    record=$(inclusive "$file" 'SamplingAllocator<A>::track')
+    untrack=$(inclusive "$file" 'SamplingAllocator<A>::untrack')
+    free=$(inclusive "$file" "SamplingAllocator<A>::record_free")
+    free_maybe=$(inclusive "$file" "SamplingAllocator<A>::free_maybe_sampled")
+    awk -v w=$workload -v r="$record" -v u="$untrack" -v f="$free" -v m="$free_maybe" -v n=$pairs \
+        'BEGIN { printf "%-12s record %6.0f  free %5.0f\n", w, r / n, (u + f + m) / n }'
+done
+
+if [ "${1:-}" = --whole ]; then
+    echo "whole workloads, instructions with the profiler at 512 KiB / bare System"
+    for workload in churn churn2 json index; do
+        bare=$(total "$(run $workload bare)")
+        sampled=$(total "$(run $workload sampled)")
+        awk -v w=$workload -v b="$bare" -v s="$sampled" \
+            'BEGIN { printf "%-8s bare %14.0f  sampled %14.0f  %.4fx\n", w, b, s, s / b }'
+    done
+fi
