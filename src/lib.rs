@@ -63,7 +63,6 @@ mod flamegraph;
 mod folded;
 mod fork;
 // The in-use bytes over the last minutes, recorded on the runtime of the server that shows them.
-#[cfg(feature = "server")]
 mod history;
 pub mod http;
 mod labels;
