@@ -74,6 +74,9 @@ mod sample_type;
 mod sampler;
 #[cfg(feature = "server")]
 mod server;
+// What the built-in server and the axum router share: windows on a timer, bounded windows and dumps.
+#[cfg(any(feature = "server", feature = "axum"))]
+mod serving;
 mod shard;
 mod snapshot;
 mod stack;
