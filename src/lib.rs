@@ -44,13 +44,15 @@
 //!   component, across `.await` too; `tracing::HeapLabelsLayer` (feature `tracing`) takes them from the
 //!   fields of tracing spans.
 //! - [`stats`]: heap estimates and the profiler's own figures, cheap enough to export as metrics.
-//! - [`http`]: Go's `/debug/pprof` endpoints for any HTTP framework; `serve` (feature `server`) runs a small
-//!   server of its own.
+//! - [`http`]: Go's `/debug/pprof` endpoints for any HTTP framework; `axum::router` (feature `axum`) mounts
+//!   them in an axum app, and `serve` (feature `server`) runs a small server of its own.
 //! - [`env`](mod@env): configuration by environment variables, for operators who cannot rebuild the program.
 //! - [`set_unwinder`], [`set_max_stack_depth`], [`set_max_buckets`], [`set_symbolize`]: tuning.
 //! - [`SAMPLING_SUPPORTED`]: where sampling works; elsewhere the allocator passes through.
 
 mod allocator;
+#[cfg(feature = "axum")]
+pub mod axum;
 mod clock;
 // The process constructor, the exit and periodic dumps: where sampling is supported.
 #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
