@@ -46,30 +46,35 @@
 //!
 //! # Mounting it
 //!
-//! [`handle`] blocks: for `seconds=N` for N seconds, otherwise for the few milliseconds a dump takes (the
-//! first one reads debug info, longer). In async servers call it from a blocking task. It cannot see the client go
-//! away, so a window runs to its end even when nobody waits for it: bound the blocking tasks it may hold, or
-//! use the built-in server, which waits out a window on a timer and ends it (freeing its first copy of the
-//! profile) as soon as the client disconnects, as Go's handler does (a handler of one's own can do the same
-//! with a [`crate::DeltaWindow`] and [`crate::HeapSnapshot`]'s renderings). With axum 0.8:
+//! In an axum 0.8 app (feature `axum`), one call gives the router, served on the app's runtime beside its
+//! other routes: `/debug/pprof/` and every profile under it, delta windows waited out on a timer and ended
+//! as soon as their client disconnects, windows and dumps bounded (see `heap_sampler::axum`):
 //!
-//! ```ignore
-//! use axum::{Router, http::{StatusCode, Uri, header}, response::IntoResponse, routing::get};
-//!
-//! async fn pprof(uri: Uri) -> impl IntoResponse {
-//!     let (path, query) = (uri.path().to_owned(), uri.query().unwrap_or("").to_owned());
-//!     let r = tokio::task::spawn_blocking(move || heap_sampler::http::handle(&path, &query))
-//!         .await
-//!         .expect("profile handler panicked");
-//!     (StatusCode::from_u16(r.status).expect("valid status"), [(header::CONTENT_TYPE, r.content_type)], r.body)
-//! }
-//!
-//! let app: Router = Router::new().route("/debug/pprof/{*profile}", get(pprof));
+#![cfg_attr(feature = "axum", doc = "```no_run")]
+#![cfg_attr(not(feature = "axum"), doc = "```ignore")]
+//! # fn main() -> std::io::Result<()> {
+//! # let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+//! # runtime.block_on(async {
+//! let app = axum::Router::new().merge(heap_sampler::axum::router());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:6060").await?;
+//! axum::serve(listener, app).await
+//! # })
+//! # }
 //! ```
 //!
-//! With hyper 1 (and `http-body-util`):
+//! Or, with the `server` feature, `heap_sampler::serve` runs a small server of its own, with bounded threads,
+//! connections and windows.
 //!
-//! ```ignore
+//! Elsewhere, call [`handle`] (and [`symbol`] for a POST to `…/symbol`) from a handler of one's own.
+//! [`handle`] blocks: for `seconds=N` for N seconds, otherwise for the few milliseconds a dump takes (the
+//! first one reads debug info, longer). In async servers call it from a blocking task. It cannot see the
+//! client go away, so a window runs to its end even when nobody waits for it: bound the blocking tasks it may
+//! hold (a handler of one's own can also wait out a window on a timer, with a [`crate::DeltaWindow`] and
+//! [`crate::HeapSnapshot`]'s renderings, as the built-in server and the axum router do). With hyper 1 (and
+//! `http-body-util`):
+//!
+#![cfg_attr(feature = "server", doc = "```no_run")]
+#![cfg_attr(not(feature = "server"), doc = "```ignore")]
 //! use http_body_util::Full;
 //! use hyper::{Request, Response, body::{Bytes, Incoming}};
 //!
@@ -86,9 +91,6 @@
 //! }
 //! // served with hyper::server::conn::http1::Builder::new().serve_connection(io, service_fn(pprof))
 //! ```
-//!
-//! Or, with the `server` feature, `heap_sampler::serve` runs a small server of its own, with bounded threads,
-//! connections and windows.
 //!
 //! Profiles show the program's code and its allocation patterns: serve them on loopback, or behind the
 //! authentication of the rest of the service's admin endpoints.
