@@ -620,7 +620,7 @@ mod tests {
             assert!(
                 html.contains(
                     "No chart: fewer than two readings of the bytes in use yet. heap-sampler's server \
-                     takes one every 5 s while it runs."
+                     and its axum router take one every 5 s while they run."
                 ),
                 "{html}"
             );
