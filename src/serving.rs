@@ -76,6 +76,18 @@ impl Windows {
     pub(crate) fn in_progress(&self) -> usize {
         self.in_progress.load(Ordering::Acquire)
     }
+
+    /// Why a request for one more window is refused (503), and what to do instead.
+    fn refusal(&self) -> String {
+        match self.max {
+            0 => "this server takes no delta profiles (seconds=N); ask for the profile without seconds"
+                .to_string(),
+            max => format!(
+                "{max} delta profiles (seconds=N) are in progress; retry when one has finished, or ask \
+                 for the profile without seconds"
+            ),
+        }
+    }
 }
 
 /// Answers one request for the `/debug/pprof` endpoints, with any body type (hyper's, axum's): a GET or HEAD
@@ -110,14 +122,7 @@ async fn profile(path: &str, query: &str, windows: &Windows) -> Response {
         None => None,
         Some(length) => {
             let Some(slot) = Slot::take(&windows.in_progress, windows.max) else {
-                return Response::error(
-                    503,
-                    &format!(
-                        "{} delta profiles (seconds=N) are in progress; retry when one has finished, or \
-                         ask for the profile without seconds",
-                        windows.max
-                    ),
-                );
+                return Response::error(503, &windows.refusal());
             };
             let started = match blocking(DeltaWindow::start).await {
                 Ok(Ok(started)) => started,

@@ -384,6 +384,18 @@ fn a_client_that_disconnects_frees_its_window_and_windows_beyond_the_bound_get_5
     assert!(delta.starts_with("HTTP/1.0 200 OK"), "{delta:.300}");
     assert_eq!(pprof.windows_in_progress(), 0);
     served.stop();
+
+    let none = Served::start(&PprofRouter::new().max_windows(0));
+    let refused = request(
+        none.addr,
+        "GET /debug/pprof/allocs?seconds=1 HTTP/1.0\r\n\r\n",
+    );
+    assert!(
+        refused.starts_with("HTTP/1.0 503")
+            && refused.contains("this server takes no delta profiles (seconds=N)"),
+        "{refused}"
+    );
+    none.stop();
 }
 
 /// The readings the index page `html` draws: 0 when it has no chart (fewer than two).
