@@ -78,7 +78,7 @@ impl PprofRouter {
 
     /// At most `windows` delta windows (`seconds=N` requests) in progress at once; a request for one more
     /// gets 503, with a message to retry later or to ask without `seconds`. Each window holds a copy of the
-    /// bucket table (the profiler's memory, a few hundred bytes per stack) for its length. 0 refuses every
+    /// bucket table (the profiler's memory, in proportion to its stacks) for its length. 0 refuses every
     /// window, with 503 and a message that says so.
     #[must_use]
     pub fn max_windows(self, windows: usize) -> PprofRouter {
