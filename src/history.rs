@@ -1,6 +1,7 @@
 //! The in-use bytes over the last minutes, for the chart of the `/debug/pprof/` page: a ring of
 //! [`crate::stats()`] readings, taken every few seconds by a task on the runtime of the server that shows the
-//! page.
+//! page (the built-in server, or the axum router). The page reads the ring; without a server feature nothing
+//! records, and the page has no chart.
 //!
 //! The ring is a static of atomics, written by one recorder at a time and read by any number of page
 //! renderings: neither side takes a lock, so recording never waits for the allocator or a dump, and a
@@ -8,15 +9,28 @@
 //! overlapped, as a sequence lock does.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+#[cfg(any(feature = "server", feature = "axum"))]
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
-use tokio::time::MissedTickBehavior;
-
-use crate::http::index::Reading;
+/// A reading of the in-use bytes, as the chart shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reading {
+    /// How long before now it was taken.
+    pub(crate) age: Duration,
+    /// [`crate::Stats::inuse_bytes`] then.
+    pub(crate) inuse_bytes: u64,
+}
 
 /// How often the recorder reads the in-use bytes.
 pub(crate) const INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often readings are taken in this build: every [`INTERVAL`] while a server of the crate runs; never
+/// without one.
+pub(crate) fn interval() -> Option<Duration> {
+    cfg!(any(feature = "server", feature = "axum")).then_some(INTERVAL)
+}
 
 /// Readings kept: ten minutes of them, one every [`INTERVAL`].
 const READINGS: usize = 120;
@@ -25,6 +39,7 @@ const READINGS: usize = 120;
 static RING: Ring<READINGS> = Ring::new();
 
 /// Whether a recorder runs: at most one per process writes [`RING`].
+#[cfg(any(feature = "server", feature = "axum"))]
 static RECORDING: AtomicBool = AtomicBool::new(false);
 
 /// The start of the readings' time: the first reading.
@@ -33,8 +48,10 @@ static ORIGIN: OnceLock<Instant> = OnceLock::new();
 /// Starts recording the in-use bytes on the runtime of `runtime`, unless a recorder runs already (on this
 /// runtime or another): one reading now and one every [`INTERVAL`], until that runtime stops. The runtime
 /// must have its timer enabled. Returns whether this call started it.
+#[cfg(any(feature = "server", feature = "axum"))]
 pub(crate) fn start(runtime: &tokio::runtime::Handle) -> bool {
-    if RECORDING.swap(true, Ordering::Acquire) {
+    // Cheap when a recorder runs, as it is called for every request the axum router answers.
+    if RECORDING.load(Ordering::Relaxed) || RECORDING.swap(true, Ordering::Acquire) {
         return false;
     }
     // A runtime shutting down drops the task at once, and with it the flag.
@@ -44,19 +61,22 @@ pub(crate) fn start(runtime: &tokio::runtime::Handle) -> bool {
 
 /// Held by the running recorder; dropped with its task (when its runtime stops), it lets a later server
 /// start one again. Its writes to the ring happen before the next recorder's.
+#[cfg(any(feature = "server", feature = "axum"))]
 struct Recording;
 
+#[cfg(any(feature = "server", feature = "axum"))]
 impl Drop for Recording {
     fn drop(&mut self) {
         RECORDING.store(false, Ordering::Release);
     }
 }
 
+#[cfg(any(feature = "server", feature = "axum"))]
 async fn record(_recording: Recording) {
     let mut ticks = tokio::time::interval(INTERVAL);
     // After a stall (a blocked runtime thread, a suspended machine) the next reading comes a whole interval
     // later, not in a burst of readings of the same moment.
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         RING.push(millis_since_origin(), crate::stats().inuse_bytes);
@@ -111,8 +131,9 @@ impl<const N: usize> Ring<N> {
         }
     }
 
-    /// Adds a reading, overwriting the oldest when the ring is full. One writer at a time: [`RECORDING`]
+    /// Adds a reading, overwriting the oldest when the ring is full. One writer at a time: `RECORDING`
     /// admits one recorder, and the next begins after the last one's task was dropped.
+    #[cfg(any(test, feature = "server", feature = "axum"))]
     fn push(&self, at: u64, bytes: u64) {
         let index = self.published.load(Ordering::Relaxed);
         self.started.store(index + 1, Ordering::Relaxed);
@@ -195,6 +216,7 @@ mod tests {
     }
 
     /// The one test that touches the process's recorder and ring.
+    #[cfg(any(feature = "server", feature = "axum"))]
     #[test]
     fn one_recorder_runs_until_its_runtime_stops() {
         let runtime = || {

@@ -1,4 +1,5 @@
-//! Go-compatible `/debug/pprof/heap` and `/debug/pprof/allocs` endpoints, for any HTTP framework.
+//! Go-compatible `/debug/pprof/heap` and `/debug/pprof/allocs` endpoints, and the profile at the peak, for
+//! any HTTP framework.
 //!
 //! [`handle`] takes a request's path and query string and returns the [`Response`]: status, content type and
 //! body. Mount it where Go programs have theirs, and the tools that already read Go services read this one:
@@ -7,19 +8,22 @@
 //! go tool pprof http://127.0.0.1:6060/debug/pprof/heap            # what holds memory now
 //! go tool pprof http://127.0.0.1:6060/debug/pprof/allocs          # where allocation work went, since start
 //! go tool pprof http://127.0.0.1:6060/debug/pprof/allocs?seconds=30   # ... during the next 30 s
+//! go tool pprof http://127.0.0.1:6060/debug/pprof/peak            # what held memory at the peak
 //! curl http://127.0.0.1:6060/debug/pprof/heap?debug=1             # top sites as text
 //! curl -o heap.svg http://127.0.0.1:6060/debug/pprof/heap?format=svg  # flamegraph (feature `flamegraph`)
 //! ```
 //!
 //! # Endpoints
 //!
-//! Both serve the same profile, with its four sample types; they differ in the default view, as in Go:
+//! `heap` and `allocs` serve the same profile, with its four sample types; they differ in the default view,
+//! as in Go. `peak` has the same four types, at another moment:
 //!
 //! | path | default sample type | answers |
 //! | --- | --- | --- |
 //! | `…/heap` | `inuse_space` | what holds memory now: allocations not yet freed (leaks, caches, bloat) |
 //! | `…/allocs` | `alloc_space` | where the allocator's work goes: every allocation since start, freed or not (churn) |
-//! | `…/` | | a page to look at: the bytes in use over the last minutes (while the built-in server runs), the top sites with their error bars, and links to every profile and view |
+//! | `…/peak` | `inuse_space` | what held memory when the estimated in-use bytes were highest, even after it was freed ([`crate::dump_peak_profile`]): `inuse_*` at the peak, `alloc_*` up to it; the profile's time is the peak's. Not with `seconds` (400) |
+//! | `…/` | | a page to look at: the bytes in use over the last minutes (while the built-in server or the axum router runs), the top sites with their error bars, and links to every profile and view |
 //! | `…/symbol` | | `num_symbols: 1`; a POST of addresses is answered by [`symbol`] |
 //!
 //! The last path segment names the profile, so the handler can be mounted under any prefix.
@@ -42,30 +46,35 @@
 //!
 //! # Mounting it
 //!
-//! [`handle`] blocks: for `seconds=N` for N seconds, otherwise for the few milliseconds a dump takes (the
-//! first one reads debug info, longer). In async servers call it from a blocking task. It cannot see the client go
-//! away, so a window runs to its end even when nobody waits for it: bound the blocking tasks it may hold, or
-//! use the built-in server, which waits out a window on a timer and ends it (freeing its first copy of the
-//! profile) as soon as the client disconnects, as Go's handler does (a handler of one's own can do the same
-//! with a [`crate::DeltaWindow`] and [`crate::HeapSnapshot`]'s renderings). With axum 0.8:
+//! In an axum 0.8 app (feature `axum`), one call gives the router, served on the app's runtime beside its
+//! other routes: `/debug/pprof/` and every profile under it, delta windows waited out on a timer and ended
+//! as soon as their client disconnects, windows and dumps bounded (see `heap_sampler::axum`):
 //!
-//! ```ignore
-//! use axum::{Router, http::{StatusCode, Uri, header}, response::IntoResponse, routing::get};
-//!
-//! async fn pprof(uri: Uri) -> impl IntoResponse {
-//!     let (path, query) = (uri.path().to_owned(), uri.query().unwrap_or("").to_owned());
-//!     let r = tokio::task::spawn_blocking(move || heap_sampler::http::handle(&path, &query))
-//!         .await
-//!         .expect("profile handler panicked");
-//!     (StatusCode::from_u16(r.status).expect("valid status"), [(header::CONTENT_TYPE, r.content_type)], r.body)
-//! }
-//!
-//! let app: Router = Router::new().route("/debug/pprof/{*profile}", get(pprof));
+#![cfg_attr(feature = "axum", doc = "```no_run")]
+#![cfg_attr(not(feature = "axum"), doc = "```ignore")]
+//! # fn main() -> std::io::Result<()> {
+//! # let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+//! # runtime.block_on(async {
+//! let app = axum::Router::new().merge(heap_sampler::axum::router());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:6060").await?;
+//! axum::serve(listener, app).await
+//! # })
+//! # }
 //! ```
 //!
-//! With hyper 1 (and `http-body-util`):
+//! Or, with the `server` feature, `heap_sampler::serve` runs a small server of its own, with bounded threads,
+//! connections and windows.
 //!
-//! ```ignore
+//! Elsewhere, call [`handle`] (and [`symbol`] for a POST to `…/symbol`) from a handler of one's own.
+//! [`handle`] blocks: for `seconds=N` for N seconds, otherwise for the few milliseconds a dump takes (the
+//! first one reads debug info, longer). In async servers call it from a blocking task. It cannot see the
+//! client go away, so a window runs to its end even when nobody waits for it: bound the blocking tasks it may
+//! hold (a handler of one's own can also wait out a window on a timer, with a [`crate::DeltaWindow`] and
+//! [`crate::HeapSnapshot`]'s renderings, as the built-in server and the axum router do). With hyper 1 (and
+//! `http-body-util`):
+//!
+#![cfg_attr(feature = "server", doc = "```no_run")]
+#![cfg_attr(not(feature = "server"), doc = "```ignore")]
 //! use http_body_util::Full;
 //! use hyper::{Request, Response, body::{Bytes, Incoming}};
 //!
@@ -82,9 +91,6 @@
 //! }
 //! // served with hyper::server::conn::http1::Builder::new().serve_connection(io, service_fn(pprof))
 //! ```
-//!
-//! Or, with the `server` feature, `heap_sampler::serve` runs a small server of its own, with bounded threads,
-//! connections and windows.
 //!
 //! Profiles show the program's code and its allocation patterns: serve them on loopback, or behind the
 //! authentication of the rest of the service's admin endpoints.
@@ -207,7 +213,8 @@ pub const MAX_SECONDS: u64 = 3600;
 const TEXT: &str = "text/plain; charset=utf-8";
 
 /// Answers a request for `path` (e.g. `/debug/pprof/heap`) with query string `query` (without the `?`, e.g.
-/// `seconds=30`; `""` for none), as Go's `net/http/pprof` does for its heap and allocs profiles. See the
+/// `seconds=30`; `""` for none), as Go's `net/http/pprof` does for its heap and allocs profiles, and with the
+/// profile at the peak ([`crate::dump_peak_profile`]) at `…/peak`. See the
 /// [module documentation](self) for the paths and parameters. Blocks for `seconds`, if given (at most
 /// [`MAX_SECONDS`]), and cannot be cancelled meanwhile.
 ///
@@ -240,13 +247,14 @@ pub(crate) fn parse(path: &str, query: &str) -> Result<Request, Response> {
     let endpoint = match path.rsplit('/').next().unwrap_or("") {
         "heap" => Endpoint::Heap,
         "allocs" => Endpoint::Allocs,
+        "peak" => Endpoint::Peak,
         "" => return Ok(Request::page()),
         // Go's answer to a GET: symbols can be looked up (with a POST, see `symbol`).
         "symbol" => return Err(Response::ok(TEXT, b"num_symbols: 1\n".to_vec())),
         other => {
             return Err(Response::error(
                 404,
-                &format!("unknown profile {other:?}: this server has heap and allocs"),
+                &format!("unknown profile {other:?}: this server has heap, allocs and peak"),
             ));
         }
     };
@@ -290,6 +298,8 @@ pub fn symbol(body: &[u8]) -> Response {
 enum Endpoint {
     Heap,
     Allocs,
+    /// The profile at the peak of the in-use bytes ([`HeapSnapshot::peak`]).
+    Peak,
 }
 
 impl Endpoint {
@@ -297,12 +307,13 @@ impl Endpoint {
         match self {
             Endpoint::Heap => "heap",
             Endpoint::Allocs => "allocs",
+            Endpoint::Peak => "peak",
         }
     }
 
     fn default_sample_type(self) -> SampleType {
         match self {
-            Endpoint::Heap => SampleType::InuseSpace,
+            Endpoint::Heap | Endpoint::Peak => SampleType::InuseSpace,
             Endpoint::Allocs => SampleType::AllocSpace,
         }
     }
@@ -384,6 +395,12 @@ impl Request {
         if debug > 0 && seconds.is_some() {
             return Err(bad("seconds and debug params are incompatible"));
         }
+        if endpoint == Endpoint::Peak && seconds.is_some() {
+            return Err(bad(
+                "the peak profile has no delta: it is what was in use at the highest in-use bytes so \
+                 far; ask heap or allocs with seconds for a window",
+            ));
+        }
         let sample_type = match param("sample_index") {
             None => endpoint.default_sample_type(),
             Some(v) => v
@@ -424,9 +441,10 @@ impl Request {
     /// The snapshot of the window, or of the heap now, rendered as asked.
     fn serve(&self, window: Option<DeltaWindow>) -> Result<Response, Error> {
         let t = self.sample_type;
-        let snapshot = match window {
-            Some(window) => window.finish(),
-            None => HeapSnapshot::current(),
+        let snapshot = match (window, self.endpoint) {
+            (Some(window), _) => window.finish(),
+            (None, Endpoint::Peak) => HeapSnapshot::peak(),
+            (None, _) => HeapSnapshot::current(),
         };
         let snapshot = match (self.format, snapshot) {
             // The page says why it has no sites, and shows the rest.

@@ -44,13 +44,15 @@
 //!   component, across `.await` too; `tracing::HeapLabelsLayer` (feature `tracing`) takes them from the
 //!   fields of tracing spans.
 //! - [`stats`]: heap estimates and the profiler's own figures, cheap enough to export as metrics.
-//! - [`http`]: Go's `/debug/pprof` endpoints for any HTTP framework; `serve` (feature `server`) runs a small
-//!   server of its own.
+//! - [`http`]: Go's `/debug/pprof` endpoints for any HTTP framework; `axum::router` (feature `axum`) mounts
+//!   them in an axum app, and `serve` (feature `server`) runs a small server of its own.
 //! - [`env`](mod@env): configuration by environment variables, for operators who cannot rebuild the program.
 //! - [`set_unwinder`], [`set_max_stack_depth`], [`set_max_buckets`], [`set_symbolize`]: tuning.
 //! - [`SAMPLING_SUPPORTED`]: where sampling works; elsewhere the allocator passes through.
 
 mod allocator;
+#[cfg(feature = "axum")]
+pub mod axum;
 mod clock;
 // The process constructor, the exit and periodic dumps: where sampling is supported.
 #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
@@ -63,7 +65,6 @@ mod flamegraph;
 mod folded;
 mod fork;
 // The in-use bytes over the last minutes, recorded on the runtime of the server that shows them.
-#[cfg(feature = "server")]
 mod history;
 pub mod http;
 mod labels;
@@ -76,6 +77,9 @@ mod sample_type;
 mod sampler;
 #[cfg(feature = "server")]
 mod server;
+// What the built-in server and the axum router share: windows on a timer, bounded windows and dumps.
+#[cfg(any(feature = "server", feature = "axum"))]
+mod serving;
 mod shard;
 mod snapshot;
 mod stack;

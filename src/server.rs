@@ -10,31 +10,27 @@ use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, mpsc};
 use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Body, Bytes, Incoming};
+use http_body_util::Full;
+use hyper::body::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio_io_timeout::TimeoutStream;
 
-use crate::delta::DeltaWindow;
 use crate::error::Error;
-use crate::http::{self, Response};
+use crate::serving::{self, DEFAULT_MAX_WINDOWS, Slot, Windows};
 
 /// Connections open at once; one more is closed as soon as it is accepted.
 const MAX_CONNECTIONS: usize = 1024;
-/// Delta windows waited out at once; each holds a copy of the bucket table. More get 503.
-const MAX_WINDOWS: usize = 8;
-/// Threads that build profiles; more requests wait for one.
+/// Threads that build profiles; more requests wait for one (as futures: see `serving`).
 const DUMP_THREADS: usize = 4;
 /// How long a connection may take to send a whole request header, from when it is accepted or its previous
 /// response was sent.
@@ -44,10 +40,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most bytes of a request header (431 beyond it), and of a connection's read buffer: profile requests
 /// are a line and a few headers, but a browser may send every cookie it has for `localhost`.
 const MAX_HEADER: usize = 64 << 10;
-/// How long a symbol lookup's body may take to arrive.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// The most bytes of a symbol lookup's body: pprof sends the addresses of one profile.
-const MAX_SYMBOL_REQUEST: usize = 1 << 20;
 /// The pause after a failed accept that is not the client's doing (no file descriptor left): the pending
 /// connections wait in the kernel's backlog meanwhile.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -80,7 +72,7 @@ const STOP_WAIT: Duration = Duration::from_millis(500);
 pub struct ProfileServer {
     addr: SocketAddr,
     /// Delta windows in progress, shared with the server.
-    windows: Arc<AtomicUsize>,
+    windows: Windows,
     /// Tells the server's thread to stop (dropping it does too).
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -129,9 +121,9 @@ fn start(addr: &str, loopback_only: bool) -> Result<ProfileServer, Error> {
     }
     let shared = Arc::new(Shared {
         connections: Arc::new(AtomicUsize::new(0)),
-        windows: Arc::new(AtomicUsize::new(0)),
+        windows: Windows::new(DEFAULT_MAX_WINDOWS),
     });
-    let windows = Arc::clone(&shared.windows);
+    let windows = shared.windows.clone();
     let (stop, stopped) = oneshot::channel();
     // The runtime is built, used and dropped on the server's thread alone: dropping a runtime waits for its
     // threads, which tokio refuses to do (it panics) in a caller's async context.
@@ -236,29 +228,7 @@ struct Shared {
     /// Connections open.
     connections: Arc<AtomicUsize>,
     /// Delta windows in progress.
-    windows: Arc<AtomicUsize>,
-}
-
-/// One of a bounded count of places (a connection, a window), given back when dropped: also when the task
-/// holding it is dropped because its client went away or the server stopped.
-struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    /// A place in `count`, if fewer than `max` are taken.
-    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(Arc::clone(count)))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+    windows: Windows,
 }
 
 /// Accepts connections, each served by a task of its own, until dropped.
@@ -296,7 +266,10 @@ async fn connection(stream: TcpStream, _slot: Slot, shared: Arc<Shared>) {
     stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let service = service_fn(move |request| {
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(to_hyper(answer(request, &shared).await)) }
+        async move {
+            let response = serving::answer(request, &shared.windows).await;
+            Ok::<_, Infallible>(response.into_http::<Full<Bytes>>())
+        }
     });
     // With half-closed connections not allowed (hyper's default), a client that closes its end while its
     // request is being answered ends the connection, and the answer's future is dropped.
@@ -310,117 +283,6 @@ async fn connection(stream: TcpStream, _slot: Slot, shared: Arc<Shared>) {
         .await;
 }
 
-/// Answers one request.
-async fn answer(request: hyper::Request<Incoming>, shared: &Shared) -> Response {
-    let path = request.uri().path().to_owned();
-    match *request.method() {
-        Method::GET | Method::HEAD => {
-            let query = request.uri().query().unwrap_or("").to_owned();
-            profile(&path, &query, shared).await
-        }
-        Method::POST if path.ends_with("/symbol") => symbol(request.into_body()).await,
-        _ => Response::error(
-            405,
-            "profiles are read with GET; symbols are looked up with a POST to /debug/pprof/symbol",
-        ),
-    }
-}
-
-/// Answers a GET as [`http::handle`] does, with a delta window waited out on a timer.
-async fn profile(path: &str, query: &str, shared: &Shared) -> Response {
-    let request = match http::parse(path, query) {
-        Ok(request) => request,
-        Err(response) => return response,
-    };
-    let window = match request.window() {
-        None => None,
-        Some(length) => {
-            let Some(slot) = Slot::take(&shared.windows, MAX_WINDOWS) else {
-                return Response::error(
-                    503,
-                    &format!(
-                        "{MAX_WINDOWS} delta profiles (seconds=N) are in progress; retry when one has \
-                         finished, or ask for the profile without seconds"
-                    ),
-                );
-            };
-            let started = match blocking(DeltaWindow::start).await {
-                Ok(Ok(started)) => started,
-                Ok(Err(error)) => return Response::failed(&error),
-                Err(response) => return response,
-            };
-            tokio::time::sleep(length).await;
-            Some((started, slot))
-        }
-    };
-    blocking(move || {
-        let (window, _slot) = window.unzip();
-        request.respond(window)
-    })
-    .await
-    .unwrap_or_else(|response| response)
-}
-
-/// Answers a POST to `…/symbol` with [`http::symbol`].
-async fn symbol(body: Incoming) -> Response {
-    let too_large = || {
-        Response::error(
-            413,
-            &format!(
-                "a symbol lookup's body is at most {MAX_SYMBOL_REQUEST} bytes; send its addresses in \
-                 several requests"
-            ),
-        )
-    };
-    // A declared length is refused before anything is read.
-    if body.size_hint().lower() > MAX_SYMBOL_REQUEST as u64 {
-        return too_large();
-    }
-    let body = Limited::new(body, MAX_SYMBOL_REQUEST).collect();
-    match tokio::time::timeout(BODY_TIMEOUT, body).await {
-        Ok(Ok(body)) => {
-            let body = body.to_bytes();
-            blocking(move || http::symbol(&body))
-                .await
-                .unwrap_or_else(|response| response)
-        }
-        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => too_large(),
-        Ok(Err(error)) => Response::error(400, &format!("cannot read the request body: {error}")),
-        Err(_) => Response::error(
-            408,
-            &format!(
-                "the request body did not arrive within {} s",
-                BODY_TIMEOUT.as_secs()
-            ),
-        ),
-    }
-}
-
-/// Runs `work` on one of the dump threads; a 500 if it panicked or the server stopped first.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Response> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|error| Response::error(500, &format!("failed to collect profile: {error}")))
-}
-
-/// `response` as hyper sends it, with [`Response::headers`].
-fn to_hyper(response: Response) -> hyper::Response<Full<Bytes>> {
-    let mut builder = hyper::Response::builder().status(response.status);
-    for (name, value) in response.headers() {
-        builder = builder.header(name, value);
-    }
-    builder
-        .body(Full::new(Bytes::from(response.body)))
-        .unwrap_or_else(|_| {
-            // Only a status or header value that HTTP cannot carry; the handler makes none.
-            let mut fallback = hyper::Response::new(Full::new(Bytes::new()));
-            *fallback.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            fallback
-        })
-}
-
 impl ProfileServer {
     /// The address the server listens on, with the port chosen when 0 was asked for.
     pub fn addr(&self) -> SocketAddr {
@@ -431,7 +293,7 @@ impl ProfileServer {
     /// one get 503. A window is counted from its request until its response is built, and counted out as
     /// soon as the server sees its client disconnect.
     pub fn windows_in_progress(&self) -> usize {
-        self.windows.load(Ordering::Acquire)
+        self.windows.in_progress()
     }
 
     /// Stops the server: when this returns the listening socket is closed (new connections are refused),

@@ -1,5 +1,5 @@
 //! The framework-agnostic `/debug/pprof` handler, called directly: default sample types of heap and allocs,
-//! the text report, folded stacks, delta profiles, and the answers to bad requests. Exact mode (rate 1), so
+//! the text report, folded stacks, delta profiles, the profile at the peak, and the answers to bad requests. Exact mode (rate 1), so
 //! the numbers are exact.
 
 mod common;
@@ -38,6 +38,16 @@ fn workload() -> &'static [Vec<u8>] {
         churn();
         kept
     })
+}
+
+const MIB: usize = 1 << 20;
+const PEAK_BLOCKS: usize = 8;
+
+/// Holds 8 blocks of 1 MiB, never touched, in a vector of 8 × 24 bytes: far above anything else this binary
+/// holds, so the highest in-use bytes of the process.
+#[inline(never)]
+fn hold_for_peak() -> Vec<Vec<u8>> {
+    (0..PEAK_BLOCKS).map(|_| Vec::with_capacity(MIB)).collect()
 }
 
 fn text(response: &Response) -> &str {
@@ -233,6 +243,41 @@ fn a_delta_counts_only_allocations_in_its_window() {
     );
 }
 
+/// The peak is copied at the first free after the highest in-use bytes, with every block still held: the
+/// peak profile shows them to the byte (exact mode) after they were freed, the heap profile no longer.
+#[test]
+fn peak_serves_what_was_held_at_the_highest_in_use_bytes() {
+    let _serial = common::serial();
+    workload();
+    drop(std::hint::black_box(hold_for_peak()));
+    let held_at_peak = (PEAK_BLOCKS * MIB + PEAK_BLOCKS * size_of::<Vec<u8>>()) as i64;
+
+    let peak = handle("/debug/pprof/peak", "");
+    assert_eq!(peak.status, 200, "{}", String::from_utf8_lossy(&peak.body));
+    assert_eq!(
+        peak.content_disposition.as_deref(),
+        Some("attachment; filename=\"peak\"")
+    );
+    let p = common::decode(&peak.body);
+    common::check_contract(&p);
+    assert_eq!(default_sample_type(&p), "inuse_space");
+    let at_peak = common::at_function(&p, "hold_for_peak");
+    assert_eq!(
+        (at_peak.inuse_objects, at_peak.inuse_space),
+        (PEAK_BLOCKS as i64 + 1, held_at_peak)
+    );
+    let now = common::at_function(&common::profile(), "hold_for_peak");
+    assert_eq!((now.inuse_objects, now.inuse_space), (0, 0));
+
+    let allocs_view = handle("/debug/pprof/peak", "sample_index=alloc_space");
+    assert_eq!(
+        default_sample_type(&common::decode(&allocs_view.body)),
+        "alloc_space"
+    );
+    let top = handle("/debug/pprof/peak", "debug=1");
+    assert!(text(&top).contains("hold_for_peak"), "{}", text(&top));
+}
+
 #[test]
 fn bad_requests_get_a_status_and_a_message() {
     let _serial = common::serial();
@@ -242,7 +287,7 @@ fn bad_requests_get_a_status_and_a_message() {
             "/debug/pprof/goroutine",
             "",
             404,
-            "unknown profile \"goroutine\": this server has heap and allocs",
+            "unknown profile \"goroutine\": this server has heap, allocs and peak",
         ),
         (
             "/debug/pprof/allocs",
@@ -255,6 +300,13 @@ fn bad_requests_get_a_status_and_a_message() {
             "debug=1&seconds=5",
             400,
             "seconds and debug params are incompatible",
+        ),
+        (
+            "/debug/pprof/peak",
+            "seconds=5",
+            400,
+            "the peak profile has no delta: it is what was in use at the highest in-use bytes so far; ask \
+             heap or allocs with seconds for a window",
         ),
         (
             "/debug/pprof/heap",
@@ -289,7 +341,7 @@ fn bad_requests_get_a_status_and_a_message() {
 }
 
 #[test]
-fn the_index_links_both_profiles() {
+fn the_index_links_every_profile() {
     let index = handle("/debug/pprof/", "");
     assert_eq!(
         (index.status, index.content_type),
@@ -300,6 +352,7 @@ fn the_index_links_both_profiles() {
         "href=\"heap\"",
         "href=\"allocs?debug=1\"",
         "href=\"heap?format=svg\"",
+        "href=\"peak\"",
     ] {
         assert!(html.contains(link), "{link} in:\n{html}");
     }

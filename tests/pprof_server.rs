@@ -7,12 +7,12 @@
 mod common;
 
 use std::alloc::System;
-use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::{PATIENCE, Raw, request, request_bytes, wait_for};
 use heap_sampler::SamplingAllocator;
 
 #[global_allocator]
@@ -41,81 +41,6 @@ fn now_nanos() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos() as i64
-}
-
-/// What `go tool pprof -raw` printed: the sample types, and for each sample its values and its frames'
-/// function names.
-struct Raw {
-    header: String,
-    samples: Vec<([i64; 4], Vec<String>)>,
-}
-
-impl Raw {
-    fn parse(text: &str) -> Raw {
-        let mut lines = text.lines().peekable();
-        lines
-            .find(|l| l.trim() == "Samples:")
-            .expect("a Samples: section");
-        let header = lines.next().expect("sample types").to_string();
-        let mut stacks: Vec<([i64; 4], Vec<u64>)> = Vec::new();
-        for line in lines.by_ref() {
-            if line.trim() == "Locations" {
-                break;
-            }
-            // `  v1 v2 v3 v4: id id …`, then label lines such as `bytes:[65536 bytes]`.
-            let Some((values, ids)) = line.split_once(": ") else {
-                continue;
-            };
-            let values: Vec<i64> = values
-                .split_whitespace()
-                .map(|v| v.parse().expect("a value"))
-                .collect();
-            let ids = ids.split_whitespace().map(|i| i.parse().unwrap()).collect();
-            stacks.push((values.try_into().expect("four values"), ids));
-        }
-        // `  id: 0xaddr M=1 function file:line s=…`, inlined frames on the following lines, indented.
-        let mut functions: HashMap<u64, Vec<String>> = HashMap::new();
-        let mut current = 0;
-        for line in lines {
-            if line.trim() == "Mappings" {
-                break;
-            }
-            let trimmed = line.trim_start();
-            let frame = match trimmed.split_once(": ") {
-                Some((id, rest)) if id.parse::<u64>().is_ok() => {
-                    current = id.parse().unwrap();
-                    rest.split_whitespace().nth(2)
-                }
-                _ => trimmed.split_whitespace().next(),
-            };
-            if let Some(name) = frame {
-                functions.entry(current).or_default().push(name.to_string());
-            }
-        }
-        let samples = stacks
-            .into_iter()
-            .map(|(values, ids)| {
-                let names = ids
-                    .iter()
-                    .flat_map(|id| functions.get(id).cloned().unwrap_or_default())
-                    .collect();
-                (values, names)
-            })
-            .collect();
-        Raw { header, samples }
-    }
-
-    /// Values summed over the samples whose stack passes through `function`.
-    fn at(&self, function: &str) -> [i64; 4] {
-        let suffix = format!("::{function}");
-        self.samples
-            .iter()
-            .filter(|(_, names)| names.iter().any(|n| n.ends_with(&suffix)))
-            .fold([0; 4], |mut acc, (values, _)| {
-                (0..4).for_each(|i| acc[i] += values[i]);
-                acc
-            })
-    }
 }
 
 /// The relative standard error of the estimate of `n` sampled blocks of `BLOCK` bytes at `RATE`:
@@ -253,37 +178,6 @@ fn go_tool_pprof_reads_the_live_heap_and_an_allocs_delta() {
     drop(kept);
     server.stop();
     std::fs::remove_dir_all(dir).unwrap();
-}
-
-/// Sends one raw HTTP/1.0 request and returns the whole response.
-fn request(addr: SocketAddr, request: &str) -> String {
-    String::from_utf8_lossy(&request_bytes(addr, request.as_bytes())).into_owned()
-}
-
-/// How long a test waits for what should take well under a second before it fails: long enough for a
-/// loaded machine or a sanitizer build.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// Sends `request` as it is and reads the response until the server closes the connection.
-fn request_bytes(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    stream.write_all(request).unwrap();
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .expect("a response, then the connection closed");
-    response
-}
-
-/// Polls `done` until it holds, failing after [`PATIENCE`]; returns how long it took.
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < PATIENCE, "{what}: not after {PATIENCE:?}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    start.elapsed()
 }
 
 /// The threads of this process whose names start with `prefix`, and all of its threads.

@@ -11,17 +11,9 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::history::{self, Reading};
 use crate::report::{FEW_SAMPLES, Site, few_samples, human_bytes};
 use crate::stats::Stats;
-
-/// A reading of the in-use bytes, as the chart shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Reading {
-    /// How long before the page it was taken.
-    pub(crate) age: Duration,
-    /// [`Stats::inuse_bytes`] then.
-    pub(crate) inuse_bytes: u64,
-}
 
 /// The sites in the table.
 const TOP: usize = 10;
@@ -39,15 +31,6 @@ const BOTTOM: f64 = 28.0;
 const BAR_WIDTH: f64 = 140.0;
 const BAR_HEIGHT: f64 = 14.0;
 
-/// The readings the process has, and the interval they are taken at: see `crate::history`, whose recorder
-/// runs on the runtime of a server. A build without a server has none.
-fn readings() -> (Vec<Reading>, Option<Duration>) {
-    #[cfg(feature = "server")]
-    return (crate::history::readings(), Some(crate::history::INTERVAL));
-    #[cfg(not(feature = "server"))]
-    (Vec::new(), None)
-}
-
 /// The page for the process now: its readings, its [`crate::stats()`], and the sites of `profile` (the heap
 /// now, largest in use first) or the error that kept it from being taken.
 pub(super) fn page_now(profile: Result<(Vec<Site>, usize), Error>) -> String {
@@ -55,8 +38,12 @@ pub(super) fn page_now(profile: Result<(Vec<Site>, usize), Error>) -> String {
         Ok((sites, rate)) => Ok((sites.as_slice(), *rate)),
         Err(error) => Err(error),
     };
-    let (readings, interval) = readings();
-    page(&readings, interval, &crate::stats(), profile)
+    page(
+        &history::readings(),
+        history::interval(),
+        &crate::stats(),
+        profile,
+    )
 }
 
 /// The page for `readings` (oldest first, taken every `interval`), the figures `stats`, and the sites of
@@ -161,7 +148,7 @@ fn chart(html: &mut String, readings: &[Reading], interval: Option<Duration>) {
         let _ = writeln!(
             html,
             "<p class=\"none\">No chart: fewer than two readings of the bytes in use yet. heap-sampler's \
-             server takes one{every} while it runs.</p>"
+             server and its axum router take one{every} while they run.</p>"
         );
         return;
     }
@@ -633,7 +620,7 @@ mod tests {
             assert!(
                 html.contains(
                     "No chart: fewer than two readings of the bytes in use yet. heap-sampler's server \
-                     takes one every 5 s while it runs."
+                     and its axum router take one every 5 s while they run."
                 ),
                 "{html}"
             );
@@ -769,7 +756,7 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(none, format!("No profile: {}", Error::NotInstalled));
-        assert!(html.contains("heap-sampler's server takes one while it runs"));
+        assert!(html.contains("heap-sampler's server and its axum router take one while they run"));
     }
 
     #[test]

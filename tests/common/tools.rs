@@ -1,6 +1,7 @@
 //! The tools the tests drive: `readelf` (binutils) on binaries, `go tool pprof` on profiles, and cargo for
 //! the examples.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -81,4 +82,79 @@ pub fn example(name: &str) -> PathBuf {
         assert!(status.success(), "cargo build --example {name} failed");
     }
     path
+}
+
+/// What `go tool pprof -raw` printed: the sample types, and for each sample its values and its frames'
+/// function names.
+pub struct Raw {
+    pub header: String,
+    pub samples: Vec<([i64; 4], Vec<String>)>,
+}
+
+impl Raw {
+    pub fn parse(text: &str) -> Raw {
+        let mut lines = text.lines().peekable();
+        lines
+            .find(|l| l.trim() == "Samples:")
+            .expect("a Samples: section");
+        let header = lines.next().expect("sample types").to_string();
+        let mut stacks: Vec<([i64; 4], Vec<u64>)> = Vec::new();
+        for line in lines.by_ref() {
+            if line.trim() == "Locations" {
+                break;
+            }
+            // `  v1 v2 v3 v4: id id …`, then label lines such as `bytes:[65536 bytes]`.
+            let Some((values, ids)) = line.split_once(": ") else {
+                continue;
+            };
+            let values: Vec<i64> = values
+                .split_whitespace()
+                .map(|v| v.parse().expect("a value"))
+                .collect();
+            let ids = ids.split_whitespace().map(|i| i.parse().unwrap()).collect();
+            stacks.push((values.try_into().expect("four values"), ids));
+        }
+        // `  id: 0xaddr M=1 function file:line s=…`, inlined frames on the following lines, indented.
+        let mut functions: HashMap<u64, Vec<String>> = HashMap::new();
+        let mut current = 0;
+        for line in lines {
+            if line.trim() == "Mappings" {
+                break;
+            }
+            let trimmed = line.trim_start();
+            let frame = match trimmed.split_once(": ") {
+                Some((id, rest)) if id.parse::<u64>().is_ok() => {
+                    current = id.parse().unwrap();
+                    rest.split_whitespace().nth(2)
+                }
+                _ => trimmed.split_whitespace().next(),
+            };
+            if let Some(name) = frame {
+                functions.entry(current).or_default().push(name.to_string());
+            }
+        }
+        let samples = stacks
+            .into_iter()
+            .map(|(values, ids)| {
+                let names = ids
+                    .iter()
+                    .flat_map(|id| functions.get(id).cloned().unwrap_or_default())
+                    .collect();
+                (values, names)
+            })
+            .collect();
+        Raw { header, samples }
+    }
+
+    /// Values summed over the samples whose stack passes through `function`.
+    pub fn at(&self, function: &str) -> [i64; 4] {
+        let suffix = format!("::{function}");
+        self.samples
+            .iter()
+            .filter(|(_, names)| names.iter().any(|n| n.ends_with(&suffix)))
+            .fold([0; 4], |mut acc, (values, _)| {
+                (0..4).for_each(|i| acc[i] += values[i]);
+                acc
+            })
+    }
 }

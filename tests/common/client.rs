@@ -1,0 +1,46 @@
+//! The client side of the tests of HTTP servers: raw requests on loopback, and waiting for what a server
+//! does.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Sends one raw HTTP/1.0 request and returns the whole response.
+pub fn request(addr: SocketAddr, request: &str) -> String {
+    String::from_utf8_lossy(&request_bytes(addr, request.as_bytes())).into_owned()
+}
+
+/// How long a test waits for what should take well under a second before it fails: long enough for a
+/// loaded machine or a sanitizer build.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Sends `request` as it is and reads the response until the server closes the connection.
+pub fn request_bytes(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(request).unwrap();
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .expect("a response, then the connection closed");
+    response
+}
+
+/// Polls `done` until it holds, failing after [`PATIENCE`]; returns how long it took.
+pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < PATIENCE, "{what}: not after {PATIENCE:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    start.elapsed()
+}
+
+/// The body of a whole HTTP/1 response (with `Content-Length`, not chunked), after its header.
+pub fn body(response: &[u8]) -> &[u8] {
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response header");
+    &response[end + 4..]
+}
