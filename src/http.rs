@@ -92,6 +92,9 @@
 //! // served with hyper::server::conn::http1::Builder::new().serve_connection(io, service_fn(pprof))
 //! ```
 //!
+//! With actix-web 4, the `actix` feature makes [`Response`] a `Responder`: see `heap_sampler::actix`, whose
+//! handler is a doctest under that feature.
+//!
 //! Profiles show the program's code and its allocation patterns: serve them on loopback, or behind the
 //! authentication of the rest of the service's admin endpoints.
 //!

@@ -45,11 +45,14 @@
 //!   fields of tracing spans.
 //! - [`stats`]: heap estimates and the profiler's own figures, cheap enough to export as metrics.
 //! - [`http`]: Go's `/debug/pprof` endpoints for any HTTP framework; `axum::router` (feature `axum`) mounts
-//!   them in an axum app, and `serve` (feature `server`) runs a small server of its own.
+//!   them in an axum app, `actix` (feature `actix`) makes their response an actix-web `Responder`, and
+//!   `serve` (feature `server`) runs a small server of its own.
 //! - [`env`](mod@env): configuration by environment variables, for operators who cannot rebuild the program.
 //! - [`set_unwinder`], [`set_max_stack_depth`], [`set_max_buckets`], [`set_symbolize`]: tuning.
 //! - [`SAMPLING_SUPPORTED`]: where sampling works; elsewhere the allocator passes through.
 
+#[cfg(feature = "actix")]
+pub mod actix;
 mod allocator;
 #[cfg(feature = "axum")]
 pub mod axum;
