@@ -132,6 +132,11 @@
 //!   }
 //! }
 //! ```
+//!
+//! Both scrape `allocs`, whose `alloc_*` are cumulative as Go's are, and subtract successive scrapes
+//! themselves: leave Alloy's `delta` off for memory (its default), or a `seconds=` window would be subtracted
+//! twice. The README's "Many instances" section has the Kubernetes discovery for both, the intervals, and
+//! what the labels become.
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
