@@ -460,6 +460,11 @@ struct Memo {
     /// The stack and frame pointers the walk started from, in [`walk`].
     start_sp: usize,
     start_fp: usize,
+    /// The number of the thread's last walk, from 1 (see [`Serial`]).
+    serial: u64,
+    /// How many frames the last walk had room for, if it replayed a remembered walk that reached the
+    /// outermost frame; else 0.
+    pure_room: usize,
     steps: [Remembered; REMEMBERED_STEPS],
 }
 
@@ -507,6 +512,8 @@ thread_local! {
             ended: false,
             start_sp: 0,
             start_fp: 0,
+            serial: 0,
+            pure_room: 0,
             steps: [Remembered::EMPTY; REMEMBERED_STEPS],
         })
     };
@@ -522,6 +529,17 @@ pub(super) enum Walk {
     NoRoom,
 }
 
+/// Which of its thread's walks a walk was, and which earlier one's frames it wrote again.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Serial {
+    /// The walk's number on its thread, from 1.
+    pub(super) this: u64,
+    /// The number of the thread's walk before this one when both replayed, from the same start and
+    /// through the same stack words, the same remembered walk, one that reached the outermost frame, into
+    /// as many frames: they wrote the same frames. 0 when that is not known.
+    pub(super) repeats: u64,
+}
+
 /// Writes up to `frames.len()` return addresses of the current thread's stack into `frames`, innermost
 /// first, starting with the caller of the function that starts at `skip_through` (or with this function's
 /// caller if it is not found in the first few frames). `stack_top` is the top of the thread's own stack, on
@@ -534,7 +552,7 @@ pub(super) fn walk(
     skip_through: usize,
     stack_top: usize,
     rules_fit: bool,
-) -> Walk {
+) -> (Walk, Serial) {
     let (pc, sp, fp) = registers();
     let cursor = Cursor {
         lookup: pc,
@@ -550,7 +568,7 @@ pub(super) fn walk(
         let memo = unsafe { &mut *memo.get() };
         walk_remembering(memo, cursor, frames, skip_through)
     })
-    .unwrap_or(Walk::Fallback)
+    .unwrap_or((Walk::Fallback, Serial::default()))
 }
 
 /// The current walk's steps as they are remembered, in place of the last walk's: step `i` at index `i`.
@@ -669,7 +687,14 @@ fn walk_remembering(
     cursor: Cursor,
     frames: &mut [MaybeUninit<usize>],
     skip_through: usize,
-) -> Walk {
+) -> (Walk, Serial) {
+    let previous = memo.serial;
+    memo.serial = previous.wrapping_add(1);
+    let mut serial = Serial {
+        this: memo.serial,
+        repeats: 0,
+    };
+    let pure_room = core::mem::replace(&mut memo.pure_room, 0);
     // Started where the last walk started, through unchanged frames: the same walk.
     if memo.len > 0
         && memo.start_sp == cursor.sp
@@ -683,7 +708,17 @@ fn walk_remembering(
             old_len: 0,
             old_first: 0,
         };
-        return replay(memo, &mut recorder, cursor, fp, first, frames, 0);
+        // A remembered walk that reached the outermost frame is copied and nothing else: the frames written
+        // depend on the steps remembered and the room alone, which a replay leaves as they were.
+        let pure = memo.ended;
+        let walk = replay(memo, &mut recorder, cursor, fp, first, frames, 0);
+        if pure && matches!(walk, Walk::Done { .. }) {
+            memo.pure_room = frames.len();
+            if pure_room == frames.len() {
+                serial.repeats = previous;
+            }
+        }
+        return (walk, serial);
     }
 
     let mut recorder = Recorder {
@@ -699,7 +734,7 @@ fn walk_remembering(
     if !matches!(walk, Walk::Done { .. }) {
         memo.len = 0;
     }
-    walk
+    (walk, serial)
 }
 
 /// Copies the return addresses of the remembered steps from `from` on into `frames` from `len` on, and
@@ -965,6 +1000,8 @@ mod tests {
             ended: true,
             start_sp: base,
             start_fp: 7,
+            serial: 0,
+            pure_room: 0,
             steps: [Remembered::EMPTY; REMEMBERED_STEPS],
         };
         let shape = |from_rbp: u64, slot: u64| from_rbp << ADDRESS_BITS | slot << (ADDRESS_BITS + 1);
