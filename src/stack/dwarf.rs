@@ -1004,7 +1004,8 @@ mod tests {
             pure_room: 0,
             steps: [Remembered::EMPTY; REMEMBERED_STEPS],
         };
-        let shape = |from_rbp: u64, slot: u64| from_rbp << ADDRESS_BITS | slot << (ADDRESS_BITS + 1);
+        let shape =
+            |from_rbp: u64, slot: u64| from_rbp << ADDRESS_BITS | slot << (ADDRESS_BITS + 1);
         memo.steps[0] = Remembered {
             word: ret0 as u64 | shape(0, 2),
             cfa: cfa0,

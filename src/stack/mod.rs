@@ -333,9 +333,10 @@ impl Repeat {
 }
 
 thread_local! {
-    /// The thread's last capture by the cached DWARF walk: its number, and the depth and allocation path's
-    /// length it was cut with. `const`, without destructor: usable inside the allocator and at thread exit.
-    static LAST_CAPTURE: Cell<(u64, usize, usize)> = const { Cell::new((0, 0, 0)) };
+    /// The thread's last capture by the cached DWARF walk: its number, the depth and allocation path's
+    /// length it was cut with, and how many of its frames were the path's. `const`, without destructor:
+    /// usable inside the allocator and at thread exit.
+    static LAST_CAPTURE: Cell<(u64, usize, usize, usize)> = const { Cell::new((0, 0, 0, 0)) };
 }
 
 impl Stack {
@@ -376,16 +377,20 @@ impl Stack {
                 return false;
             }
         }
-        self.drop_allocation_path(depth);
-        // The same walk, cut the same way: the same stack. Only the path's length is compared, as the path
-        // only grows.
-        let key = (depth, path_len);
-        let last = LAST_CAPTURE
-            .try_with(|last| last.replace((self.repeat.this, key.0, key.1)))
-            .unwrap_or_default();
-        if self.repeat.of == 0 || last != (self.repeat.of, key.0, key.1) {
+        // The same walk, cut the same way: the same stack, with as many frames of the path. Only the path's
+        // length is compared, as the path only grows.
+        let last = LAST_CAPTURE.try_with(Cell::get).unwrap_or_default();
+        let skip = if self.repeat.of != 0
+            && (last.0, last.1, last.2) == (self.repeat.of, depth, path_len)
+        {
+            debug_assert_eq!(last.3, path::path_frames(self.frames()));
+            last.3
+        } else {
             self.repeat.of = 0;
-        }
+            path::path_frames(self.frames())
+        };
+        let _ = LAST_CAPTURE.try_with(|last| last.set((self.repeat.this, depth, path_len, skip)));
+        self.drop_allocation_path(skip, depth);
         true
     }
 
@@ -394,9 +399,9 @@ impl Stack {
         self.repeat
     }
 
-    /// Removes the allocation path's frames from the inner end, and cuts the stack to `depth` frames.
-    fn drop_allocation_path(&mut self, depth: usize) {
-        let skip = path::path_frames(self.frames());
+    /// Removes the allocation path's frames, the `skip` innermost (see [`path::path_frames`]), and cuts the
+    /// stack to `depth` frames.
+    fn drop_allocation_path(&mut self, skip: usize, depth: usize) {
         if skip > 0 {
             self.frames.copy_within(skip..self.len, 0);
             self.len -= skip;

@@ -342,7 +342,9 @@ pub(crate) fn record_alloc(
     weight: Weight,
     size: usize,
 ) -> BucketId {
-    let last = LAST_BUCKET.try_with(Cell::get).unwrap_or((0, labels, BucketId::OVERFLOW));
+    let last = LAST_BUCKET
+        .try_with(Cell::get)
+        .unwrap_or((0, labels, BucketId::OVERFLOW));
     if repeat.of != 0 && last.0 == repeat.of && last.1 == labels {
         let id = last.2;
         let line = &TABLE[id.stripe()].0;
@@ -365,7 +367,11 @@ pub(crate) fn record_alloc(
 
 /// Keeps `id` as the bucket of the thread's last sample, captured as `repeat` says, under `labels`.
 fn remember_bucket(repeat: Repeat, labels: LabelSet, id: BucketId) {
-    let this = if id == BucketId::OVERFLOW { 0 } else { repeat.this };
+    let this = if id == BucketId::OVERFLOW {
+        0
+    } else {
+        repeat.this
+    };
     let _ = LAST_BUCKET.try_with(|last| last.set((this, labels, id)));
 }
 

@@ -188,7 +188,13 @@ mod tests {
     fn a_threads_remembered_weight_is_the_weight_of_its_size_and_rate() {
         // Alternating sizes and rates, each twice in a row: the memo answers the second of each pair, and
         // must answer what a computation would.
-        for (size, rate) in [(4096, 1 << 19), (4096, 1 << 12), (4097, 1 << 12), (1, 1), (4096, 1)] {
+        for (size, rate) in [
+            (4096, 1 << 19),
+            (4096, 1 << 12),
+            (4097, 1 << 12),
+            (1, 1),
+            (4096, 1),
+        ] {
             assert_eq!(Weight::of(size, rate), Weight::computed(size, rate));
             assert_eq!(Weight::of(size, rate), Weight::computed(size, rate));
         }
