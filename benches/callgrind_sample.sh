@@ -6,7 +6,7 @@
 #   benches/callgrind_sample.sh [--whole]
 #
 # A sample's record is what `SamplingAllocator::track` costs (stack, bucket, live entry, totals, peak); its
-# free, what `free_maybe_sampled` costs (or `untrack` and `record_free`, as a reallocation frees); the inner
+# free, what `free_if_sampled` costs (or `untrack` and `record_free`, as a reallocation frees); the inner
 # allocator's own free is not counted. Both are inclusive counts divided by the pairs the workload makes.
 set -eu
 cd "$(dirname "$0")/.."
@@ -39,7 +39,7 @@ for workload in deep16 deep16x8 deep16exact; do
     record=$(inclusive "$file" 'SamplingAllocator<A>::track')
     untrack=$(inclusive "$file" 'SamplingAllocator<A>::untrack')
     free=$(inclusive "$file" "SamplingAllocator<A>::record_free")
-    free_maybe=$(inclusive "$file" "SamplingAllocator<A>::free_maybe_sampled")
+    free_maybe=$(inclusive "$file" "SamplingAllocator<A>::free_if_sampled")
     awk -v w=$workload -v r="$record" -v u="$untrack" -v f="$free" -v m="$free_maybe" -v n=$pairs \
         'BEGIN { printf "%-12s record %6.0f  free %5.0f\n", w, r / n, (u + f + m) / n }'
 done

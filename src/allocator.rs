@@ -124,7 +124,15 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
                 record_live(
                     &guard,
                     ptr,
-                    buckets::record_alloc(&guard, &[], false, labels, weight, size),
+                    buckets::record_alloc(
+                        &guard,
+                        &[],
+                        false,
+                        stack::Repeat::NONE,
+                        labels,
+                        weight,
+                        size,
+                    ),
                     weight,
                     size,
                 );
@@ -227,6 +235,7 @@ fn record_with_stack(
         guard,
         stack.frames(),
         stack.truncated(),
+        stack.repeat(),
         labels,
         weight,
         size,

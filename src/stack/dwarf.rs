@@ -460,38 +460,46 @@ struct Memo {
     /// The stack and frame pointers the walk started from, in [`walk`].
     start_sp: usize,
     start_fp: usize,
+    /// The number of the thread's last walk, from 1 (see [`Serial`]).
+    serial: u64,
+    /// How many frames the last walk had room for, if it replayed a remembered walk that reached the
+    /// outermost frame; else 0.
+    pure_room: usize,
     steps: [Remembered; REMEMBERED_STEPS],
 }
 
 impl Memo {
-    /// Whether the steps `from..to` would go the same way again from the registers they were taken
-    /// from, but for the frame pointer, which is the one remembered if `fp_same`: every stack word they read
-    /// is unchanged, and no step needs a frame pointer that differs. The frame pointer after them is the
-    /// one remembered if the returned flag is set, else the one before them.
-    fn verify(&self, from: usize, to: usize, mut fp_same: bool) -> Option<bool> {
+    /// Whether the steps `from..to` would go the same way again from the registers they were taken from, but
+    /// for the frame pointer, which is `fp` now and was `remembered_fp` before step `from`: every stack word
+    /// they read is unchanged, and every step that takes its CFA from the frame pointer finds the one it
+    /// found then. Returns the frame pointer after the steps.
+    ///
+    /// A saved frame pointer that differs does not stop the steps: in code built without frame pointers the
+    /// register holds anything (a loop counter, a pointer), saved by the callee like any other register, and
+    /// only a later step whose CFA is based on it depends on its value.
+    fn verify(&self, from: usize, to: usize, mut fp: usize, remembered_fp: usize) -> Option<usize> {
+        let mut expected_fp = remembered_fp;
         for step in &self.steps[from..to] {
             // SAFETY: the remembered walk checked that each word it read lies in [sp, stack_top) of this
             // thread's stack, with `sp` at or above the stack pointer the steps start from (which is at or
             // above this walk's), and is 8-aligned; that part of the stack is live and mapped.
             let read = unsafe { *((step.cfa - 8) as *const usize) } as u64;
             // Most rules take the CFA from the stack pointer and leave the frame pointer: their word is the
-            // return address alone.
+            // return address alone, and the frame pointer after them is the one before.
             if read == step.word && step.word <= ADDRESS_MASK {
                 continue;
             }
-            if read != step.word & ADDRESS_MASK || (step.cfa_from_rbp() && !fp_same) {
+            if read != step.word & ADDRESS_MASK || (step.cfa_from_rbp() && fp != expected_fp) {
                 return None;
             }
             let slot = step.rbp_slot();
             if slot != 0 {
                 // SAFETY: as above.
-                if unsafe { *((step.cfa - 8 * slot) as *const usize) } != step.fp {
-                    return None;
-                }
-                fp_same = true;
+                fp = unsafe { *((step.cfa - 8 * slot) as *const usize) };
             }
+            expected_fp = step.fp;
         }
-        Some(fp_same)
+        Some(fp)
     }
 }
 
@@ -504,6 +512,8 @@ thread_local! {
             ended: false,
             start_sp: 0,
             start_fp: 0,
+            serial: 0,
+            pure_room: 0,
             steps: [Remembered::EMPTY; REMEMBERED_STEPS],
         })
     };
@@ -519,6 +529,17 @@ pub(super) enum Walk {
     NoRoom,
 }
 
+/// Which of its thread's walks a walk was, and which earlier one's frames it wrote again.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Serial {
+    /// The walk's number on its thread, from 1.
+    pub(super) this: u64,
+    /// The number of the thread's walk before this one when both replayed, from the same start and
+    /// through the same stack words, the same remembered walk, one that reached the outermost frame, into
+    /// as many frames: they wrote the same frames. 0 when that is not known.
+    pub(super) repeats: u64,
+}
+
 /// Writes up to `frames.len()` return addresses of the current thread's stack into `frames`, innermost
 /// first, starting with the caller of the function that starts at `skip_through` (or with this function's
 /// caller if it is not found in the first few frames). `stack_top` is the top of the thread's own stack, on
@@ -531,7 +552,7 @@ pub(super) fn walk(
     skip_through: usize,
     stack_top: usize,
     rules_fit: bool,
-) -> Walk {
+) -> (Walk, Serial) {
     let (pc, sp, fp) = registers();
     let cursor = Cursor {
         lookup: pc,
@@ -547,7 +568,7 @@ pub(super) fn walk(
         let memo = unsafe { &mut *memo.get() };
         walk_remembering(memo, cursor, frames, skip_through)
     })
-    .unwrap_or(Walk::Fallback)
+    .unwrap_or((Walk::Fallback, Serial::default()))
 }
 
 /// The current walk's steps as they are remembered, in place of the last walk's: step `i` at index `i`.
@@ -614,14 +635,14 @@ impl Recorder {
     /// After the current walk's step to `cursor`, which read `return_address` (a frame of the program): if the
     /// last walk took a step to the same stack position with the same return address and what follows it is
     /// unchanged, records the step and the last walk's steps after it as the current walk's, and returns the
-    /// index of the first of those and whether the frame pointer after them is the remembered one.
+    /// index of the first of those and the frame pointer after them.
     #[inline(always)]
     fn rejoin(
         &mut self,
         memo: &mut Memo,
         cursor: &Cursor,
         return_address: usize,
-    ) -> Option<(usize, bool)> {
+    ) -> Option<(usize, usize)> {
         while self.old < self.old_len && memo.steps[self.old].cfa < cursor.sp {
             self.old += 1;
         }
@@ -641,9 +662,9 @@ impl Recorder {
         memo: &mut Memo,
         cursor: &Cursor,
         return_address: usize,
-    ) -> Option<(usize, bool)> {
+    ) -> Option<(usize, usize)> {
         let (old, old_len) = (self.old, self.old_len);
-        let fp_same = memo.verify(old + 1, old_len, cursor.fp == memo.steps[old].fp)?;
+        let fp = memo.verify(old + 1, old_len, cursor.fp, memo.steps[old].fp)?;
         // The current walk's steps stay below the last walk's (see `record`): `len <= old`.
         debug_assert!(self.len <= old);
         let i = self.len;
@@ -656,7 +677,7 @@ impl Recorder {
         self.len = i + 1 + (old_len - old - 1);
         self.old = 0;
         self.old_len = 0;
-        Some((i + 1, fp_same))
+        Some((i + 1, fp))
     }
 }
 
@@ -666,11 +687,18 @@ fn walk_remembering(
     cursor: Cursor,
     frames: &mut [MaybeUninit<usize>],
     skip_through: usize,
-) -> Walk {
+) -> (Walk, Serial) {
+    let previous = memo.serial;
+    memo.serial = previous.wrapping_add(1);
+    let mut serial = Serial {
+        this: memo.serial,
+        repeats: 0,
+    };
+    let pure_room = core::mem::replace(&mut memo.pure_room, 0);
     // Started where the last walk started, through unchanged frames: the same walk.
     if memo.len > 0
         && memo.start_sp == cursor.sp
-        && let Some(fp_same) = memo.verify(0, memo.len, memo.start_fp == cursor.fp)
+        && let Some(fp) = memo.verify(0, memo.len, cursor.fp, memo.start_fp)
     {
         let first = memo.first;
         let mut recorder = Recorder {
@@ -680,7 +708,17 @@ fn walk_remembering(
             old_len: 0,
             old_first: 0,
         };
-        return replay(memo, &mut recorder, cursor, fp_same, first, frames, 0);
+        // A remembered walk that reached the outermost frame is copied and nothing else: the frames written
+        // depend on the steps remembered and the room alone, which a replay leaves as they were.
+        let pure = memo.ended;
+        let walk = replay(memo, &mut recorder, cursor, fp, first, frames, 0);
+        if pure && matches!(walk, Walk::Done { .. }) {
+            memo.pure_room = frames.len();
+            if pure_room == frames.len() {
+                serial.repeats = previous;
+            }
+        }
+        return (walk, serial);
     }
 
     let mut recorder = Recorder {
@@ -696,17 +734,17 @@ fn walk_remembering(
     if !matches!(walk, Walk::Done { .. }) {
         memo.len = 0;
     }
-    walk
+    (walk, serial)
 }
 
 /// Copies the return addresses of the remembered steps from `from` on into `frames` from `len` on, and
 /// goes on walking past them if the remembered walk was cut and `frames` has room left. `cursor` is the
-/// state before step `from`; `fp_same` whether the frame pointer after the steps is the remembered one.
+/// state before step `from`; `fp` the frame pointer after the steps.
 fn replay(
     memo: &mut Memo,
     recorder: &mut Recorder,
     mut cursor: Cursor,
-    fp_same: bool,
+    fp: usize,
     from: usize,
     frames: &mut [MaybeUninit<usize>],
     mut len: usize,
@@ -743,9 +781,7 @@ fn replay(
     if let Some(last) = end.checked_sub(1).map(|i| memo.steps[i]) {
         cursor.lookup = last.return_address().wrapping_sub(1);
         cursor.sp = last.cfa;
-        if fp_same {
-            cursor.fp = last.fp;
-        }
+        cursor.fp = fp;
     }
     let walk = program_frames(memo, recorder, cursor, frames, len);
     if !matches!(walk, Walk::Done { .. }) {
@@ -836,7 +872,7 @@ fn program_frames(
     loop {
         match cursor.step() {
             Step::Frame(return_address) => {
-                if let Some((from, fp_same)) = recorder.rejoin(memo, &cursor, return_address) {
+                if let Some((from, fp)) = recorder.rejoin(memo, &cursor, return_address) {
                     if len == frames.len() {
                         memo.len = recorder.len;
                         return Walk::Done {
@@ -846,7 +882,7 @@ fn program_frames(
                     }
                     frames[len].write(return_address);
                     // The last walk's end is this one's now.
-                    return replay(memo, recorder, cursor, fp_same, from, frames, len + 1);
+                    return replay(memo, recorder, cursor, fp, from, frames, len + 1);
                 }
                 recorder.record(memo, &cursor, return_address);
                 if len == frames.len() {
@@ -942,6 +978,59 @@ mod tests {
         assert_eq!((at_top.sp, at_top.fp), (high, low + 256));
         // SAFETY: the mapping made above, no longer used.
         unsafe { libc::munmap(base as *mut libc::c_void, 3 * 4096) };
+    }
+
+    #[test]
+    fn a_remembered_walk_goes_on_past_a_saved_frame_pointer_that_changed_unless_a_cfa_needs_it() {
+        // A made-up stack of 8 words: step 0 (CFA from the stack pointer) saves the caller's frame pointer
+        // at CFA − 16; step 1 takes its CFA from that frame pointer.
+        let mut stack = [0usize; 8];
+        let words = stack.as_mut_ptr();
+        let base = words as usize;
+        // SAFETY: `i` < 8, within `stack`, which is only reached through `words` from here on.
+        let set = |i: usize, value: usize| unsafe { words.add(i).write(value) };
+        let (cfa0, cfa1) = (base + 3 * 8, base + 6 * 8);
+        let (ret0, ret1) = (0x5555_0000_1000_usize, 0x5555_0000_2000_usize);
+        set(2, ret0);
+        set(1, cfa1 - 32);
+        set(5, ret1);
+        let mut memo = Memo {
+            len: 2,
+            first: 0,
+            ended: true,
+            start_sp: base,
+            start_fp: 7,
+            serial: 0,
+            pure_room: 0,
+            steps: [Remembered::EMPTY; REMEMBERED_STEPS],
+        };
+        let shape =
+            |from_rbp: u64, slot: u64| from_rbp << ADDRESS_BITS | slot << (ADDRESS_BITS + 1);
+        memo.steps[0] = Remembered {
+            word: ret0 as u64 | shape(0, 2),
+            cfa: cfa0,
+            fp: cfa1 - 32,
+        };
+        memo.steps[1] = Remembered {
+            word: ret1 as u64 | shape(1, 0),
+            cfa: cfa1,
+            fp: cfa1 - 32,
+        };
+        // Unchanged, from any frame pointer before step 0 (only step 1's CFA depends on one, step 0's).
+        assert_eq!(memo.verify(0, 2, 7, 7), Some(cfa1 - 32));
+        assert_eq!(memo.verify(0, 2, 99, 7), Some(cfa1 - 32));
+        // The saved frame pointer changed: the step that used it for its CFA cannot be replayed…
+        set(1, 12345 * 8);
+        assert_eq!(memo.verify(0, 2, 7, 7), None);
+        // …but the steps before it can, and give the frame pointer as it is now.
+        assert_eq!(memo.verify(0, 1, 7, 7), Some(12345 * 8));
+        // A step whose CFA comes from the frame pointer, entered with another one than remembered.
+        assert_eq!(memo.verify(1, 2, 8, cfa1 - 32), None);
+        assert_eq!(memo.verify(1, 2, cfa1 - 32, cfa1 - 32), Some(cfa1 - 32));
+        // A return address that changed.
+        set(1, cfa1 - 32);
+        set(5, ret0);
+        assert_eq!(memo.verify(0, 2, 7, 7), None);
     }
 
     #[test]

@@ -312,6 +312,31 @@ pub(crate) struct Stack {
     frames: [MaybeUninit<usize>; MAX_STACK_DEPTH],
     len: usize,
     truncated: bool,
+    /// Which capture of its thread this was, and which earlier one it is known to repeat (see [`Repeat`]).
+    repeat: Repeat,
+}
+
+/// Tells a captured stack that is the same as its thread's last one, without comparing them: the number of
+/// the capture on its thread (0 where the walk does not number its captures), and the number of the
+/// thread's capture just before it when the two are known to have the same frames (0 when not known). Only
+/// the cached DWARF walk knows it, when it replays its last walk whole (see `dwarf::Serial`) with the same
+/// depth and allocation path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Repeat {
+    pub(crate) this: u64,
+    pub(crate) of: u64,
+}
+
+impl Repeat {
+    /// A stack not known to repeat another, and that no later one is known to repeat.
+    pub(crate) const NONE: Repeat = Repeat { this: 0, of: 0 };
+}
+
+thread_local! {
+    /// The thread's last capture by the cached DWARF walk: its number, the depth and allocation path's
+    /// length it was cut with, and how many of its frames were the path's. `const`, without destructor:
+    /// usable inside the allocator and at thread exit.
+    static LAST_CAPTURE: Cell<(u64, usize, usize, usize)> = const { Cell::new((0, 0, 0, 0)) };
 }
 
 impl Stack {
@@ -336,7 +361,8 @@ impl Stack {
     ) -> bool {
         let depth = DEPTH.load(Relaxed).min(MAX_STACK_DEPTH);
         // The path's frames are walked too, then dropped: walk that many more.
-        let walked = (depth + path::len()).min(MAX_STACK_DEPTH);
+        let path_len = path::len();
+        let walked = (depth + path_len).min(MAX_STACK_DEPTH);
         let walk = match unwinder() {
             Unwinder::FramePointer => self.walk_frame_pointers(guard, walked, entry_frame),
             Unwinder::Dwarf => self.walk_cached_dwarf(guard, walked, entry, room.fits_dwarf_rule()),
@@ -351,13 +377,31 @@ impl Stack {
                 return false;
             }
         }
-        self.drop_allocation_path(depth);
+        // The same walk, cut the same way: the same stack, with as many frames of the path. Only the path's
+        // length is compared, as the path only grows.
+        let last = LAST_CAPTURE.try_with(Cell::get).unwrap_or_default();
+        let skip = if self.repeat.of != 0
+            && (last.0, last.1, last.2) == (self.repeat.of, depth, path_len)
+        {
+            debug_assert_eq!(last.3, path::path_frames(self.frames()));
+            last.3
+        } else {
+            self.repeat.of = 0;
+            path::path_frames(self.frames())
+        };
+        let _ = LAST_CAPTURE.try_with(|last| last.set((self.repeat.this, depth, path_len, skip)));
+        self.drop_allocation_path(skip, depth);
         true
     }
 
-    /// Removes the allocation path's frames from the inner end, and cuts the stack to `depth` frames.
-    fn drop_allocation_path(&mut self, depth: usize) {
-        let skip = path::path_frames(self.frames());
+    /// Which capture this was, and which it repeats (see [`Repeat`]).
+    pub(crate) fn repeat(&self) -> Repeat {
+        self.repeat
+    }
+
+    /// Removes the allocation path's frames, the `skip` innermost (see [`path::path_frames`]), and cuts the
+    /// stack to `depth` frames.
+    fn drop_allocation_path(&mut self, skip: usize, depth: usize) {
         if skip > 0 {
             self.frames.copy_within(skip..self.len, 0);
             self.len -= skip;
@@ -380,6 +424,7 @@ impl Stack {
         unsafe {
             (&raw mut (*ptr).len).write(0);
             (&raw mut (*ptr).truncated).write(false);
+            (&raw mut (*ptr).repeat).write(Repeat::NONE);
             stack.assume_init()
         }
     }
@@ -431,10 +476,15 @@ impl Stack {
         if sp < low || sp >= high {
             return Walked::Fallback;
         }
-        match dwarf::walk(&mut self.frames[..depth], skip_through, high, rules_fit) {
+        let (walk, serial) = dwarf::walk(&mut self.frames[..depth], skip_through, high, rules_fit);
+        match walk {
             dwarf::Walk::Done { len, truncated } => {
                 self.len = len;
                 self.truncated = truncated;
+                self.repeat = Repeat {
+                    this: serial.this,
+                    of: serial.repeats,
+                };
                 Walked::Done
             }
             dwarf::Walk::Fallback => Walked::Fallback,

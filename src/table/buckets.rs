@@ -6,6 +6,7 @@
 //! (a third more per sample, measured). Copies of the table merge the buckets of one stack and label set
 //! back into one.
 
+use core::cell::Cell;
 use core::hash::BuildHasherDefault;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use crate::labels::LabelSet;
 use crate::lock::AnyLock;
 use crate::sampler::Guard;
 use crate::shard::{self, Padded, SHARDS};
-use crate::stack::hash_frames;
+use crate::stack::{Repeat, hash_frames};
 
 /// Default cap on the number of buckets (distinct stacks), about 40 MiB of table at the default depth.
 pub const DEFAULT_MAX_BUCKETS: usize = 65_536;
@@ -320,12 +321,62 @@ fn stripes() -> impl Iterator<Item = &'static Lock<Stripe>> {
 
 static OVERFLOW: Lock<Sums> = Lock::new(Rank::BucketOverflow, Sums::ZERO);
 
+thread_local! {
+    /// The bucket of this thread's last sample: the number of its capture (see [`Repeat`]; 0 for none), its
+    /// labels, and the bucket. `const`, without destructor: usable inside the allocator and at thread exit.
+    static LAST_BUCKET: Cell<(u64, LabelSet, BucketId)> =
+        const { Cell::new((0, LabelSet::EMPTY, BucketId::OVERFLOW)) };
+}
+
 /// Adds a sampled allocation of `size` bytes to the bucket of its stack (`frames`, innermost first, and
 /// whether they were cut at the maximum depth; no frames for a stack not captured) and `labels`, creating the
-/// bucket if needed.
+/// bucket if needed. A stack that `repeat` says is the same as the thread's last one, under the same labels,
+/// goes to the last one's bucket without being hashed or compared.
 /// Runs inside the profiler guard: it may allocate.
 pub(crate) fn record_alloc(
     _: &Guard,
+    frames: &[usize],
+    truncated: bool,
+    repeat: Repeat,
+    labels: LabelSet,
+    weight: Weight,
+    size: usize,
+) -> BucketId {
+    let last = LAST_BUCKET
+        .try_with(Cell::get)
+        .unwrap_or((0, labels, BucketId::OVERFLOW));
+    if repeat.of != 0 && last.0 == repeat.of && last.1 == labels {
+        let id = last.2;
+        let line = &TABLE[id.stripe()].0;
+        let mut stripe = line.stripe.lock();
+        if let Some(bucket) = stripe.buckets.get_mut(id.index()) {
+            debug_assert!(
+                *bucket.frames == *frames && bucket.truncated == truncated,
+                "a repeated stack is not its last bucket's"
+            );
+            bucket.sums.add(weight, size);
+            bump(&line.samples, 1);
+            remember_bucket(repeat, labels, id);
+            return id;
+        }
+    }
+    let id = find_or_add(frames, truncated, labels, weight, size);
+    remember_bucket(repeat, labels, id);
+    id
+}
+
+/// Keeps `id` as the bucket of the thread's last sample, captured as `repeat` says, under `labels`.
+fn remember_bucket(repeat: Repeat, labels: LabelSet, id: BucketId) {
+    let this = if id == BucketId::OVERFLOW {
+        0
+    } else {
+        repeat.this
+    };
+    let _ = LAST_BUCKET.try_with(|last| last.set((this, labels, id)));
+}
+
+/// [`record_alloc`] by hashing and comparing the stack.
+fn find_or_add(
     frames: &[usize],
     truncated: bool,
     labels: LabelSet,

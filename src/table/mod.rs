@@ -81,9 +81,26 @@ pub(crate) struct Weight {
 
 impl Weight {
     /// The weight of a sampled allocation of `size` bytes taken at `rate` (see [`crate::sampler`]).
+    /// The last weight of each thread is kept with its size and rate: a thread that samples one size again
+    /// (a buffer allocated in a loop) reuses it, where computing it takes an `expm1` and two divisions.
     pub(crate) fn of(size: usize, rate: usize) -> Weight {
-        // Rate 0 samples nothing (the probe of the allocation path is not recorded).
+        // Rate 0 samples nothing (the probe of the allocation path is not recorded), and marks the empty
+        // memo.
         debug_assert!(rate != 0);
+        LAST_WEIGHT
+            .try_with(|last| {
+                let (last_size, last_rate, weight) = last.get();
+                if last_size == size && last_rate == rate {
+                    return weight;
+                }
+                let weight = Weight::computed(size, rate);
+                last.set((size, rate, weight));
+                weight
+            })
+            .unwrap_or_else(|_| Weight::computed(size, rate))
+    }
+
+    fn computed(size: usize, rate: usize) -> Weight {
         let (objects, bytes) = crate::sampler::weights(size, rate);
         Weight {
             objects: to_units(objects),
@@ -110,6 +127,13 @@ impl Weight {
             bytes: product(self.bytes, self.bytes.saturating_sub(size)),
         }
     }
+}
+
+thread_local! {
+    /// This thread's last [`Weight::of`]: size, rate (0 for none) and weight. `const`, without destructor:
+    /// usable inside the allocator and during thread exit.
+    static LAST_WEIGHT: core::cell::Cell<(usize, usize, Weight)> =
+        const { core::cell::Cell::new((0, 0, Weight { objects: 0, bytes: 0 })) };
 }
 
 /// `a · b` of two figures in [`UNITS`], in [`UNITS`], rounded to nearest: one multiplication when both are
@@ -158,6 +182,22 @@ mod tests {
         assert_eq!(to_units((1u64 << 40) as f64), 1 << 72);
         assert_eq!(to_units(f64::MAX), u128::MAX);
         assert_eq!(to_units(0.0), 0);
+    }
+
+    #[test]
+    fn a_threads_remembered_weight_is_the_weight_of_its_size_and_rate() {
+        // Alternating sizes and rates, each twice in a row: the memo answers the second of each pair, and
+        // must answer what a computation would.
+        for (size, rate) in [
+            (4096, 1 << 19),
+            (4096, 1 << 12),
+            (4097, 1 << 12),
+            (1, 1),
+            (4096, 1),
+        ] {
+            assert_eq!(Weight::of(size, rate), Weight::computed(size, rate));
+            assert_eq!(Weight::of(size, rate), Weight::computed(size, rate));
+        }
     }
 
     #[test]
