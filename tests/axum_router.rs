@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::routing::get;
-use common::{PATIENCE, Raw, request, request_bytes, wait_for};
+use common::{PATIENCE, Raw, check_head_and_symbols, request, request_bytes, wait_for};
 use heap_sampler::SamplingAllocator;
 use heap_sampler::axum::PprofRouter;
 
@@ -212,32 +212,10 @@ fn the_router_serves_heap_peak_index_and_symbols() {
         put.starts_with("http/1.0 405") && put.contains("x-go-pprof: 1"),
         "{put}"
     );
-    let head = request(addr, "HEAD /debug/pprof/heap?debug=1 HTTP/1.0\r\n\r\n");
-    assert!(
-        head.starts_with("HTTP/1.0 200 OK") && head.ends_with("\r\n\r\n"),
-        "headers only: {head}"
-    );
-    // pprof's remote symbolization: a POST of addresses, answered with their functions' names.
-    let address = format!("{:#x}", hold_cache as fn(&mut Vec<Vec<u8>>) as usize);
-    let symbols = request(
+    check_head_and_symbols(
         addr,
-        &format!(
-            "POST /debug/pprof/symbol HTTP/1.0\r\nContent-Length: {}\r\n\r\n{address}",
-            address.len()
-        ),
-    );
-    assert!(
-        symbols.starts_with("HTTP/1.0 200 OK")
-            && symbols.contains(&format!("{address} axum_router::hold_cache")),
-        "{symbols}"
-    );
-    let large = request(
-        addr,
-        "POST /debug/pprof/symbol HTTP/1.0\r\nContent-Length: 2000000\r\n\r\n",
-    );
-    assert!(
-        large.starts_with("HTTP/1.0 413") && large.contains("at most 1048576 bytes"),
-        "{large}"
+        hold_cache as fn(&mut Vec<Vec<u8>>) as usize,
+        "axum_router::hold_cache",
     );
     served.stop();
     drop(kept);

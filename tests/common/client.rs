@@ -44,3 +44,34 @@ pub fn body(response: &[u8]) -> &[u8] {
         .expect("a response header");
     &response[end + 4..]
 }
+
+/// What every `/debug/pprof` server answers the same way: HEAD gives the headers alone; pprof's remote
+/// symbolization, a POST of the address of `function` (named `name`), is answered with its name; a symbol
+/// lookup declaring more than the 1 MiB limit gets 413.
+pub fn check_head_and_symbols(addr: SocketAddr, function: usize, name: &str) {
+    let head = request(addr, "HEAD /debug/pprof/heap?debug=1 HTTP/1.0\r\n\r\n");
+    assert!(
+        head.starts_with("HTTP/1.0 200 OK") && head.ends_with("\r\n\r\n"),
+        "headers only: {head}"
+    );
+    let address = format!("{function:#x}");
+    let symbols = request(
+        addr,
+        &format!(
+            "POST /debug/pprof/symbol HTTP/1.0\r\nContent-Length: {}\r\n\r\n{address}",
+            address.len()
+        ),
+    );
+    assert!(
+        symbols.starts_with("HTTP/1.0 200 OK") && symbols.contains(&format!("{address} {name}")),
+        "{symbols}"
+    );
+    let large = request(
+        addr,
+        "POST /debug/pprof/symbol HTTP/1.0\r\nContent-Length: 2000000\r\n\r\n",
+    );
+    assert!(
+        large.starts_with("HTTP/1.0 413") && large.contains("at most 1048576 bytes"),
+        "{large}"
+    );
+}
