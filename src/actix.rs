@@ -6,19 +6,28 @@
 //!
 //! ```no_run
 //! use actix_web::{App, HttpRequest, HttpServer, web};
-//! use heap_sampler::http::{Response, handle};
+//! use heap_sampler::http::{Response, handle, symbol};
 //!
 //! async fn pprof(request: HttpRequest) -> actix_web::Result<Response> {
 //!     let (path, query) = (request.path().to_owned(), request.query_string().to_owned());
 //!     Ok(web::block(move || handle(&path, &query)).await?)
 //! }
 //!
+//! // pprof looks up here the addresses of a mapping it has no symbols for (actix bounds the body).
+//! async fn lookup(body: web::Bytes) -> actix_web::Result<Response> {
+//!     Ok(web::block(move || symbol(&body)).await?)
+//! }
+//!
 //! # fn main() -> std::io::Result<()> {
 //! # actix_web::rt::System::new().block_on(async {
-//! HttpServer::new(|| App::new().route("/debug/pprof/{profile:.*}", web::get().to(pprof)))
-//!     .bind("127.0.0.1:6060")?
-//!     .run()
-//!     .await
+//! HttpServer::new(|| {
+//!     App::new()
+//!         .route("/debug/pprof/symbol", web::post().to(lookup))
+//!         .route("/debug/pprof/{profile:.*}", web::get().to(pprof))
+//! })
+//! .bind("127.0.0.1:6060")?
+//! .run()
+//! .await
 //! # })
 //! # }
 //! ```

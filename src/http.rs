@@ -33,7 +33,7 @@
 //! | parameter | meaning |
 //! | --- | --- |
 //! | `seconds=N` | a delta profile: `alloc_*` counted during the next `N` seconds (the response waits that long), `inuse_*` as at the end; `duration_nanos` is the window. `N` is at most [`MAX_SECONDS`] (an hour). As Go's, except that Go also subtracts in-use values |
-//! | `debug=1` | the top sites as text ([`crate::report`]'s format) instead of pprof; not with `seconds`, as in Go |
+//! | `debug=1` | the top sites as text ([`crate::report`]'s format) instead of pprof (any positive number does the same, as Go's heap profile does); not with `seconds`, as in Go |
 //! | `format=folded` | folded stacks as text ([`crate::folded_stacks`]), for flamegraph and diff tools |
 //! | `format=svg` | a flamegraph SVG (`flamegraph_svg`; feature `flamegraph`, else 501) |
 //! | `format=proto` | gzipped pprof, the default |
@@ -75,19 +75,25 @@
 //!
 #![cfg_attr(feature = "server", doc = "```no_run")]
 #![cfg_attr(not(feature = "server"), doc = "```ignore")]
-//! use http_body_util::Full;
-//! use hyper::{Request, Response, body::{Bytes, Incoming}};
+//! use http_body_util::{BodyExt, Full, Limited};
+//! use hyper::{Method, Request, Response, body::{Bytes, Incoming}};
 //!
-//! async fn pprof(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::http::Error> {
+//! type Error = Box<dyn std::error::Error + Send + Sync>;
+//!
+//! async fn pprof(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Error> {
 //!     let (path, query) = (req.uri().path().to_owned(), req.uri().query().unwrap_or("").to_owned());
-//!     let r = tokio::task::spawn_blocking(move || heap_sampler::http::handle(&path, &query))
-//!         .await
-//!         .expect("profile handler panicked");
+//!     let r = if req.method() == Method::POST && path.ends_with("/symbol") {
+//!         // pprof looks up here the addresses of a mapping it has no symbols for; bound the body.
+//!         let body = Limited::new(req.into_body(), 1 << 20).collect().await?.to_bytes();
+//!         tokio::task::spawn_blocking(move || heap_sampler::http::symbol(&body)).await?
+//!     } else {
+//!         tokio::task::spawn_blocking(move || heap_sampler::http::handle(&path, &query)).await?
+//!     };
 //!     let mut response = Response::builder().status(r.status);
 //!     for (name, value) in r.headers() {
 //!         response = response.header(name, value);
 //!     }
-//!     response.body(Full::new(Bytes::from(r.body)))
+//!     Ok(response.body(Full::new(Bytes::from(r.body)))?)
 //! }
 //! // served with hyper::server::conn::http1::Builder::new().serve_connection(io, service_fn(pprof))
 //! ```
@@ -170,12 +176,14 @@ pub struct Response {
     pub content_disposition: Option<String>,
     /// The body: gzipped pprof, SVG, or UTF-8 text.
     pub body: Vec<u8>,
+    /// The methods the path accepts, sent as `Allow` with a 405.
+    allow: Option<&'static str>,
 }
 
 impl Response {
     /// The response headers as `(name, value)` pairs, as Go sets them: `Content-Type`,
     /// `X-Content-Type-Options: nosniff`, `Content-Disposition` for pprof downloads, and `X-Go-Pprof: 1` on
-    /// errors, which tells `go tool pprof` to print the message of the body.
+    /// errors, which tells `go tool pprof` to print the message of the body; `Allow` with a 405.
     pub fn headers(&self) -> Vec<(&'static str, &str)> {
         let mut headers = vec![
             ("Content-Type", self.content_type),
@@ -187,6 +195,9 @@ impl Response {
         if self.status >= 400 {
             headers.push(("X-Go-Pprof", "1"));
         }
+        if let Some(allow) = self.allow {
+            headers.push(("Allow", allow));
+        }
         headers
     }
 
@@ -196,6 +207,7 @@ impl Response {
             content_type,
             content_disposition: None,
             body,
+            allow: None,
         }
     }
 
@@ -206,7 +218,23 @@ impl Response {
             content_type: TEXT,
             content_disposition: None,
             body: format!("{message}\n").into_bytes(),
+            allow: None,
         }
+    }
+
+    /// The 405 for a method that `path` does not accept: profiles are read with GET or HEAD, symbols are
+    /// also looked up with a POST.
+    pub(crate) fn method_not_allowed(path: &str) -> Response {
+        let mut response = Response::error(
+            405,
+            "profiles are read with GET; symbols are looked up with a POST to …/symbol",
+        );
+        response.allow = Some(if path.ends_with("/symbol") {
+            "GET, HEAD, POST"
+        } else {
+            "GET, HEAD"
+        });
+        response
     }
 
     /// The 500 for a profile that could not be taken.
@@ -382,9 +410,9 @@ impl Request {
         };
         let debug = match param("debug") {
             None => 0,
-            Some(v) => v
-                .parse::<u32>()
-                .map_err(|_| bad(r#"invalid value for "debug" - must be 0 (pprof) or 1 (text)"#))?,
+            Some(v) => v.parse::<u32>().map_err(|_| {
+                bad(r#"invalid value for "debug" - must be 0 (pprof) or a positive number (text)"#)
+            })?,
         };
         let format = match param("format") {
             None if debug > 0 => Format::Text,
@@ -590,7 +618,7 @@ mod tests {
             ),
             (
                 "debug=x",
-                r#"400 invalid value for "debug" - must be 0 (pprof) or 1 (text)"#,
+                r#"400 invalid value for "debug" - must be 0 (pprof) or a positive number (text)"#,
             ),
             (
                 "format=png",

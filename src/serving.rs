@@ -105,10 +105,7 @@ where
             profile(&path, &query, windows).await
         }
         Method::POST if path.ends_with("/symbol") => symbol(request.into_body()).await,
-        _ => Response::error(
-            405,
-            "profiles are read with GET; symbols are looked up with a POST to /debug/pprof/symbol",
-        ),
+        _ => Response::method_not_allowed(&path),
     }
 }
 

@@ -209,7 +209,9 @@ fn the_router_serves_heap_peak_index_and_symbols() {
     );
     let put = request(addr, "PUT /debug/pprof/heap HTTP/1.0\r\n\r\n").to_lowercase();
     assert!(
-        put.starts_with("http/1.0 405") && put.contains("x-go-pprof: 1"),
+        put.starts_with("http/1.0 405")
+            && put.contains("x-go-pprof: 1")
+            && put.contains("allow: get, head\r\n"),
         "{put}"
     );
     check_head_and_symbols(

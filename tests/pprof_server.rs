@@ -484,7 +484,10 @@ fn the_server_stays_on_loopback_and_stops_cleanly() {
         "{bad}"
     );
     let post = request(addr, "POST /debug/pprof/heap HTTP/1.0\r\n\r\n");
-    assert!(post.starts_with("HTTP/1.0 405"), "{post}");
+    assert!(
+        post.starts_with("HTTP/1.0 405") && post.contains("Allow: GET, HEAD\r\n"),
+        "{post}"
+    );
     assert!(
         post.contains("X-Go-Pprof: 1"),
         "go tool pprof prints the message: {post}"

@@ -405,10 +405,10 @@ const PROFILES: &str = r#"<h2>Profiles</h2>
 </tbody>
 </table>
 <p>Read them with <code>go tool pprof</code>; add <code>?seconds=30</code> to <code>allocs</code> for the next 30 seconds only:</p>
-<pre>go tool pprof http://HOST/debug/pprof/heap               # what holds memory now
-go tool pprof http://HOST/debug/pprof/allocs?seconds=30  # allocations during the next 30 s
-go tool pprof -http=: http://HOST/debug/pprof/heap       # pprof's web interface
-curl http://HOST/debug/pprof/heap?debug=1                # top sites as text</pre>
+<pre>go tool pprof http://HOST/debug/pprof/heap                 # what holds memory now
+go tool pprof 'http://HOST/debug/pprof/allocs?seconds=30'  # allocations during the next 30 s
+go tool pprof -http=: http://HOST/debug/pprof/heap         # pprof's web interface
+curl 'http://HOST/debug/pprof/heap?debug=1'                # top sites as text</pre>
 "#;
 
 /// A count with its thousands separated: `1,034,179`.
@@ -773,7 +773,7 @@ mod tests {
                 assert!(links.contains(&link.as_str()), "{link} in {links:?}");
             }
         }
-        assert!(html.contains("go tool pprof http://HOST/debug/pprof/allocs?seconds=30"));
+        assert!(html.contains("go tool pprof 'http://HOST/debug/pprof/allocs?seconds=30'"));
         // Self-contained: nothing is loaded from elsewhere, and nothing runs.
         assert!(doc.descendants().all(|n| n.attribute("src").is_none()
             && !n.has_tag_name("script")
