@@ -210,11 +210,12 @@ pub(crate) fn stackless_samples() -> u64 {
 /// Runs `f`, the bookkeeping of the free of a sampled allocation, on this thread's stack when it has the room
 /// for it, else on the spare stack: unlike a sample's stack, it cannot be skipped. Runs inside the profiler
 /// guard.
-pub(crate) fn with_room_for_free(guard: &Guard, f: &mut dyn FnMut()) {
+#[inline(always)]
+pub(crate) fn with_room_for_free(guard: &Guard, mut f: impl FnMut()) {
     if Room::here(guard).fits(NEEDS.free) {
         f();
     } else {
-        spare::run(f);
+        spare::run(&mut f);
     }
 }
 

@@ -219,6 +219,7 @@ fn mark(word: &impl Atomic<u64>, bit: usize, set: bool) {
 
 /// Removes `ptr` if it is a live sampled allocation and returns what it recorded, inside the profiler guard,
 /// before the memory is given back to the inner allocator.
+#[inline]
 pub(crate) fn remove(_: &Guard, ptr: *mut u8) -> Option<LiveEntry> {
     let ptr = ptr as usize;
     let slot = slot_of(ptr);
