@@ -142,8 +142,8 @@ pub(crate) fn insert(_: &Guard, ptr: *mut u8, entry: LiveEntry) {
     // Growing the table frees its old memory while the lock is held: that free must not look itself up.
     let _own = OwnFrees::begin();
     let capacity = table.capacity();
-    // One probe finds the pointer if it is recorded already, or the place for it.
-    match table.entry(
+    // One probe finds the pointer if it is recorded already, or the place for it (the table may grow first).
+    let recorded = match table.entry(
         hash,
         |live| live.ptr == ptr,
         |live| table_hash(slot_of(live.ptr)),
@@ -151,12 +151,13 @@ pub(crate) fn insert(_: &Guard, ptr: *mut u8, entry: LiveEntry) {
         // Recorded already (only if the inner allocator returned a live block twice): keep one entry.
         Entry::Occupied(mut found) => {
             found.get_mut().entry = entry;
-            return;
+            true
         }
         Entry::Vacant(place) => {
             place.insert(Live { ptr, entry });
+            false
         }
-    }
+    };
     debug_assert!(table.capacity() >= capacity);
     if table.capacity() != capacity {
         // Tables only grow: what they allocated stays theirs after their entries are freed.
@@ -165,6 +166,9 @@ pub(crate) fn insert(_: &Guard, ptr: *mut u8, entry: LiveEntry) {
                 - super::table_bytes(capacity, size_of::<Live>()),
             Relaxed,
         );
+    }
+    if recorded {
+        return;
     }
     // Set already if another live pointer of the slot is in the table (the bit is set exactly while one is):
     // then left alone, so that the frees reading the word keep their copy of its line.
