@@ -162,7 +162,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
             return live::remove(&Guard::inside(), ptr);
         };
         let mut entry = None;
-        stack::with_room_for_free(&guard, &mut || entry = live::remove(&guard, ptr));
+        stack::with_room_for_free(&guard, || entry = live::remove(&guard, ptr));
         entry
     }
 
@@ -172,7 +172,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     fn record_free(entry: live::LiveEntry) {
         // Also inside the profiler, which may free a sampled allocation of the program (see `untrack`).
         let guard = Guard::inside();
-        stack::with_room_for_free(&guard, &mut || subtract(&guard, entry));
+        stack::with_room_for_free(&guard, || subtract(&guard, entry));
     }
 
     /// The free of `ptr`, a candidate by its address: forgets it and subtracts it if it was sampled, in one
@@ -195,7 +195,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
             };
         };
         let mut sampled = false;
-        stack::with_room_for_free(&guard, &mut || {
+        stack::with_room_for_free(&guard, || {
             if let Some(entry) = live::remove(&guard, ptr) {
                 subtract(&guard, entry);
                 sampled = true;
@@ -244,6 +244,7 @@ fn record_with_stack(
 
 /// Subtracts a freed sampled allocation from the heap totals and from its bucket, inside the profiler guard;
 /// a free that ends a peak of the in-use estimate first copies the buckets as they are at the peak.
+#[inline(always)]
 fn subtract(guard: &Guard, entry: live::LiveEntry) {
     peak::before_free(guard, totals::on_free(entry.weight));
     buckets::record_free(entry.bucket, entry.weight, entry.size);

@@ -115,17 +115,25 @@ thread_local! {
 
 /// The current thread's stack bounds. May allocate the first time (glibc reads /proc/self/maps for the main
 /// thread): runs inside the profiler guard.
-fn stack_bounds(_: &Guard) -> (usize, usize) {
-    known_bounds().unwrap_or_else(|| {
-        // On the spare stack: the first sample of a thread may come when its stack is nearly used up, and the
-        // read cannot be checked against bounds not known yet.
-        let mut bounds = None;
-        spare::run(&mut || bounds = read_stack_bounds());
-        remember_bounds(bounds)
-    })
+/// Known bounds, the usual case, are a thread-local load where the room is checked.
+#[inline(always)]
+fn stack_bounds(guard: &Guard) -> (usize, usize) {
+    known_bounds().unwrap_or_else(|| first_stack_bounds(guard))
+}
+
+/// [`stack_bounds`] of a thread whose bounds are not known yet.
+#[cold]
+#[inline(never)]
+fn first_stack_bounds(_: &Guard) -> (usize, usize) {
+    // On the spare stack: the first sample of a thread may come when its stack is nearly used up, and the
+    // read cannot be checked against bounds not known yet.
+    let mut bounds = None;
+    spare::run(&mut || bounds = read_stack_bounds());
+    remember_bounds(bounds)
 }
 
 /// The bounds read for this thread, if they have been.
+#[inline(always)]
 fn known_bounds() -> Option<(usize, usize)> {
     match STACK_BOUNDS.try_with(Cell::get) {
         Ok((0, 0)) => None,
@@ -210,11 +218,12 @@ pub(crate) fn stackless_samples() -> u64 {
 /// Runs `f`, the bookkeeping of the free of a sampled allocation, on this thread's stack when it has the room
 /// for it, else on the spare stack: unlike a sample's stack, it cannot be skipped. Runs inside the profiler
 /// guard.
-pub(crate) fn with_room_for_free(guard: &Guard, f: &mut dyn FnMut()) {
+#[inline(always)]
+pub(crate) fn with_room_for_free(guard: &Guard, mut f: impl FnMut()) {
     if Room::here(guard).fits(NEEDS.free) {
         f();
     } else {
-        spare::run(f);
+        spare::run(&mut f);
     }
 }
 

@@ -22,6 +22,7 @@ use core::cell::Cell;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 
 use super::buckets::BucketId;
 use super::{Lock, Rank, STRIPES, Weight, bump};
@@ -140,19 +141,23 @@ pub(crate) fn insert(_: &Guard, ptr: *mut u8, entry: LiveEntry) {
     let mut table = stripe.table.lock();
     // Growing the table frees its old memory while the lock is held: that free must not look itself up.
     let _own = OwnFrees::begin();
-    let mut slot_in_use = false;
-    for live in table.iter_hash_mut(hash) {
-        if live.ptr == ptr {
-            // Recorded already (only if the inner allocator returned a live block twice): keep one entry.
-            live.entry = entry;
-            return;
-        }
-        slot_in_use |= slot_of(live.ptr) == slot;
-    }
     let capacity = table.capacity();
-    table.insert_unique(hash, Live { ptr, entry }, |live| {
-        table_hash(slot_of(live.ptr))
-    });
+    // One probe finds the pointer if it is recorded already, or the place for it (the table may grow first).
+    let recorded = match table.entry(
+        hash,
+        |live| live.ptr == ptr,
+        |live| table_hash(slot_of(live.ptr)),
+    ) {
+        // Recorded already (only if the inner allocator returned a live block twice): keep one entry.
+        Entry::Occupied(mut found) => {
+            found.get_mut().entry = entry;
+            true
+        }
+        Entry::Vacant(place) => {
+            place.insert(Live { ptr, entry });
+            false
+        }
+    };
     debug_assert!(table.capacity() >= capacity);
     if table.capacity() != capacity {
         // Tables only grow: what they allocated stays theirs after their entries are freed.
@@ -162,7 +167,12 @@ pub(crate) fn insert(_: &Guard, ptr: *mut u8, entry: LiveEntry) {
             Relaxed,
         );
     }
-    if !slot_in_use {
+    if recorded {
+        return;
+    }
+    // Set already if another live pointer of the slot is in the table (the bit is set exactly while one is):
+    // then left alone, so that the frees reading the word keep their copy of its line.
+    if !marked(&FILTER[slot / 64], slot % 64) {
         set_filter_bit(slot, true);
     }
     bump(&stripe.live, 1);
@@ -213,6 +223,7 @@ fn mark(word: &impl Atomic<u64>, bit: usize, set: bool) {
 
 /// Removes `ptr` if it is a live sampled allocation and returns what it recorded, inside the profiler guard,
 /// before the memory is given back to the inner allocator.
+#[inline]
 pub(crate) fn remove(_: &Guard, ptr: *mut u8) -> Option<LiveEntry> {
     let ptr = ptr as usize;
     let slot = slot_of(ptr);
@@ -224,10 +235,12 @@ pub(crate) fn remove(_: &Guard, ptr: *mut u8) -> Option<LiveEntry> {
         return None;
     };
     let (live, _) = found.remove();
-    // Under the stripe lock, as in `insert`: the slot's last pointer clears its bit.
-    if table
-        .find(hash, |other| slot_of(other.ptr) == slot)
-        .is_none()
+    // Under the stripe lock, as in `insert`: the slot's last pointer clears its bit. An empty table (a
+    // stripe's usual state when few sampled allocations are live) holds no other.
+    if table.is_empty()
+        || table
+            .find(hash, |other| slot_of(other.ptr) == slot)
+            .is_none()
     {
         set_filter_bit(slot, false);
     }
@@ -317,6 +330,25 @@ mod tests {
             let others_live = i + 1 < ptrs.len();
             assert_eq!(maybe_sampled(ptr as *mut u8), others_live);
         }
+    }
+
+    #[test]
+    fn a_pointer_inserted_twice_is_one_entry_and_a_second_pointer_of_its_slot_keeps_the_mark() {
+        let ptrs = sharing_a_slot(2, 0x7100_0000_0000);
+        let guard = Guard::inside();
+        let mut second = entry();
+        second.size = 2;
+        insert(&guard, ptrs[0] as *mut u8, entry());
+        insert(&guard, ptrs[0] as *mut u8, second);
+        insert(&guard, ptrs[1] as *mut u8, entry());
+        assert_eq!(remove(&guard, ptrs[0] as *mut u8).map(|e| e.size), Some(2));
+        assert!(remove(&guard, ptrs[0] as *mut u8).is_none(), "one entry");
+        assert!(
+            maybe_sampled(ptrs[0] as *mut u8),
+            "the slot's other pointer is live"
+        );
+        assert!(remove(&guard, ptrs[1] as *mut u8).is_some());
+        assert!(!maybe_sampled(ptrs[1] as *mut u8));
     }
 
     #[test]

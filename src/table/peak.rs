@@ -105,8 +105,18 @@ pub(crate) fn after_alloc(inuse: u64) {
 
 /// Before the free of a sampled allocation is subtracted from its bucket: `inuse` is the estimated in-use
 /// bytes before the free. Runs inside the profiler guard, holding no table lock.
+/// The first test is made where the free is: a free below the highest level seen ends no peak.
+#[inline(always)]
 pub(crate) fn before_free(guard: &Guard, inuse: u64) {
     debug_assert!(!lock::holds(Rank::BucketStripe) && !lock::holds(Rank::LiveStripe));
+    if inuse >= LEVELS.highest.load(Relaxed) {
+        at_highest(guard, inuse);
+    }
+}
+
+/// [`before_free`] of a free that finds the estimate at its highest level.
+#[inline(never)]
+fn at_highest(guard: &Guard, inuse: u64) {
     if LEVELS.ends_peak(inuse, margin_above) {
         // On the spare stack: the free may come anywhere in its thread's stack, and the copy (which may
         // grow its buffer through the inner allocator) needs much more stack than the free.
