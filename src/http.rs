@@ -224,6 +224,7 @@ impl Response {
 
     /// The 405 for a method that `path` does not accept: profiles are read with GET or HEAD, symbols are
     /// also looked up with a POST.
+    #[cfg(any(feature = "server", feature = "axum"))]
     pub(crate) fn method_not_allowed(path: &str) -> Response {
         let mut response = Response::error(
             405,
