@@ -117,6 +117,27 @@ fn profile_at(addr: SocketAddr, path: &str) -> heap_sampler::proto::Profile {
     common::decode(&body)
 }
 
+/// The `allocs?seconds=2` delta: read by `go tool pprof -raw` over HTTP where `go` is installed (with its
+/// output, parsed), the profile it fetched decoded from where it saved it; else fetched directly.
+fn delta_profile(addr: SocketAddr) -> (heap_sampler::proto::Profile, Option<Raw>) {
+    const DELTA: &str = "/debug/pprof/allocs?seconds=2";
+    let Some(go) = common::go() else {
+        return (profile_at(addr, DELTA), None);
+    };
+    let dir = common::temp_dir("axum-router-delta");
+    let out = common::pprof_saving_to(&go, &["-raw", &format!("http://{addr}{DELTA}")], &dir);
+    println!("go tool pprof -raw http://{addr}{DELTA}:\n{out}");
+    let saved = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "gz"))
+        .expect("pprof saved the fetched profile");
+    (
+        common::decode(&std::fs::read(&saved).unwrap()),
+        Some(Raw::parse(&out)),
+    )
+}
+
 fn default_sample_type(p: &heap_sampler::proto::Profile) -> &str {
     common::string(p, p.default_sample_type)
 }
@@ -224,7 +245,8 @@ fn the_router_serves_heap_peak_index_and_symbols() {
 }
 
 /// Exact mode: a thread allocates a 64 KiB block about every millisecond, recording when each allocation
-/// began and ended, before, during and after an `allocs?seconds=2` window. The window runs from the end of
+/// began and ended, before, during and after an `allocs?seconds=2` window, which `go tool pprof -raw` reads
+/// over HTTP where `go` is installed. The window runs from the end of
 /// its first copy of the table (`time_nanos − duration_nanos`) to the end of its second (`time_nanos`). A
 /// block recorded while a copy was being taken may fall on either side of it, so the count lies between the
 /// blocks certainly inside and those possibly inside, given that a copy of this process's table takes less
@@ -253,7 +275,7 @@ fn an_allocs_delta_counts_exactly_what_was_allocated_in_its_window() {
             times
         });
         // Stopped however the request ends, so that a failure is reported rather than waited on.
-        let delta = std::panic::catch_unwind(|| profile_at(addr, "/debug/pprof/allocs?seconds=2"));
+        let delta = std::panic::catch_unwind(|| delta_profile(addr));
         stop.store(true, Ordering::Relaxed);
         let times = allocating.join().unwrap();
         (
@@ -261,6 +283,7 @@ fn an_allocs_delta_counts_exactly_what_was_allocated_in_its_window() {
             times,
         )
     });
+    let (delta, raw) = delta;
     assert_eq!(default_sample_type(&delta), "alloc_space");
     assert!(
         delta.duration_nanos >= 2_000_000_000,
@@ -313,6 +336,22 @@ fn an_allocs_delta_counts_exactly_what_was_allocated_in_its_window() {
         "blocks allocated outside the window were counted"
     );
     assert_eq!((counted.inuse_objects, counted.inuse_space), (0, 0));
+    if let Some(raw) = raw {
+        assert!(
+            raw.header.contains("alloc_space/bytes[dflt]"),
+            "{}",
+            raw.header
+        );
+        assert_eq!(
+            raw.at("allocate_in_window"),
+            [counted.alloc_objects, counted.alloc_space, 0, 0],
+            "go tool pprof -raw reads the figures of the profile it fetched"
+        );
+        assert_eq!(
+            raw.at("hold_cache"),
+            [0, 0, HELD_BLOCKS as i64, (HELD_BLOCKS * BLOCK) as i64]
+        );
+    }
     served.stop();
     drop(kept);
 }
