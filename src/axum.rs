@@ -41,7 +41,7 @@ use std::sync::Arc;
 
 use ::axum::Router;
 use ::axum::body::Body;
-use ::axum::extract::Request;
+use ::axum::extract::{OriginalUri, Request};
 use ::axum::response::{IntoResponse, Redirect};
 use ::axum::routing::{any, get};
 
@@ -102,8 +102,12 @@ impl PprofRouter {
             crate::history::start(&runtime);
         }
         let windows = Arc::new(self.windows.clone());
-        let pprof = move |request: Request| {
+        let pprof = move |mut request: Request| {
             let windows = Arc::clone(&windows);
+            // Nested, the router sees its path without the prefix; the page shows the path asked for.
+            if let Some(OriginalUri(uri)) = request.extensions().get::<OriginalUri>().cloned() {
+                *request.uri_mut() = uri;
+            }
             async move {
                 crate::history::start(&tokio::runtime::Handle::current());
                 serving::answer(request, &windows).await

@@ -285,7 +285,7 @@ pub(crate) fn parse(path: &str, query: &str) -> Result<Request, Response> {
         "heap" => Endpoint::Heap,
         "allocs" => Endpoint::Allocs,
         "peak" => Endpoint::Peak,
-        "" => return Ok(Request::page()),
+        "" => return Ok(Request::page(path)),
         // Go's answer to a GET: symbols can be looked up (with a POST, see `symbol`).
         "symbol" => return Err(Response::ok(TEXT, b"num_symbols: 1\n".to_vec())),
         other => {
@@ -373,6 +373,8 @@ pub(crate) struct Request {
     seconds: Option<u64>,
     format: Format,
     sample_type: SampleType,
+    /// The page's path as asked for, for [`Format::Page`]; empty otherwise.
+    page_path: String,
 }
 
 impl Request {
@@ -449,16 +451,18 @@ impl Request {
             seconds,
             format,
             sample_type,
+            page_path: String::new(),
         })
     }
 
     /// The index page: it shows the heap's sites, largest in use first. Its query is ignored.
-    fn page() -> Request {
+    fn page(path: &str) -> Request {
         Request {
             endpoint: Endpoint::Heap,
             seconds: None,
             format: Format::Page,
             sample_type: SampleType::InuseSpace,
+            page_path: path.to_owned(),
         }
     }
 
@@ -485,7 +489,7 @@ impl Request {
         };
         let snapshot = match (self.format, snapshot) {
             // The page says why it has no sites, and shows the rest.
-            (Format::Page, Err(error)) => return Ok(index(Err(error))),
+            (Format::Page, Err(error)) => return Ok(index(Err(error), &self.page_path)),
             (_, snapshot) => snapshot?,
         }
         .with_default_sample_type(t);
@@ -507,7 +511,7 @@ impl Request {
             }
             Format::Folded => Ok(Response::ok(TEXT, snapshot.folded_stacks(t).into_bytes())),
             Format::Svg => self.svg(&snapshot),
-            Format::Page => Ok(index(Ok(snapshot))),
+            Format::Page => Ok(index(Ok(snapshot), &self.page_path)),
         }
     }
 
@@ -546,11 +550,11 @@ fn site_value(site: &Site, t: SampleType) -> i64 {
 }
 
 /// The index page, with the sites of `snapshot` (the heap now), or the error that kept it from being taken.
-fn index(snapshot: Result<HeapSnapshot, Error>) -> Response {
+fn index(snapshot: Result<HeapSnapshot, Error>, path: &str) -> Response {
     let profile = snapshot.map(|snapshot| (snapshot.sites(), snapshot.sample_rate()));
     Response::ok(
         "text/html; charset=utf-8",
-        index::page_now(profile).into_bytes(),
+        index::page_now(profile, path).into_bytes(),
     )
 }
 
@@ -572,6 +576,7 @@ mod tests {
                 seconds: Some(30),
                 format: Format::Proto,
                 sample_type: SampleType::AllocSpace,
+                page_path: String::new(),
             })
         );
         let text = parse(Endpoint::Heap, "debug=1&seconds=").unwrap();

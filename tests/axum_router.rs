@@ -220,6 +220,14 @@ fn the_router_serves_heap_peak_index_and_symbols() {
     assert_eq!(status, "http/1.0 200 ok");
     let text = String::from_utf8(body).unwrap();
     assert!(text.contains("axum_router::hold_cache"), "{text}");
+    let (status, _, body) = get_path(addr, "/admin/debug/pprof/");
+    assert_eq!(status, "http/1.0 200 ok");
+    let page = String::from_utf8(body).unwrap();
+    assert!(
+        page.contains("<title>/admin/debug/pprof/ · heap-sampler</title>")
+            && page.contains("go tool pprof http://HOST/admin/debug/pprof/heap "),
+        "the page names the path it was asked at: {page}"
+    );
     assert_eq!(get_path(addr, "/").2, b"the service", "the app's own route");
 
     let unknown = request(addr, "GET /debug/pprof/goroutine HTTP/1.0\r\n\r\n");

@@ -33,7 +33,9 @@ const BAR_HEIGHT: f64 = 14.0;
 
 /// The page for the process now: its readings, its [`crate::stats()`], and the sites of `profile` (the heap
 /// now, largest in use first) or the error that kept it from being taken.
-pub(super) fn page_now(profile: Result<(Vec<Site>, usize), Error>) -> String {
+/// `path` is the page's own path, as the client asked for it (`/debug/pprof/`, or under the prefix the
+/// endpoints are mounted at), shown in its title and its commands.
+pub(super) fn page_now(profile: Result<(Vec<Site>, usize), Error>, path: &str) -> String {
     let profile = match &profile {
         Ok((sites, rate)) => Ok((sites.as_slice(), *rate)),
         Err(error) => Err(error),
@@ -43,23 +45,27 @@ pub(super) fn page_now(profile: Result<(Vec<Site>, usize), Error>) -> String {
         history::interval(),
         &crate::stats(),
         profile,
+        path,
     )
 }
 
 /// The page for `readings` (oldest first, taken every `interval`), the figures `stats`, and the sites of
 /// the heap (largest in use first) with the sample rate they were taken at, or the error that kept the
-/// profile from being taken.
+/// profile from being taken, at `path`.
 fn page(
     readings: &[Reading],
     interval: Option<Duration>,
     stats: &Stats,
     profile: Result<(&[Site], usize), &Error>,
+    path: &str,
 ) -> String {
+    let path = escape(path);
     let mut html = String::with_capacity(16 << 10);
-    html.push_str(HEAD);
+    // The documents are written for the default path; the page shows the one it was asked for.
+    html.push_str(&HEAD.replace(DEFAULT_PATH, &path));
     let _ = writeln!(
         html,
-        "<h1>heap-sampler <span class=\"dim\">{} · /debug/pprof/</span></h1>",
+        "<h1>heap-sampler <span class=\"dim\">{} · {path}</span></h1>",
         env!("CARGO_PKG_VERSION")
     );
     let rate = stats.sample_rate;
@@ -93,10 +99,13 @@ fn page(
         }
     }
 
-    html.push_str(PROFILES);
+    html.push_str(&PROFILES.replace(DEFAULT_PATH, &path));
     html.push_str("</body>\n</html>\n");
     html
 }
+
+/// The page's path where the endpoints are mounted as Go mounts them.
+const DEFAULT_PATH: &str = "/debug/pprof/";
 
 /// The document up to its body's content: the polyglot prologue and the style sheet.
 const HEAD: &str = r#"<!DOCTYPE html>
@@ -502,6 +511,7 @@ mod tests {
             Some(Duration::from_secs(5)),
             &crate::stats(),
             Ok((sites, rate)),
+            DEFAULT_PATH,
         )
     }
 
@@ -746,7 +756,13 @@ mod tests {
 
     #[test]
     fn a_failed_profile_is_said_and_the_rest_shown() {
-        let html = page(&[], None, &crate::stats(), Err(&Error::NotInstalled));
+        let html = page(
+            &[],
+            None,
+            &crate::stats(),
+            Err(&Error::NotInstalled),
+            DEFAULT_PATH,
+        );
         let doc = parse(&html);
         let none = text(
             doc.descendants()
@@ -774,6 +790,21 @@ mod tests {
             }
         }
         assert!(html.contains("go tool pprof 'http://HOST/debug/pprof/allocs?seconds=30'"));
+        // Under a prefix, the page names its own path, escaped.
+        let nested = page(
+            &[],
+            None,
+            &crate::stats(),
+            Ok((&[], 1)),
+            "/admin/<x>/debug/pprof/",
+        );
+        assert!(
+            nested.contains(
+                "go tool pprof 'http://HOST/admin/&lt;x&gt;/debug/pprof/allocs?seconds=30'"
+            )
+        );
+        assert!(nested.contains("<title>/admin/&lt;x&gt;/debug/pprof/ · heap-sampler</title>"));
+        assert!(!nested.contains("HOST/debug/pprof/"));
         // Self-contained: nothing is loaded from elsewhere, and nothing runs.
         assert!(doc.descendants().all(|n| n.attribute("src").is_none()
             && !n.has_tag_name("script")
