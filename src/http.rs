@@ -153,7 +153,7 @@ use std::time::Duration;
 
 use crate::delta::DeltaWindow;
 use crate::error::Error;
-use crate::report::{self, Site};
+use crate::report::Site;
 use crate::sample_type::SampleType;
 use crate::sampler::Guard;
 use crate::snapshot::HeapSnapshot;
@@ -506,7 +506,7 @@ impl Request {
             Format::Text => {
                 let mut sites = snapshot.sites();
                 sites.sort_by_key(|site| Reverse(site_value(site, t)));
-                let text = report::render(&sites, snapshot.sample_rate(), sites.len());
+                let text = snapshot.render_sites(&sites, sites.len());
                 Ok(Response::ok(TEXT, text.into_bytes()))
             }
             Format::Folded => Ok(Response::ok(TEXT, snapshot.folded_stacks(t).into_bytes())),

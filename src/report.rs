@@ -6,7 +6,7 @@ use std::fmt::Write;
 use crate::error::Error;
 use crate::sample_type::SampleType;
 use crate::sampler::Guard;
-use crate::snapshot::HeapSnapshot;
+use crate::snapshot::{HeapSnapshot, Origin};
 use crate::symbolize::symbols::{Frame, Resolved, is_std};
 use crate::table::buckets::Counts;
 
@@ -252,10 +252,29 @@ impl HeapSnapshot {
     /// A text report of the `top` allocation sites of the snapshot (see [`HeapSnapshot::sites`]), with the
     /// sample rate and the noise bound in its first line: in-use bytes and objects, allocated bytes and
     /// objects, function and `file:line` of each; for logs, and for readers without `go tool pprof`, as
-    /// Go's `?debug=1` text.
+    /// Go's `?debug=1` text. A peak's report first says what it shows and when the peak was, as its pprof
+    /// comments do.
     pub fn report(&self, top: usize) -> String {
         let _guard = Guard::enter();
-        render(&sites(&self.resolved, self.by_allocated()), self.rate, top)
+        self.render_sites(&sites(&self.resolved, self.by_allocated()), top)
+    }
+
+    /// [`render`] of `sites`, this snapshot's in the order to show; for a peak, after what it shows and when
+    /// the peak was, as its pprof comments say (those after the two that every profile has: who wrote it,
+    /// and the error bound that the table's header gives).
+    pub(crate) fn render_sites(&self, sites: &[Site], top: usize) -> String {
+        let table = render(sites, self.rate, top);
+        if !matches!(self.origin, Origin::Peak { .. }) {
+            return table;
+        }
+        let mut out: String = self
+            .comments()
+            .iter()
+            .skip(2)
+            .map(|c| format!("{c}\n"))
+            .collect();
+        out.push_str(&table);
+        out
     }
 }
 

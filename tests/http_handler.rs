@@ -275,7 +275,14 @@ fn peak_serves_what_was_held_at_the_highest_in_use_bytes() {
         "alloc_space"
     );
     let top = handle("/debug/pprof/peak", "debug=1");
-    assert!(text(&top).contains("hold_for_peak"), "{}", text(&top));
+    let top = text(&top);
+    assert!(
+        top.starts_with("peak heap profile: ")
+            && top.contains("\npeak: ")
+            && top.contains("\nheap profile: sample rate")
+            && top.contains("hold_for_peak"),
+        "what the peak shows, when it was, then its sites: {top}"
+    );
 }
 
 #[test]

@@ -96,7 +96,7 @@ impl HeapSnapshot {
 
     /// The profile's own comments (`go tool pprof -comments`), before what the symbolizer noted: who wrote
     /// it, how to read its values' error, and for a peak what it shows and when the peak was.
-    fn comments(&self) -> Vec<String> {
+    pub(crate) fn comments(&self) -> Vec<String> {
         let mut comments = vec![
             format!("heap-sampler {}", env!("CARGO_PKG_VERSION")),
             error_comment(self.rate),
