@@ -231,6 +231,15 @@ fn record_with_stack(
     if !stack.capture(guard, entry, entry_frame, room) {
         stack::note_stackless_sample();
     }
+    if !stack.written() {
+        // The thread's last stack again, its frames not written: most often its bucket is the last one's.
+        if let Some(id) =
+            buckets::record_repeat(guard, &[], false, stack.repeat(), labels, weight, size)
+        {
+            return id;
+        }
+        stack.write_frames();
+    }
     buckets::record_alloc(
         guard,
         stack.frames(),

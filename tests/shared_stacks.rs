@@ -1,9 +1,12 @@
 //! Threads that sample the same stack count it in buckets of their own (so they do not contend for one);
-//! profiles, delta profiles and reports show the stack once, with the sum. Exact mode: every number is exact.
+//! profiles, delta profiles and reports show the stack once, with the sum. A thread that samples its last
+//! stack again adds to that stack's bucket without comparing the frames, and to it only. Exact mode: every
+//! number is exact.
 
 mod common;
 
 use std::alloc::System;
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -82,4 +85,99 @@ fn threads_sampling_one_stack_show_as_one() {
         [vec![800, 800_000, 0, 0]],
         "all freed"
     );
+}
+
+/// Keeps one block of 100 bytes.
+#[inline(never)]
+fn keep_a(kept: &mut Vec<Vec<u8>>) {
+    kept.push(black_box(vec![1u8; 100]));
+}
+
+/// Keeps one block of 100 bytes, from a frame of the same size as [`keep_a`]'s, called from the same place.
+#[inline(never)]
+fn keep_b(kept: &mut Vec<Vec<u8>>) {
+    kept.push(black_box(vec![2u8; 100]));
+}
+
+/// Keeps one block of 300 bytes.
+#[inline(never)]
+fn keep_c(kept: &mut Vec<Vec<u8>>) {
+    kept.push(black_box(vec![3u8; 300]));
+}
+
+/// The values of the samples through `function`, by their value of label `key` ("" for none).
+fn by_label_at(
+    p: &heap_sampler::proto::Profile,
+    function: &str,
+    key: &str,
+) -> HashMap<String, Vec<i64>> {
+    let names: HashMap<u64, &str> = p
+        .function
+        .iter()
+        .map(|f| (f.id, common::string(p, f.name)))
+        .collect();
+    let locations: HashMap<u64, _> = p.location.iter().map(|l| (l.id, l)).collect();
+    let mut out: HashMap<String, Vec<i64>> = HashMap::new();
+    for sample in &p.sample {
+        let through = sample.location_id.iter().any(|id| {
+            locations[id]
+                .line
+                .iter()
+                .any(|line| names[&line.function_id].ends_with(&format!("::{function}")))
+        });
+        if !through {
+            continue;
+        }
+        let label = common::labels_of(p, sample)
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map_or("", |(_, v)| v);
+        let values = out.entry(label.to_string()).or_insert_with(|| vec![0; 4]);
+        for (sum, value) in values.iter_mut().zip(&sample.value) {
+            *sum += value;
+        }
+    }
+    out
+}
+
+#[test]
+fn a_repeated_stack_counts_in_its_own_bucket_only() {
+    let _serial = common::serial();
+    heap_sampler::set_sample_rate(1);
+    let mut kept = Vec::with_capacity(1000);
+    // Two stacks in turn, from the same stack position: neither is the thread's last when sampled.
+    for i in 0..200 {
+        let keep: fn(&mut Vec<Vec<u8>>) = if i % 2 == 0 { keep_a } else { keep_b };
+        black_box(keep)(&mut kept);
+    }
+    // One stack, sampled again and again, under labels that change from one sample to the next and stay for
+    // a few. The sets are made first: entering one allocates nothing, so no other stack is sampled between.
+    let even = heap_sampler::LabelSet::current().with(&[("repeat", "even")]);
+    let odd = heap_sampler::LabelSet::current().with(&[("repeat", "odd")]);
+    let scopes = [even, odd, odd, odd, even, even];
+    for i in 0..300 {
+        let _scope = scopes[i % scopes.len()].enter();
+        keep_c(&mut kept);
+    }
+    // And without labels, many times over.
+    for _ in 0..100 {
+        keep_c(&mut kept);
+    }
+    let p = common::profile();
+    for function in ["keep_a", "keep_b"] {
+        assert_eq!(
+            common::samples_at(&p, function)
+                .into_iter()
+                .map(|(_, values)| values)
+                .collect::<Vec<_>>(),
+            [vec![100, 10_000, 100, 10_000]],
+            "{function}"
+        );
+    }
+    let labelled = by_label_at(&p, "keep_c", "repeat");
+    assert_eq!(labelled.len(), 3, "{labelled:?}");
+    assert_eq!(labelled["even"], [150, 45_000, 150, 45_000]);
+    assert_eq!(labelled["odd"], [150, 45_000, 150, 45_000]);
+    assert_eq!(labelled[""], [100, 30_000, 100, 30_000]);
+    drop(kept);
 }

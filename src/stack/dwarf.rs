@@ -523,6 +523,9 @@ thread_local! {
 pub(super) enum Walk {
     /// The stack was unwound: this many return addresses were written, and whether more frames remained.
     Done { len: usize, truncated: bool },
+    /// The stack is the thread's last walk's, as [`Serial::repeats`] says, and nothing was written: the frames
+    /// are the same, and only a sample that needs them (see [`write_last`]) writes them.
+    Repeated,
     /// A frame needs the system unwinder: unwind the whole stack with it.
     Fallback,
     /// A rule had to be computed, and `rules_fit` was false: nothing was captured.
@@ -709,15 +712,16 @@ fn walk_remembering(
             old_first: 0,
         };
         // A remembered walk that reached the outermost frame is copied and nothing else: the frames written
-        // depend on the steps remembered and the room alone, which a replay leaves as they were.
-        let pure = memo.ended;
-        let walk = replay(memo, &mut recorder, cursor, fp, first, frames, 0);
-        if pure && matches!(walk, Walk::Done { .. }) {
+        // depend on the steps remembered and the room alone, which a replay leaves as they were. Into as many
+        // frames as the last walk, which did the same, the frames are those it wrote: they are not copied.
+        if memo.ended {
             memo.pure_room = frames.len();
             if pure_room == frames.len() {
                 serial.repeats = previous;
+                return (Walk::Repeated, serial);
             }
         }
+        let walk = replay(memo, &mut recorder, cursor, fp, first, frames, 0);
         return (walk, serial);
     }
 
@@ -750,18 +754,8 @@ fn replay(
     mut len: usize,
 ) -> Walk {
     let end = recorder.len;
-    let mut steps = &memo.steps[from..end];
-    if let [frames_of @ .., last] = steps
-        && last.return_address() == 0
-    {
-        // The step that read a zero return address is not a frame.
-        steps = frames_of;
-    }
-    let room = frames.len() - len;
-    let copied = steps.len().min(room);
-    for (frame, step) in frames[len..len + copied].iter_mut().zip(&steps[..copied]) {
-        frame.write(step.return_address());
-    }
+    let steps = frame_steps(&memo.steps[from..end]);
+    let copied = write_steps(steps, &mut frames[len..]);
     len += copied;
     if copied < steps.len() {
         memo.len = end;
@@ -788,6 +782,38 @@ fn replay(
         memo.len = 0;
     }
     walk
+}
+
+/// `steps` without the step that read a zero return address, which is not a frame.
+fn frame_steps(steps: &[Remembered]) -> &[Remembered] {
+    match steps {
+        [frames_of @ .., last] if last.return_address() == 0 => frames_of,
+        _ => steps,
+    }
+}
+
+/// Writes the return addresses of `steps` into `frames`, as many as fit; returns how many.
+fn write_steps(steps: &[Remembered], frames: &mut [MaybeUninit<usize>]) -> usize {
+    let copied = steps.len().min(frames.len());
+    for (frame, step) in frames[..copied].iter_mut().zip(&steps[..copied]) {
+        frame.write(step.return_address());
+    }
+    copied
+}
+
+/// Writes the frames of the thread's last walk, a [`Walk::Repeated`] into as many `frames`, as that walk's
+/// replay would have: returns how many were written, and whether more frames remained. To be called before
+/// the thread walks again.
+pub(super) fn write_last(frames: &mut [MaybeUninit<usize>]) -> (usize, bool) {
+    MEMO.try_with(|memo| {
+        // SAFETY: as in `walk`: only this thread's walks touch its memo, and none runs meanwhile.
+        let memo = unsafe { &*memo.get() };
+        debug_assert!(memo.ended && memo.pure_room == frames.len());
+        let steps = frame_steps(&memo.steps[memo.first..memo.len]);
+        let len = write_steps(steps, frames);
+        (len, len < steps.len())
+    })
+    .unwrap_or((0, false))
 }
 
 /// The walk, recording each step: the profiler's own frames first, up to its entry point, then the

@@ -323,6 +323,18 @@ pub(crate) struct Stack {
     truncated: bool,
     /// Which capture of its thread this was, and which earlier one it is known to repeat (see [`Repeat`]).
     repeat: Repeat,
+    /// Set when the walk proved the stack the thread's last one and wrote no frame (`len` is then 0): how to
+    /// write them, should they be needed (see [`Stack::write_frames`]).
+    unwritten: Option<Cut>,
+}
+
+/// How the frames of a stack that repeats its thread's last one are written: `walked` return addresses at
+/// most, of which the `skip` innermost are dropped (the allocation path) and the rest cut to `depth`.
+#[derive(Clone, Copy)]
+struct Cut {
+    walked: usize,
+    skip: usize,
+    depth: usize,
 }
 
 /// Tells a captured stack that is the same as its thread's last one, without comparing them: the number of
@@ -392,16 +404,62 @@ impl Stack {
         let skip = if self.repeat.of != 0
             && (last.0, last.1, last.2) == (self.repeat.of, depth, path_len)
         {
-            debug_assert_eq!(last.3, path::path_frames(self.frames()));
             last.3
         } else {
             self.repeat.of = 0;
+            if self.unwritten.take().is_some() {
+                self.write_walk(walked);
+            }
             path::path_frames(self.frames())
         };
         let _ = LAST_CAPTURE.try_with(|last| last.set((self.repeat.this, depth, path_len, skip)));
-        self.drop_allocation_path(skip, depth);
+        if self.unwritten.is_some() {
+            // The thread's last stack again: its bucket is the last one's unless the labels changed, so the
+            // frames are written only when a sample needs them, and always where debug assertions compare
+            // them with the bucket's.
+            self.unwritten = Some(Cut {
+                walked,
+                skip,
+                depth,
+            });
+            if cfg!(debug_assertions) {
+                self.write_frames();
+            }
+        } else {
+            debug_assert!(self.repeat.of == 0 || skip == path::path_frames(self.frames()));
+            self.drop_allocation_path(skip, depth);
+        }
         true
     }
+
+    /// Whether the stack's frames are written: all but those of a stack that repeats its thread's last one
+    /// (see [`Stack::write_frames`]).
+    pub(crate) fn written(&self) -> bool {
+        self.unwritten.is_none()
+    }
+
+    /// Writes the frames of a stack that repeats its thread's last one, which the walk did not write, cut as
+    /// that one's were; does nothing to a stack whose frames are written. Only before the thread walks again:
+    /// the frames are read from the remembered walk.
+    pub(crate) fn write_frames(&mut self) {
+        if let Some(cut) = self.unwritten.take() {
+            self.write_walk(cut.walked);
+            debug_assert_eq!(cut.skip, path::path_frames(self.frames()));
+            self.drop_allocation_path(cut.skip, cut.depth);
+        }
+    }
+
+    /// Writes, uncut, the frames of this thread's last walk, which repeated the one before it.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+    fn write_walk(&mut self, walked: usize) {
+        let (len, truncated) = dwarf::write_last(&mut self.frames[..walked]);
+        self.len = len;
+        self.truncated = truncated;
+    }
+
+    /// Only the cached DWARF walk knows a repeated stack, and leaves frames unwritten.
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")))]
+    fn write_walk(&mut self, _walked: usize) {}
 
     /// Which capture this was, and which it repeats (see [`Repeat`]).
     pub(crate) fn repeat(&self) -> Repeat {
@@ -434,6 +492,7 @@ impl Stack {
             (&raw mut (*ptr).len).write(0);
             (&raw mut (*ptr).truncated).write(false);
             (&raw mut (*ptr).repeat).write(Repeat::NONE);
+            (&raw mut (*ptr).unwritten).write(None);
             stack.assume_init()
         }
     }
@@ -496,6 +555,21 @@ impl Stack {
                 };
                 Walked::Done
             }
+            dwarf::Walk::Repeated => {
+                self.len = 0;
+                self.truncated = false;
+                self.repeat = Repeat {
+                    this: serial.this,
+                    of: serial.repeats,
+                };
+                // Marks the frames unwritten; `capture` says how they are cut.
+                self.unwritten = Some(Cut {
+                    walked: depth,
+                    skip: 0,
+                    depth,
+                });
+                Walked::Done
+            }
             dwarf::Walk::Fallback => Walked::Fallback,
             dwarf::Walk::NoRoom => Walked::NoRoom,
         }
@@ -547,6 +621,8 @@ impl Stack {
         Walked::Done
     }
 
+    /// The frames written: none for a stack that repeats its thread's last one until
+    /// [`Stack::write_frames`].
     pub(crate) fn frames(&self) -> &[usize] {
         debug_assert!(self.len <= MAX_STACK_DEPTH);
         // SAFETY: the walks write frames `0..len` before they set `len`; `MaybeUninit<usize>` has the
@@ -646,6 +722,9 @@ mod tests {
             ),
             "the cached walk fell back to the system unwinder"
         );
+        if cached.unwritten.take().is_some() {
+            cached.write_walk(depth);
+        }
         let mut system = Stack::empty();
         system.walk_system(depth, entry);
         (

@@ -331,10 +331,10 @@ thread_local! {
 /// Adds a sampled allocation of `size` bytes to the bucket of its stack (`frames`, innermost first, and
 /// whether they were cut at the maximum depth; no frames for a stack not captured) and `labels`, creating the
 /// bucket if needed. A stack that `repeat` says is the same as the thread's last one, under the same labels,
-/// goes to the last one's bucket without being hashed or compared.
+/// goes to the last one's bucket without being hashed or compared (see [`record_repeat`]).
 /// Runs inside the profiler guard: it may allocate.
 pub(crate) fn record_alloc(
-    _: &Guard,
+    guard: &Guard,
     frames: &[usize],
     truncated: bool,
     repeat: Repeat,
@@ -342,27 +342,45 @@ pub(crate) fn record_alloc(
     weight: Weight,
     size: usize,
 ) -> BucketId {
-    let last = LAST_BUCKET
-        .try_with(Cell::get)
-        .unwrap_or((0, labels, BucketId::OVERFLOW));
-    if repeat.of != 0 && last.0 == repeat.of && last.1 == labels {
-        let id = last.2;
-        let line = &TABLE[id.stripe()].0;
-        let mut stripe = line.stripe.lock();
-        if let Some(bucket) = stripe.buckets.get_mut(id.index()) {
-            debug_assert!(
-                *bucket.frames == *frames && bucket.truncated == truncated,
-                "a repeated stack is not its last bucket's"
-            );
-            bucket.sums.add(weight, size);
-            bump(&line.samples, 1);
-            remember_bucket(repeat, labels, id);
-            return id;
-        }
+    if let Some(id) = record_repeat(guard, frames, truncated, repeat, labels, weight, size) {
+        return id;
     }
     let id = find_or_add(frames, truncated, labels, weight, size);
     remember_bucket(repeat, labels, id);
     id
+}
+
+/// Adds a sampled allocation of `size` bytes to the bucket of the thread's last sample if `repeat` says its
+/// stack is the same as that sample's and `labels` are the same; else returns `None`, having done nothing.
+/// The stack's `frames` and `truncated` need not be written, as the bucket's are the same; in builds with
+/// debug assertions they are, and are compared with the bucket's.
+pub(crate) fn record_repeat(
+    _: &Guard,
+    frames: &[usize],
+    truncated: bool,
+    repeat: Repeat,
+    labels: LabelSet,
+    weight: Weight,
+    size: usize,
+) -> Option<BucketId> {
+    let last = LAST_BUCKET
+        .try_with(Cell::get)
+        .unwrap_or((0, labels, BucketId::OVERFLOW));
+    if repeat.of == 0 || last.0 != repeat.of || last.1 != labels {
+        return None;
+    }
+    let id = last.2;
+    let line = &TABLE[id.stripe()].0;
+    let mut stripe = line.stripe.lock();
+    let bucket = stripe.buckets.get_mut(id.index())?;
+    debug_assert!(
+        *bucket.frames == *frames && bucket.truncated == truncated,
+        "a repeated stack is not its last bucket's"
+    );
+    bucket.sums.add(weight, size);
+    bump(&line.samples, 1);
+    remember_bucket(repeat, labels, id);
+    Some(id)
 }
 
 /// Keeps `id` as the bucket of the thread's last sample, captured as `repeat` says, under `labels`.
