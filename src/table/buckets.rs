@@ -354,6 +354,7 @@ pub(crate) fn record_alloc(
 /// stack is the same as that sample's and `labels` are the same; else returns `None`, having done nothing.
 /// The stack's `frames` and `truncated` need not be written, as the bucket's are the same; in builds with
 /// debug assertions they are, and are compared with the bucket's.
+#[inline(always)]
 pub(crate) fn record_repeat(
     _: &Guard,
     frames: &[usize],
