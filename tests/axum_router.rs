@@ -12,7 +12,7 @@ use std::future::IntoFuture;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
@@ -51,13 +51,6 @@ const AT_PEAK: i64 = (PEAK_BLOCKS * MIB + PEAK_BLOCKS * size_of::<Vec<u8>>()) as
 #[inline(never)]
 fn allocate_in_window() {
     std::hint::black_box(vec![2u8; BLOCK]);
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64
 }
 
 /// An axum app on loopback: a route of its own, the pprof router merged at the root and nested under
@@ -275,9 +268,9 @@ fn an_allocs_delta_counts_exactly_what_was_allocated_in_its_window() {
         let allocating = s.spawn(|| {
             let mut times = Vec::with_capacity(20_000);
             while !stop.load(Ordering::Relaxed) {
-                let start = now_nanos();
+                let start = common::now_nanos();
                 allocate_in_window();
-                times.push((start, now_nanos()));
+                times.push((start, common::now_nanos()));
                 std::thread::sleep(Duration::from_millis(1));
             }
             times

@@ -4,7 +4,6 @@
 mod common;
 
 use std::alloc::System;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use heap_sampler::SamplingAllocator;
 
@@ -49,13 +48,6 @@ fn sawtooth(steps: usize) -> Vec<Vec<u8>> {
         drop(std::hint::black_box(Vec::<u8>::with_capacity(MIB)));
     }
     kept
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64
 }
 
 /// The standard deviation of the estimate of `n` blocks of 1 MiB and their holding vector (`n` × 24 bytes)
@@ -104,9 +96,9 @@ fn peak_profile_keeps_phase_one_after_it_is_freed() {
     let a = phase_one_a(512);
     let b = phase_one_b(320);
     let c = phase_one_c(192);
-    let end_of_phase_one = now_nanos();
+    let end_of_phase_one = common::now_nanos();
     drop((a, b, c));
-    let end_of_frees = now_nanos();
+    let end_of_frees = common::now_nanos();
     let d = phase_two(100);
 
     let peak_bytes = heap_sampler::dump_peak_profile().unwrap();

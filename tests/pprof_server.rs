@@ -10,7 +10,7 @@ use std::alloc::System;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::{PATIENCE, Raw, check_head_and_symbols, request, request_bytes, wait_for};
 use heap_sampler::SamplingAllocator;
@@ -34,13 +34,6 @@ fn hold_cache(kept: &mut Vec<Vec<u8>>) {
 #[inline(never)]
 fn allocate_in_window() {
     std::hint::black_box(vec![2u8; BLOCK]);
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64
 }
 
 /// The relative standard error of the estimate of `n` sampled blocks of `BLOCK` bytes at `RATE`:
@@ -87,9 +80,9 @@ fn go_tool_pprof_reads_the_live_heap_and_an_allocs_delta() {
         let allocating = s.spawn(|| {
             let mut times = Vec::with_capacity(10_000);
             while !stop.load(Ordering::Relaxed) {
-                let start = now_nanos();
+                let start = common::now_nanos();
                 allocate_in_window();
-                times.push((start, now_nanos()));
+                times.push((start, common::now_nanos()));
                 std::thread::sleep(Duration::from_millis(1));
             }
             times

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Tests of one binary share the global profiler: they run one at a time.
 pub fn serial() -> MutexGuard<'static, ()> {
@@ -29,4 +30,12 @@ pub fn under_address_sanitizer() -> bool {
 /// work (memcheck looks for invalid accesses, which one round shows as well as many).
 pub fn under_memcheck() -> bool {
     std::env::var_os("HEAP_SAMPLER_TEST_SANITIZER").is_some_and(|v| v == "memcheck")
+}
+
+/// Now, in nanoseconds since the Unix epoch: the clock of a profile's `time_nanos`.
+pub fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
 }
