@@ -32,7 +32,8 @@ use crate::totals;
 /// stack is captured and it is added to the bucket of that stack with weight 1/p, where
 /// p = 1 − e^(−size/rate) is the probability that an allocation of its size is sampled. The weighted sums are
 /// unbiased estimates of what each stack allocated (`alloc_objects`, `alloc_space`) and still holds
-/// (`inuse_objects`, `inuse_space`): a free of a sampled allocation subtracts exactly what it added.
+/// (`inuse_objects`, `inuse_space`, summed over the sampled allocations not yet freed): a free of a sampled
+/// allocation takes away exactly what it added.
 ///
 /// # Reading the numbers
 ///
@@ -166,7 +167,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         entry
     }
 
-    /// Subtracts a freed sampled allocation from the heap totals and from its bucket (see [`subtract`]).
+    /// Subtracts a freed sampled allocation from the heap totals (see [`subtract`]).
     #[cold]
     #[inline(never)]
     fn record_free(entry: live::LiveEntry) {
@@ -251,12 +252,13 @@ fn record_with_stack(
     )
 }
 
-/// Subtracts a freed sampled allocation from the heap totals and from its bucket, inside the profiler guard;
-/// a free that ends a peak of the in-use estimate first copies the buckets as they are at the peak.
+/// Subtracts a freed sampled allocation, out of the live table, from the heap totals, inside the profiler
+/// guard; a free that ends a peak of the in-use estimate first copies the buckets as they are at the peak.
+/// Its bucket is not touched: its in-use counts are summed over the live table (see
+/// [`buckets::LiveSums`]).
 #[inline(always)]
 fn subtract(guard: &Guard, entry: live::LiveEntry) {
-    peak::before_free(guard, totals::on_free(entry.weight));
-    buckets::record_free(entry.bucket, entry.weight, entry.size);
+    peak::before_free(guard, totals::on_free(entry.weight), &entry);
 }
 
 /// Enters a sampled allocation of `size` bytes recorded in `bucket` in the live table and the heap totals.

@@ -11,6 +11,7 @@ use core::hash::BuildHasherDefault;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::collections::HashMap;
 
+use super::live::{self, LiveEntry};
 use super::{Lock, Rank, STRIPES, Variance, Weight, WordHasher, bump};
 use crate::labels::LabelSet;
 use crate::lock::AnyLock;
@@ -192,12 +193,12 @@ impl Moments {
     }
 }
 
-/// What a bucket keeps: sums over its sampled allocations and over the frees of those, so that a sample and
-/// a free each add to five sums, and the in-use counts are their differences (see [`Sums::counts`]).
+/// What a bucket keeps: sums over its sampled allocations, so that a sample adds to five sums and its free
+/// touches no bucket. What is still in use is summed over the live table when a copy is taken (see
+/// [`LiveSums`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Sums {
     allocated: Moments,
-    freed: Moments,
     /// As [`Counts::size`].
     size: u64,
 }
@@ -205,7 +206,6 @@ pub(crate) struct Sums {
 impl Sums {
     pub(crate) const ZERO: Sums = Sums {
         allocated: Moments::ZERO,
-        freed: Moments::ZERO,
         size: 0,
     };
 
@@ -215,40 +215,91 @@ impl Sums {
         self.size = merged_size(self.size, size as u64);
     }
 
-    /// Subtracts a freed sampled allocation of `size` bytes that was added with weight `w`.
-    pub(crate) fn sub(&mut self, w: Weight, size: usize) {
-        let v = w.variance(size);
-        // A free subtracts what its allocation added to this bucket: in-use counts never go below zero.
-        debug_assert!(
-            {
-                let c = self.counts();
-                c.inuse_objects >= w.objects
-                    && c.inuse_space >= w.bytes
-                    && c.inuse_objects_variance >= v.objects
-                    && c.inuse_space_variance >= v.bytes
-                    && c.inuse_samples >= 1
-            },
-            "a free subtracted more than its bucket holds"
-        );
-        self.freed.add(w, v);
-    }
-
-    /// The counts: what was allocated, and what of it is still in use.
-    pub(crate) fn counts(&self) -> Counts {
-        let (a, f) = (&self.allocated, &self.freed);
+    /// The counts: what was allocated, and of it, `inuse`, the sums over the sampled allocations still live.
+    fn counts(&self, inuse: &Moments) -> Counts {
+        let (a, f) = (&self.allocated, inuse);
+        // The live allocations of a bucket are some of those it counted (see [`LiveSums::take`]).
+        debug_assert!(f.samples <= a.samples, "more live samples than allocated");
         Counts {
             alloc_objects: a.objects,
             alloc_space: a.space,
-            inuse_objects: a.objects.wrapping_sub(f.objects),
-            inuse_space: a.space.wrapping_sub(f.space),
+            inuse_objects: f.objects,
+            inuse_space: f.space,
             alloc_objects_variance: a.objects_variance,
             alloc_space_variance: a.space_variance,
-            inuse_objects_variance: a.objects_variance.wrapping_sub(f.objects_variance),
-            inuse_space_variance: a.space_variance.wrapping_sub(f.space_variance),
+            inuse_objects_variance: f.objects_variance,
+            inuse_space_variance: f.space_variance,
             alloc_samples: a.samples,
-            inuse_samples: a.samples.wrapping_sub(f.samples),
+            inuse_samples: f.samples,
             size: self.size,
         }
+    }
+}
+
+/// The in-use sums of every bucket, over the sampled allocations in the live table: a free then changes
+/// nothing but the live table and the heap totals. Taken before the buckets are copied, so that every live
+/// allocation it counts was added to its bucket already (a sample is added to its bucket before it enters
+/// the live table): a bucket's in-use counts are always some of its allocated ones.
+pub(crate) struct LiveSums {
+    /// The buckets of stripe 0, then of stripe 1, …: stripe `i`'s are `sums[starts[i]..starts[i + 1]]`, the
+    /// buckets it had when the sums were taken.
+    sums: Vec<Moments>,
+    starts: [u32; STRIPES + 1],
+    overflow: Moments,
+}
+
+impl LiveSums {
+    pub(crate) const fn new() -> LiveSums {
+        LiveSums {
+            sums: Vec::new(),
+            starts: [0; STRIPES + 1],
+            overflow: Moments::ZERO,
+        }
+    }
+
+    /// Sums the live table now, and `plus`, a sampled allocation being freed that left it already, inside
+    /// the profiler guard. Allocates (reusing this copy's memory) before it takes the live table's locks.
+    pub(crate) fn take(&mut self, guard: &Guard, plus: Option<&LiveEntry>) {
+        for (i, stripe) in stripes().enumerate() {
+            let len = stripe.lock().buckets.len() as u32;
+            self.starts[i + 1] = self.starts[i] + len;
+        }
+        self.sums.clear();
+        self.sums
+            .resize(self.starts[STRIPES] as usize, Moments::ZERO);
+        self.overflow = Moments::ZERO;
+        let mut add = |entry: &LiveEntry| {
+            let sums = if entry.bucket == BucketId::OVERFLOW {
+                Some(&mut self.overflow)
+            } else {
+                let (stripe, index) = (entry.bucket.stripe(), entry.bucket.index());
+                let at = self.starts[stripe] as usize + index;
+                // A bucket added after the lengths were read: its allocation is newer than this copy.
+                (at < self.starts[stripe + 1] as usize).then(|| &mut self.sums[at])
+            };
+            if let Some(sums) = sums {
+                sums.add(entry.weight, entry.weight.variance(entry.size));
+            }
+        };
+        live::for_each(guard, &mut add);
+        if let Some(entry) = plus {
+            add(entry);
+        }
+    }
+
+    /// The in-use sums of bucket `index` of stripe `stripe`.
+    fn of(&self, stripe: usize, index: usize) -> &Moments {
+        let at = self.starts[stripe] as usize + index;
+        if at < self.starts[stripe + 1] as usize {
+            &self.sums[at]
+        } else {
+            &Moments::ZERO
+        }
+    }
+
+    /// Bytes of memory held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.sums.capacity() * size_of::<Moments>()
     }
 }
 
@@ -446,23 +497,6 @@ fn find_or_add(
     BucketId::new(stripe_no, index)
 }
 
-/// Subtracts a freed sampled allocation of `size` bytes from the bucket it was added to.
-pub(crate) fn record_free(id: BucketId, weight: Weight, size: usize) {
-    if id == BucketId::OVERFLOW {
-        OVERFLOW.lock().sub(weight, size);
-        return;
-    }
-    if let Some(bucket) = TABLE[id.stripe()]
-        .0
-        .stripe
-        .lock()
-        .buckets
-        .get_mut(id.index())
-    {
-        bucket.sums.sub(weight, size);
-    }
-}
-
 /// The locks of the table's stripes, for the `fork` handlers.
 pub(crate) fn stripe_locks() -> impl Iterator<Item = &'static dyn AnyLock> {
     stripes().map(|stripe| stripe as &dyn AnyLock)
@@ -560,10 +594,10 @@ impl Snapshot {
         self.buckets.clear();
     }
 
-    /// Appends the buckets of `stripe`, with `counts` instead of theirs when given (one per bucket, in order;
-    /// the buckets past its end are not copied).
-    fn copy_stripe(&mut self, stripe: &Stripe, counts: Option<&mut dyn Iterator<Item = Counts>>) {
-        let mut copy = |b: &Bucket, counts: Counts| {
+    /// Appends the buckets of `stripe` with `counts` (one per bucket, in order; the buckets past its end are
+    /// not copied).
+    fn copy_stripe(&mut self, stripe: &Stripe, counts: &mut dyn Iterator<Item = Counts>) {
+        for (b, counts) in stripe.buckets.iter().zip(counts) {
             self.push(
                 &b.frames,
                 &BucketSnapshot {
@@ -571,15 +605,17 @@ impl Snapshot {
                     ..Snapshot::bucket(b.labels, counts)
                 },
             );
-        };
-        match counts {
-            Some(counts) => stripe
-                .buckets
-                .iter()
-                .zip(counts)
-                .for_each(|(b, counts)| copy(b, counts)),
-            None => stripe.buckets.iter().for_each(|b| copy(b, b.sums.counts())),
         }
+    }
+
+    /// Appends the buckets of `stripe`, number `number`, with their counts now, their in-use sums from `live`.
+    fn copy_stripe_now(&mut self, stripe: &Stripe, number: usize, live: &LiveSums) {
+        let mut counts = stripe
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b.sums.counts(live.of(number, i)));
+        self.copy_stripe(stripe, &mut counts);
     }
 
     /// Merges the buckets that threads of different shards keep for one stack and label set into one, in a
@@ -618,16 +654,18 @@ impl Snapshot {
 
 /// Copies every bucket, one stripe at a time (each stripe is locked only while it is copied), merging the
 /// buckets of one stack and label set, inside the profiler guard.
-pub(crate) fn snapshot(_: &Guard) -> Snapshot {
+pub(crate) fn snapshot(guard: &Guard) -> Snapshot {
+    let mut live = LiveSums::new();
+    live.take(guard, None);
     let mut out = Snapshot {
         frames: Vec::with_capacity(frame_count(|_| usize::MAX)),
         buckets: Vec::with_capacity(BUCKETS.load(Relaxed) + 1),
     };
-    for stripe in stripes() {
-        out.copy_stripe(&stripe.lock(), None);
+    for (number, stripe) in stripes().enumerate() {
+        out.copy_stripe_now(&stripe.lock(), number, &live);
     }
     out.merge_threads();
-    out.push_overflow(OVERFLOW.lock().counts());
+    out.push_overflow(OVERFLOW.lock().counts(&live.overflow));
     out
 }
 
@@ -652,15 +690,17 @@ fn frame_count(limit: impl Fn(usize) -> usize) -> usize {
 /// is) into one buffer that `f` reads, then the overflow bucket. Buckets are not merged: the buckets that
 /// threads of different shards keep for one stack come one by one, in no particular order. Runs inside the
 /// profiler guard.
-pub(crate) fn for_each_stripe(_: &Guard, f: &mut dyn FnMut(&Snapshot)) {
+pub(crate) fn for_each_stripe(guard: &Guard, f: &mut dyn FnMut(&Snapshot)) {
+    let mut live = LiveSums::new();
+    live.take(guard, None);
     let mut part = Snapshot::default();
-    for stripe in stripes() {
+    for (number, stripe) in stripes().enumerate() {
         part.clear();
-        part.copy_stripe(&stripe.lock(), None);
+        part.copy_stripe_now(&stripe.lock(), number, &live);
         f(&part);
     }
     part.clear();
-    part.push_overflow(OVERFLOW.lock().counts());
+    part.push_overflow(OVERFLOW.lock().counts(&live.overflow));
     if !part.is_empty() {
         f(&part);
     }
@@ -693,17 +733,25 @@ impl CountsCopy {
     }
 
     /// Copies the counts of every bucket now, one stripe at a time (each stripe is locked only while it is
-    /// copied), inside the profiler guard: it allocates when the table has grown since the last copy.
-    pub(crate) fn take(&mut self, _: &Guard) {
+    /// copied), inside the profiler guard, their in-use sums taken into `live` first, with `plus`, an
+    /// allocation being freed (see [`LiveSums::take`]). It allocates when the table has grown since the last
+    /// copy.
+    pub(crate) fn take(&mut self, guard: &Guard, live: &mut LiveSums, plus: Option<&LiveEntry>) {
+        live.take(guard, plus);
         self.counts.clear();
         self.counts.reserve(BUCKETS.load(Relaxed));
-        for (stripe, len) in stripes().zip(self.lens.iter_mut()) {
+        for (number, (stripe, len)) in stripes().zip(self.lens.iter_mut()).enumerate() {
             let stripe = stripe.lock();
-            self.counts
-                .extend(stripe.buckets.iter().map(|b| b.sums.counts()));
+            self.counts.extend(
+                stripe
+                    .buckets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b.sums.counts(live.of(number, i))),
+            );
             *len = stripe.buckets.len() as u32;
         }
-        self.overflow = OVERFLOW.lock().counts();
+        self.overflow = OVERFLOW.lock().counts(&live.overflow);
     }
 
     /// The in-use bytes of the copy, in [`super::UNITS`].
@@ -729,10 +777,7 @@ impl CountsCopy {
         let mut counts = self.counts.iter().copied();
         for (stripe, &len) in stripes().zip(self.lens.iter()) {
             // Buckets are only ever appended: the first `len` are those copied.
-            out.copy_stripe(
-                &stripe.lock(),
-                Some(&mut counts.by_ref().take(len as usize)),
-            );
+            out.copy_stripe(&stripe.lock(), &mut counts.by_ref().take(len as usize));
         }
         out.merge_threads();
         out.push_overflow(self.overflow);
@@ -778,43 +823,56 @@ mod tests {
         // 2,541,494, where rounding each weight would give 3,000,000.
         let w = Weight::of(1, 2);
         let mut sums = Sums::ZERO;
-        (0..1_000_000).for_each(|_| sums.add(w, 1));
+        let mut live = Moments::ZERO;
+        (0..1_000_000).for_each(|_| {
+            sums.add(w, 1);
+            live.add(w, w.variance(1));
+        });
         let expected = 1_000_000.0 / -(-0.5f64).exp_m1();
+        let counts = sums.counts(&live);
         assert!(
-            (sums.counts().values()[1] as f64 - expected).abs() < 1.0,
+            (counts.values()[1] as f64 - expected).abs() < 1.0,
             "{:?} vs {expected}",
-            sums.counts().values()
+            counts.values()
         );
-        (0..1_000_000).for_each(|_| sums.sub(w, 1));
-        assert_eq!(sums.counts().values()[2..], [0, 0]);
+        assert_eq!(counts.values()[..2], counts.values()[2..], "all live");
+        assert_eq!(sums.counts(&Moments::ZERO).values()[2..], [0, 0]);
     }
 
     #[test]
     fn a_bucket_has_a_block_size_while_its_samples_have_one_size() {
         let w = Weight::of(7200, 1 << 19);
         let mut sums = Sums::ZERO;
-        assert_eq!(sums.counts().block_size(), None);
+        assert_eq!(sums.counts(&Moments::ZERO).block_size(), None);
         sums.add(w, 7200);
         sums.add(w, 7200);
-        let mut counts = sums.counts();
+        let mut counts = sums.counts(&Moments::ZERO);
         assert_eq!(counts.block_size(), Some(7200));
         let mut other = Sums::ZERO;
         other.add(w, 7200);
-        counts.merge(&other.counts());
+        counts.merge(&other.counts(&Moments::ZERO));
         assert_eq!(
             counts.block_size(),
             Some(7200),
             "one size merged with itself"
         );
         other.add(Weight::of(640, 1 << 19), 640);
-        counts.merge(&other.counts());
+        counts.merge(&other.counts(&Moments::ZERO));
         assert_eq!(counts.block_size(), None, "two sizes merged");
         let mut grown = Sums::ZERO;
         grown.add(w, 7200);
         grown.add(w, 7201);
-        assert_eq!(grown.counts().block_size(), None, "a second size");
+        assert_eq!(
+            grown.counts(&Moments::ZERO).block_size(),
+            None,
+            "a second size"
+        );
         grown.add(w, 7200);
-        assert_eq!(grown.counts().block_size(), None, "mixed for good");
+        assert_eq!(
+            grown.counts(&Moments::ZERO).block_size(),
+            None,
+            "mixed for good"
+        );
     }
 
     #[test]

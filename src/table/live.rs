@@ -249,6 +249,15 @@ pub(crate) fn remove(_: &Guard, ptr: *mut u8) -> Option<LiveEntry> {
     Some(live.entry)
 }
 
+/// Shows every live sampled allocation to `f`, one stripe at a time, each locked while `f` reads it, inside
+/// the profiler guard. `f` must not allocate or free: a free from under a stripe's lock is taken for the
+/// table's own (see [`frees_are_own`]).
+pub(crate) fn for_each(_: &Guard, f: &mut dyn FnMut(&LiveEntry)) {
+    for stripe in &LIVE {
+        stripe.0.table.lock().iter().for_each(|live| f(&live.entry));
+    }
+}
+
 /// Frees (and reallocations) of sampled allocations so far.
 pub(crate) fn sampled_frees() -> u64 {
     sum(|stripe| &stripe.sampled_frees)

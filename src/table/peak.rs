@@ -7,15 +7,16 @@
 //! The estimated in-use bytes of the whole heap ([`crate::totals`]) move only on sampled allocations and frees
 //! of sampled allocations. After each sampled allocation the highest value seen is raised (`fetch_max`). The
 //! per-bucket counts at a peak are copied when the peak ends: at the first free of a sampled allocation that
-//! finds the estimate at its highest value, before that free is subtracted from its bucket — so the copy is
+//! finds the estimate at its highest value, counting that free's allocation as still in use — so the copy is
 //! the state at the peak itself, not some point on the way up — and only if the estimate then exceeds the
 //! estimate of the copy already kept by a margin of 1/32 of it plus 4 × the sample rate (2 MiB at the default
 //! rate). A dump of the peak profile while the estimate is at its highest copies the current counts too.
 //!
 //! # Cost
 //!
-//! A copy reads every bucket's counts (64 bytes each, one stripe lock at a time) on the thread whose free ended
-//! the peak, and keeps them (the memory is reused by the next copy): a time in proportion to the buckets. The
+//! A copy sums the live table's entries by bucket, then reads every bucket's counts (one stripe lock at a
+//! time), on the thread whose free ended the peak, and keeps them (the memory is reused by the next copy): a
+//! time in proportion to the buckets and the live sampled allocations. The
 //! margin bounds how many copies a process ever takes: the `n`-th copy is at a level of at least
 //! `128 · rate · ((33/32)^n − 1)`, so a process whose estimate never exceeds `P` bytes takes at most
 //! `ln(1 + P / (128 · rate)) / ln(33/32)` copies: 92 for 1 GiB and 225 for 64 GiB at the default rate
@@ -25,7 +26,8 @@
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use super::UNITS;
-use super::buckets::{CountsCopy, Snapshot};
+use super::buckets::{CountsCopy, LiveSums, Snapshot};
+use super::live::LiveEntry;
 use crate::lock::{self, AnyLock, Lock, Rank};
 use crate::sampler::Guard;
 use crate::stack::spare;
@@ -84,6 +86,8 @@ static COPY_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// The kept copy.
 struct Peak {
     copy: CountsCopy,
+    /// The in-use sums a copy is made with, kept so that the next copy reuses their memory.
+    live: LiveSums,
     /// When it was taken, in nanoseconds since the Unix epoch; 0 before the first.
     time_nanos: i64,
 }
@@ -94,6 +98,7 @@ static PEAK: Lock<Peak> = Lock::new(
     Rank::Peak,
     Peak {
         copy: CountsCopy::new(),
+        live: LiveSums::new(),
         time_nanos: 0,
     },
 );
@@ -103,24 +108,25 @@ pub(crate) fn after_alloc(inuse: u64) {
     LEVELS.raise(inuse);
 }
 
-/// Before the free of a sampled allocation is subtracted from its bucket: `inuse` is the estimated in-use
-/// bytes before the free. Runs inside the profiler guard, holding no table lock.
-/// The first test is made where the free is: a free below the highest level seen ends no peak.
+/// At the free of a sampled allocation, `freed`, which has left the live table: `inuse` is the estimated
+/// in-use bytes before the free. Runs inside the profiler guard, holding no table lock. A copy taken here
+/// counts `freed` as in use. The first test is made where the free is: a free below the highest level seen
+/// ends no peak.
 #[inline(always)]
-pub(crate) fn before_free(guard: &Guard, inuse: u64) {
+pub(crate) fn before_free(guard: &Guard, inuse: u64, freed: &LiveEntry) {
     debug_assert!(!lock::holds(Rank::BucketStripe) && !lock::holds(Rank::LiveStripe));
     if inuse >= LEVELS.highest.load(Relaxed) {
-        at_highest(guard, inuse);
+        at_highest(guard, inuse, freed);
     }
 }
 
 /// [`before_free`] of a free that finds the estimate at its highest level.
 #[inline(never)]
-fn at_highest(guard: &Guard, inuse: u64) {
+fn at_highest(guard: &Guard, inuse: u64, freed: &LiveEntry) {
     if LEVELS.ends_peak(inuse, margin_above) {
         // On the spare stack: the free may come anywhere in its thread's stack, and the copy (which may
         // grow its buffer through the inner allocator) needs much more stack than the free.
-        spare::run(&mut || take(guard, inuse, margin_above));
+        spare::run(&mut || take(guard, inuse, margin_above, Some(freed)));
     }
 }
 
@@ -134,16 +140,16 @@ fn margin_above(level: u64) -> u64 {
 
 /// Copies the bucket counts as the peak at `inuse` bytes, unless the copy kept is at a level whose `bar` is
 /// not below `inuse` (see [`Levels::replace`]).
-fn take(guard: &Guard, inuse: u64, bar: fn(u64) -> u64) {
+fn take(guard: &Guard, inuse: u64, bar: fn(u64) -> u64, freed: Option<&LiveEntry>) {
     let mut peak = PEAK.lock();
     let peak = &mut *peak;
     let copied = LEVELS.replace(inuse, bar, || {
-        peak.copy.take(guard);
+        peak.copy.take(guard, &mut peak.live, freed);
         peak.time_nanos = clock::now_nanos();
     });
     if copied {
         COPIES.fetch_add(1, Relaxed);
-        COPY_BYTES.store(peak.copy.bytes(), Relaxed);
+        COPY_BYTES.store(peak.copy.bytes() + peak.live.bytes(), Relaxed);
     }
 }
 
@@ -168,7 +174,7 @@ pub(crate) fn copy_bytes() -> usize {
 pub(crate) fn kept(guard: &Guard) -> (Snapshot, i64, i64) {
     let now = totals::inuse_bytes();
     if now >= LEVELS.highest() {
-        take(guard, now, |level| level);
+        take(guard, now, |level| level, None);
     }
     let (copy, time_nanos) = {
         let peak = PEAK.lock();
