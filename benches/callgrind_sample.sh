@@ -47,9 +47,9 @@ echo "instructions per sample, $pairs sampled allocate+free pairs 16 frames deep
 for workload in deep16 deep16x8 deep16exact; do
     file=$(run $workload sampled)
     record=$(inclusive "$file" 'SamplingAllocator<A>::track')
-    untrack=$(inclusive "$file" 'SamplingAllocator<A>::untrack')
-    free=$(inclusive "$file" "SamplingAllocator<A>::record_free")
-    free_maybe=$(inclusive "$file" "SamplingAllocator<A>::free_if_sampled")
+    untrack=$(inclusive "$file" 'allocator::untrack')
+    free=$(inclusive "$file" 'allocator::record_free')
+    free_maybe=$(inclusive "$file" 'allocator::free_if_sampled')
     awk -v w=$workload -v r="$record" -v u="$untrack" -v f="$free" -v m="$free_maybe" -v n=$pairs \
         'BEGIN { printf "%-12s record %6.0f  free %5.0f\n", w, r / n, (u + f + m) / n }'
 done

@@ -141,70 +141,6 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         }
     }
 
-    /// Forgets `ptr`, a candidate by its address (see [`mark::may_be_sampled`]), if it was sampled, returning
-    /// what it recorded (bucket counts are not yet changed). `None` means that `ptr` is a block of the inner
-    /// allocator as the program asked for it.
-    #[cold]
-    #[inline(never)]
-    fn untrack(ptr: *mut u8) -> Option<live::LiveEntry> {
-        // Most candidates that were not sampled stop at the filter, without a lock.
-        if !live::maybe_sampled(ptr) {
-            return None;
-        }
-        let Some(guard) = Guard::enter() else {
-            // Inside the profiler: mostly its own memory, never sampled, but also the program's, which the
-            // profiler may free or grow (a span's extensions, say): the table is asked too, unless this thread
-            // holds one of its stripes, when only the table's own memory is freed. A live stripe is the
-            // highest rank, so whatever else the thread holds, it may take one; not the spare stack, which
-            // ranks below the tables' locks.
-            if live::frees_are_own() {
-                return None;
-            }
-            return live::remove(&Guard::inside(), ptr);
-        };
-        let mut entry = None;
-        stack::with_room_for_free(&guard, || entry = live::remove(&guard, ptr));
-        entry
-    }
-
-    /// Subtracts a freed sampled allocation from the heap totals (see [`subtract`]).
-    #[cold]
-    #[inline(never)]
-    fn record_free(entry: live::LiveEntry) {
-        // Also inside the profiler, which may free a sampled allocation of the program (see `untrack`).
-        let guard = Guard::inside();
-        stack::with_room_for_free(&guard, || subtract(&guard, entry));
-    }
-
-    /// The free of `ptr`, a candidate by its address: forgets it and subtracts it if it was sampled, in one
-    /// entry of the profiler guard and one check of the stack's room, as [`Self::untrack`] and
-    /// [`Self::record_free`] do in two. Returns whether `ptr` was sampled.
-    #[cold]
-    #[inline(never)]
-    fn free_if_sampled(ptr: *mut u8) -> bool {
-        if !live::maybe_sampled(ptr) {
-            return false;
-        }
-        let Some(guard) = Guard::enter() else {
-            // Inside the profiler, as in `untrack`.
-            return match Self::untrack(ptr) {
-                Some(entry) => {
-                    Self::record_free(entry);
-                    true
-                }
-                None => false,
-            };
-        };
-        let mut sampled = false;
-        stack::with_room_for_free(&guard, || {
-            if let Some(entry) = live::remove(&guard, ptr) {
-                subtract(&guard, entry);
-                sampled = true;
-            }
-        });
-        sampled
-    }
-
     /// Enters `ptr` in the live table again after its reallocation failed: its block still has the mark.
     #[cold]
     #[inline(never)]
@@ -250,6 +186,85 @@ fn record_with_stack(
         weight,
         size,
     )
+}
+
+/// Forgets `ptr`, a candidate by its address (see [`mark::may_be_sampled`]), if it was sampled, returning
+/// what it recorded (the heap totals are not yet changed). `None` means that `ptr` is a block of the inner
+/// allocator as the program asked for it.
+#[cold]
+#[inline(never)]
+fn untrack(ptr: *mut u8) -> Option<live::LiveEntry> {
+    // Most candidates that were not sampled stop at the filter, without a lock.
+    if !live::maybe_sampled(ptr) {
+        return None;
+    }
+    let Some(guard) = Guard::enter() else {
+        return untrack_inside(ptr);
+    };
+    let mut entry = None;
+    stack::with_room_for_free(&guard, || entry = live::remove(&guard, ptr));
+    entry
+}
+
+/// [`untrack`] inside the profiler: mostly its own memory, never sampled, but also the program's, which the
+/// profiler may free or grow (a span's extensions, say): the table is asked too, unless this thread holds one
+/// of its stripes, when only the table's own memory is freed. A live stripe is the highest rank, so whatever
+/// else the thread holds, it may take one; not the spare stack, which ranks below the tables' locks.
+#[cold]
+#[inline(never)]
+fn untrack_inside(ptr: *mut u8) -> Option<live::LiveEntry> {
+    if live::frees_are_own() {
+        return None;
+    }
+    live::remove(&Guard::inside(), ptr)
+}
+
+/// Subtracts a freed sampled allocation from the heap totals (see [`subtract`]).
+#[cold]
+#[inline(never)]
+fn record_free(entry: live::LiveEntry) {
+    // Also inside the profiler, which may free a sampled allocation of the program (see `untrack`).
+    let guard = Guard::inside();
+    stack::with_room_for_free(&guard, || subtract(&guard, entry));
+}
+
+/// The free of `ptr`, a candidate by its address: forgets it and subtracts it if it was sampled, in one
+/// entry of the profiler guard and one check of the stack's room, as [`untrack`] and [`record_free`] do in
+/// two. Returns whether `ptr` was sampled. Not generic: one copy, compiled with what it calls.
+#[inline(never)]
+fn free_if_sampled(ptr: *mut u8) -> bool {
+    let Some(slot) = live::candidate(ptr) else {
+        return false;
+    };
+    let Some(guard) = Guard::enter() else {
+        return free_inside(ptr);
+    };
+    let free = |guard: &Guard| match live::remove_candidate(guard, slot, ptr) {
+        Some(entry) => {
+            subtract(guard, entry);
+            true
+        }
+        None => false,
+    };
+    if stack::free_fits(&guard) {
+        return free(&guard);
+    }
+    let mut sampled = false;
+    spare::run(&mut || sampled = free(&guard));
+    sampled
+}
+
+/// [`free_if_sampled`] inside the profiler, as [`untrack_inside`].
+#[cold]
+#[inline(never)]
+fn free_inside(ptr: *mut u8) -> bool {
+    match untrack_inside(ptr) {
+        Some(entry) => {
+            record_free(entry);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Subtracts a freed sampled allocation, out of the live table, from the heap totals, inside the profiler
@@ -393,7 +408,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     unsafe fn dealloc_candidate(ptr: *mut u8, size: usize, align: usize, this: &Self) {
         // SAFETY: `dealloc`'s layout, taken apart by the caller.
         let layout = unsafe { Layout::from_size_align_unchecked(size, align) };
-        if !Self::free_if_sampled(ptr) {
+        if !free_if_sampled(ptr) {
             // SAFETY: forwarded from this function's contract; not sampled, so the inner allocator's block.
             return unsafe { this.inner.dealloc(ptr, layout) };
         }
@@ -423,11 +438,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     ) -> *mut u8 {
         // Untrack before the inner call: once it returns, the old address may already be reused by another
         // thread's sampled allocation.
-        let old = if rate.is_none() {
-            Self::untrack(ptr)
-        } else {
-            None
-        };
+        let old = if rate.is_none() { untrack(ptr) } else { None };
         let rate = rate.or_else(|| sampler::on_alloc(new_size, self.rate));
         // SAFETY: `GlobalAlloc::realloc`'s contract: `new_size` with `layout`'s alignment is a layout.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
@@ -475,7 +486,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
             return new_ptr;
         }
         if let Some(entry) = old {
-            Self::record_free(entry);
+            record_free(entry);
         }
         // One call: its return address is on the allocation path (see `crate::stack::path`).
         if let Some(rate) = rate

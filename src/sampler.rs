@@ -419,6 +419,7 @@ impl Guard {
     }
 
     /// Enters the profiler; `None` if the thread already is inside it (a nested entry must do nothing).
+    #[inline]
     pub(crate) fn enter() -> Option<Guard> {
         STATE
             .try_with(|state| {
@@ -437,6 +438,7 @@ impl Guard {
 }
 
 impl Drop for Guard {
+    #[inline]
     fn drop(&mut self) {
         if !self.entered {
             return;

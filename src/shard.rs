@@ -25,6 +25,7 @@ thread_local! {
 
 /// The current thread's shard, in `0..SHARDS`. Touches only a `const` thread-local without destructor, so
 /// it works during thread exit too.
+#[inline]
 pub(crate) fn index() -> usize {
     SHARD
         .try_with(|shard| {

@@ -24,17 +24,26 @@ struct Rounded {
     byte_units: u64,
 }
 
+#[inline]
 fn rounded(weight: Weight) -> Rounded {
     // From the weight's 2^-32 units.
     Rounded {
-        objects: round(weight.objects, 32 - OBJECT_FRACTION_BITS),
-        byte_units: round(weight.bytes, 32 - BYTE_FRACTION_BITS),
+        objects: round_weight(weight.objects, 32 - OBJECT_FRACTION_BITS),
+        byte_units: round_weight(weight.bytes, 32 - BYTE_FRACTION_BITS),
     }
 }
 
 /// `units` with their low `bits` bits rounded off (to nearest), saturating at `u64::MAX`.
 fn round(units: u128, bits: u32) -> u64 {
     u64::try_from(units.saturating_add(1 << (bits - 1)) >> bits).unwrap_or(u64::MAX)
+}
+
+/// A sample's weight in `units` with their low `bits` bits rounded off (to nearest), modulo 2^64 as the sums
+/// it goes into are: a weight past 2^64 of the sums' units (2^48 bytes) wraps, alike in the allocation and in
+/// its free.
+#[inline]
+fn round_weight(units: u128, bits: u32) -> u64 {
+    (units.wrapping_add(1 << (bits - 1)) >> bits) as u64
 }
 
 /// A sum of byte units that only grows (the freed bytes), wider than a word: `low` takes every addition and
@@ -53,6 +62,7 @@ impl Wide {
         }
     }
 
+    #[inline]
     fn add(&self, units: u64) {
         if self
             .low
@@ -98,6 +108,7 @@ static SUMS: [Padded<Sums>; SHARDS] = [const {
 static INUSE_UNITS: AtomicU64 = AtomicU64::new(0);
 
 /// Adds a sampled allocation; returns the estimated in-use bytes after it.
+#[inline]
 pub(crate) fn on_alloc(weight: Weight) -> u64 {
     let add = rounded(weight);
     SUMS[shard::index()]
@@ -109,6 +120,7 @@ pub(crate) fn on_alloc(weight: Weight) -> u64 {
 }
 
 /// Subtracts a freed sampled allocation; returns the estimated in-use bytes before it.
+#[inline]
 pub(crate) fn on_free(weight: Weight) -> u64 {
     let sub = rounded(weight);
     let sums = &SUMS[shard::index()].0;
@@ -124,11 +136,14 @@ pub(crate) fn inuse_bytes() -> u64 {
 
 /// Bytes, rounded, of a sum in 2^-16 bytes; a sum below zero for an instant (updates in flight on other
 /// threads), in two's complement, reads as 0.
+#[inline]
 fn inuse_bytes_of(units: u64) -> u64 {
-    round(u128::from(clamp(units)), BYTE_FRACTION_BITS)
+    // Below 2^63 units: the rounding cannot overflow.
+    (clamp(units) + (1 << (BYTE_FRACTION_BITS - 1))) >> BYTE_FRACTION_BITS
 }
 
 /// A figure below zero for an instant, in two's complement: read as 0.
+#[inline]
 fn clamp(figure: u64) -> u64 {
     if figure > i64::MAX as u64 { 0 } else { figure }
 }

@@ -220,11 +220,22 @@ pub(crate) fn stackless_samples() -> u64 {
 /// guard.
 #[inline(always)]
 pub(crate) fn with_room_for_free(guard: &Guard, mut f: impl FnMut()) {
-    if Room::here(guard).fits(NEEDS.free) {
+    if free_fits(guard) {
         f();
     } else {
         spare::run(&mut f);
     }
+}
+
+/// Whether the bookkeeping of the free of a sampled allocation fits on this thread's stack here (see
+/// [`with_room_for_free`]), inside the profiler guard: as `Room::here(guard).fits(..)`, in one comparison, but
+/// for a stack smaller than what the free needs, where it says no.
+#[inline(always)]
+pub(crate) fn free_fits(guard: &Guard) -> bool {
+    let (low, _) = stack_bounds(guard);
+    // Below `low` (another stack than the thread's own, or bounds not read), the difference wraps: room
+    // unknown, allowed.
+    stack_pointer().wrapping_sub(low) >= NEEDS.free
 }
 
 /// The stack left to the current thread below its stack pointer, from its stack bounds: how far a sampled

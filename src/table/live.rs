@@ -104,23 +104,37 @@ fn slot_of(ptr: usize) -> usize {
     (stripe << SLOT_BITS | within) as usize
 }
 
-/// The hash of a slot's pointers in their stripe's table.
+/// The hash of a slot's pointers in their stripe's table: one product, whose low bits (where hashbrown
+/// starts its probe) are a permutation of the slot's own, already a hash, and whose top bits (the tags
+/// hashbrown compares) mix all of them.
+#[inline]
 fn table_hash(slot: usize) -> u64 {
-    let h = (slot as u64).wrapping_mul(TABLE_MIX);
-    h ^ h >> 32
+    (slot as u64).wrapping_mul(TABLE_MIX)
 }
 
 /// The stripe of a slot: every pointer of the slot is in it, so its lock orders the slot's updates.
+#[inline]
 fn stripe(slot: usize) -> &'static Stripe {
     debug_assert!(slot < FILTER_SLOTS);
-    &LIVE[slot >> SLOT_BITS].0
+    &LIVE[slot >> SLOT_BITS & (STRIPES - 1)].0
 }
 
 /// Whether `ptr` may be a live sampled allocation. `false` is certain; `true` needs [`remove`] to tell.
 #[inline(always)]
 pub(crate) fn maybe_sampled(ptr: *mut u8) -> bool {
+    candidate(ptr).is_some()
+}
+
+/// The filter slot of a pointer that may be a live sampled allocation (see [`candidate`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Slot(usize);
+
+/// `ptr`'s filter slot if `ptr` may be a live sampled allocation; `None` is certain, a slot needs
+/// [`remove_candidate`] to tell.
+#[inline(always)]
+pub(crate) fn candidate(ptr: *mut u8) -> Option<Slot> {
     let slot = slot_of(ptr as usize);
-    marked(&FILTER[slot / 64], slot % 64)
+    marked(&FILTER[slot / 64], slot % 64).then_some(Slot(slot))
 }
 
 /// Whether bit `bit` of the filter word `word` is set: one relaxed load. A free of a sampled pointer finds
@@ -209,12 +223,14 @@ pub(crate) fn frees_are_own() -> bool {
 /// Sets or clears the filter bit of `slot`. The caller holds the slot's stripe lock, and a filter word's 64
 /// slots all belong to that one stripe, so no other thread writes the word meanwhile: a plain load and store,
 /// without a locked instruction, is enough.
+#[inline]
 fn set_filter_bit(slot: usize, set: bool) {
     debug_assert!(crate::lock::holds(Rank::LiveStripe));
     mark(&FILTER[slot / 64], slot % 64, set);
 }
 
 /// Sets or clears bit `bit` of the filter word `word`, whose writers all hold one lock.
+#[inline]
 fn mark(word: &impl Atomic<u64>, bit: usize, set: bool) {
     let bit = 1 << bit;
     let old = word.load(Relaxed);
@@ -223,10 +239,15 @@ fn mark(word: &impl Atomic<u64>, bit: usize, set: bool) {
 
 /// Removes `ptr` if it is a live sampled allocation and returns what it recorded, inside the profiler guard,
 /// before the memory is given back to the inner allocator.
-#[inline]
-pub(crate) fn remove(_: &Guard, ptr: *mut u8) -> Option<LiveEntry> {
+pub(crate) fn remove(guard: &Guard, ptr: *mut u8) -> Option<LiveEntry> {
+    remove_candidate(guard, Slot(slot_of(ptr as usize)), ptr)
+}
+
+/// [`remove`] of `ptr`, whose slot [`candidate`] gave.
+#[inline(always)]
+pub(crate) fn remove_candidate(_: &Guard, Slot(slot): Slot, ptr: *mut u8) -> Option<LiveEntry> {
+    debug_assert_eq!(slot, slot_of(ptr as usize));
     let ptr = ptr as usize;
-    let slot = slot_of(ptr);
     let hash = table_hash(slot);
     let stripe = stripe(slot);
     let mut table = stripe.table.lock();

@@ -52,6 +52,7 @@ pub(crate) fn hash_map_bytes<K, V, S>(map: &std::collections::HashMap<K, V, S>) 
 
 /// Adds `delta` (wrapping) to a count that only the holder of its stripe's lock changes, and that is read
 /// without the lock: a plain load and store, no locked instruction.
+#[inline]
 fn bump(count: &core::sync::atomic::AtomicU64, delta: u64) {
     use core::sync::atomic::Ordering::Relaxed;
     debug_assert!(

@@ -115,7 +115,8 @@ pub(crate) fn after_alloc(inuse: u64) {
 #[inline(always)]
 pub(crate) fn before_free(guard: &Guard, inuse: u64, freed: &LiveEntry) {
     debug_assert!(!lock::holds(Rank::BucketStripe) && !lock::holds(Rank::LiveStripe));
-    if inuse >= LEVELS.highest.load(Relaxed) {
+    // Two necessary conditions of `ends_peak`, without its margin.
+    if inuse >= LEVELS.highest.load(Relaxed) && inuse > LEVELS.level.load(Relaxed) {
         at_highest(guard, inuse, freed);
     }
 }
