@@ -239,18 +239,30 @@ fn free_if_sampled(ptr: *mut u8) -> bool {
     let Some(guard) = Guard::enter() else {
         return free_inside(ptr);
     };
-    let free = |guard: &Guard| match live::remove_candidate(guard, slot, ptr) {
+    if !stack::free_fits(&guard) {
+        return free_on_spare_stack(&guard, slot, ptr);
+    }
+    free_candidate(&guard, slot, ptr)
+}
+
+/// The bookkeeping of [`free_if_sampled`], once its guard is entered and its stack's room checked.
+#[inline(always)]
+fn free_candidate(guard: &Guard, slot: live::Slot, ptr: *mut u8) -> bool {
+    match live::remove_candidate(guard, slot, ptr) {
         Some(entry) => {
             subtract(guard, entry);
             true
         }
         None => false,
-    };
-    if stack::free_fits(&guard) {
-        return free(&guard);
     }
+}
+
+/// [`free_candidate`] on the spare stack, for a thread whose stack has not the room for it.
+#[cold]
+#[inline(never)]
+fn free_on_spare_stack(guard: &Guard, slot: live::Slot, ptr: *mut u8) -> bool {
     let mut sampled = false;
-    spare::run(&mut || sampled = free(&guard));
+    spare::run(&mut || sampled = free_candidate(guard, slot, ptr));
     sampled
 }
 

@@ -232,7 +232,10 @@ pub(crate) fn with_room_for_free(guard: &Guard, mut f: impl FnMut()) {
 /// for a stack smaller than what the free needs, where it says no.
 #[inline(always)]
 pub(crate) fn free_fits(guard: &Guard) -> bool {
-    let (low, _) = stack_bounds(guard);
+    let low = match STACK_BOUNDS.try_with(|bounds| bounds.get().0) {
+        Ok(0) => first_stack_bounds(guard).0,
+        known => known.unwrap_or(1),
+    };
     // Below `low` (another stack than the thread's own, or bounds not read), the difference wraps: room
     // unknown, allowed.
     stack_pointer().wrapping_sub(low) >= NEEDS.free
