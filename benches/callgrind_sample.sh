@@ -6,7 +6,7 @@
 #
 #   benches/callgrind_sample.sh [--whole]
 #
-# A sample's record is what `SamplingAllocator::track` costs (stack, bucket, live entry, totals, peak); its
+# A sample's record is what `track` costs (stack, bucket, live entry, totals, peak); its
 # free, what `free_if_sampled` costs (or `untrack` and `record_free`, as a reallocation frees); the inner
 # allocator's own free is not counted. Both are inclusive counts divided by the pairs the workload makes.
 set -eu
@@ -46,7 +46,7 @@ total() {
 echo "instructions per sample, $pairs sampled allocate+free pairs 16 frames deep"
 for workload in deep16 deep16x8 deep16exact; do
     file=$(run $workload sampled)
-    record=$(inclusive "$file" 'SamplingAllocator<A>::track')
+    record=$(inclusive "$file" 'allocator::track')
     untrack=$(inclusive "$file" 'allocator::untrack')
     free=$(inclusive "$file" 'allocator::record_free')
     free_maybe=$(inclusive "$file" 'allocator::free_if_sampled')

@@ -9,7 +9,7 @@ use crate::mark;
 use crate::sampler::{self, DEFAULT_SAMPLE_RATE, Guard};
 use crate::stack::{self, Room, Stack, path, spare};
 use crate::table::peak;
-use crate::table::{Weight, buckets, live};
+use crate::table::{Sample, buckets, live};
 use crate::totals;
 
 /// A global allocator that samples the allocations of an inner allocator into a heap profile.
@@ -79,68 +79,6 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         &self.inner
     }
 
-    /// Records a sampled allocation of `size` bytes at `ptr` (non-null, in a block of [`mark::block_layout`]),
-    /// before `ptr` reaches the program: in the bucket of its stack and the thread's labels, in the live
-    /// table, and in the heap totals. It is always entered in the live table, whose entries tell which blocks
-    /// have the mark, so the guard is entered without being asked: a sampled allocation is never nested in the
-    /// profiler (see `sampler::on_alloc`). The
-    /// stack is captured only when the thread's stack has room for the walk (see [`stack::Room`]); otherwise
-    /// the sample is recorded with no stack, under `[stack not captured]`, with its full weight.
-    ///
-    /// Rate 0 marks the probe that learns the allocation path (see [`crate::stack::path`]): its stack is
-    /// learned from, and nothing is recorded.
-    #[cold]
-    #[inline(never)]
-    fn track(ptr: *mut u8, size: usize, rate: usize) {
-        let entry = Self::track as fn(*mut u8, usize, usize) as usize;
-        if !path::learning_started() {
-            // Before the guard: the probes' allocations must be sampled.
-            path::learn();
-        }
-        let guard = Guard::inside();
-        if rate == 0 {
-            path::record_probe(&guard, entry);
-            return;
-        }
-        crate::fork::register_fork_handlers();
-        let weight = Weight::of(size, rate);
-        let labels = labels::for_sample();
-        // This frame stays small: the captured stack lives in the frame of `record_with_stack`, entered only
-        // when the walk fits; a sample without its stack is recorded on the spare stack.
-        let room = Room::here(&guard);
-        if room.fits_walk() {
-            let bucket = record_with_stack(
-                &guard,
-                entry,
-                stack::frame_pointer(),
-                room,
-                labels,
-                weight,
-                size,
-            );
-            record_live(&guard, ptr, bucket, weight, size);
-        } else {
-            stack::note_stackless_sample();
-            spare::run(&mut || {
-                record_live(
-                    &guard,
-                    ptr,
-                    buckets::record_alloc(
-                        &guard,
-                        &[],
-                        false,
-                        stack::Repeat::NONE,
-                        labels,
-                        weight,
-                        size,
-                    ),
-                    weight,
-                    size,
-                );
-            });
-        }
-    }
-
     /// Enters `ptr` in the live table again after its reallocation failed: its block still has the mark.
     #[cold]
     #[inline(never)]
@@ -151,27 +89,88 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
     }
 }
 
-/// Captures the stack of a sampled allocation whose entry point is `entry` (with frame pointer
-/// `entry_frame`), given the `room` its thread's stack has left there, and adds the sample to its bucket.
-/// Not generic, so that one copy serves every inner allocator.
+/// Records a sampled allocation of `size` bytes at `ptr` (non-null, in a block of [`mark::block_layout`]),
+/// before `ptr` reaches the program: in the bucket of its stack and the thread's labels, in the live table,
+/// and in the heap totals. It is always entered in the live table, whose entries tell which blocks have the
+/// mark, so the guard is entered without being asked: a sampled allocation is never nested in the profiler
+/// (see `sampler::on_alloc`). The stack is captured only when the thread's stack has room for the walk (see
+/// [`stack::Room`]); otherwise the sample is recorded with no stack, under `[stack not captured]`, with its
+/// full weight. Not generic: one copy, compiled with what it calls.
+///
+/// Rate 0 marks the probe that learns the allocation path (see [`crate::stack::path`]): its stack is
+/// learned from, and nothing is recorded.
+#[cold]
+#[inline(never)]
+fn track(ptr: *mut u8, size: usize, rate: usize) {
+    let entry = track as fn(*mut u8, usize, usize) as usize;
+    if !path::learning_started() {
+        // Before the guard: the probes' allocations must be sampled.
+        path::learn();
+    }
+    let guard = Guard::inside();
+    if rate == 0 {
+        path::record_probe(&guard, entry);
+        return;
+    }
+    crate::fork::register_fork_handlers();
+    // This frame stays small, and computes nothing before the room is checked: the captured stack and the
+    // sample live in the frame of `record_with_stack`, entered only when the walk fits; a sample without its
+    // stack is recorded on the spare stack.
+    let room = Room::here(&guard);
+    if !room.fits_walk() {
+        return track_stackless(&guard, ptr, size, rate);
+    }
+    record_with_stack(&guard, entry, stack::frame_pointer(), room, ptr, size, rate);
+}
+
+/// [`track`] of a sampled allocation whose stack the thread has not the room to capture: on the spare stack,
+/// with no stack.
+#[cold]
+#[inline(never)]
+fn track_stackless(guard: &Guard, ptr: *mut u8, size: usize, rate: usize) {
+    stack::note_stackless_sample();
+    spare::run(&mut || {
+        let sample = Sample::of(size, rate);
+        let labels = labels::for_sample();
+        let bucket = buckets::record_alloc(guard, &[], false, stack::Repeat::NONE, labels, &sample);
+        record_live(guard, ptr, bucket, &sample);
+    });
+}
+
+/// Records the sampled allocation of `size` bytes at `ptr`, taken at `rate`, whose entry point is `entry`
+/// (with frame pointer `entry_frame`), given the `room` its thread's stack has left there: captures its
+/// stack, adds it to its bucket, enters it in the live table and the heap totals.
 #[inline(never)]
 fn record_with_stack(
     guard: &Guard,
     entry: usize,
     entry_frame: usize,
     room: Room,
-    labels: LabelSet,
-    weight: Weight,
+    ptr: *mut u8,
     size: usize,
-) -> buckets::BucketId {
+    rate: usize,
+) {
+    let sample = Sample::of(size, rate);
+    let labels = labels::for_sample();
     let mut stack = Stack::empty();
     if !stack.capture(guard, entry, entry_frame, room) {
         stack::note_stackless_sample();
     }
+    let bucket = bucket_of(guard, &mut stack, labels, &sample);
+    record_live(guard, ptr, bucket, &sample);
+}
+
+/// Adds `sample`, with its captured `stack`, to its bucket.
+#[inline(always)]
+fn bucket_of(
+    guard: &Guard,
+    stack: &mut Stack,
+    labels: LabelSet,
+    sample: &Sample,
+) -> buckets::BucketId {
     if !stack.written() {
         // The thread's last stack again, its frames not written: most often its bucket is the last one's.
-        if let Some(id) =
-            buckets::record_repeat(guard, &[], false, stack.repeat(), labels, weight, size)
+        if let Some(id) = buckets::record_repeat(guard, &[], false, stack.repeat(), labels, sample)
         {
             return id;
         }
@@ -183,8 +182,7 @@ fn record_with_stack(
         stack.truncated(),
         stack.repeat(),
         labels,
-        weight,
-        size,
+        sample,
     )
 }
 
@@ -288,24 +286,19 @@ fn subtract(guard: &Guard, entry: live::LiveEntry) {
     peak::before_free(guard, totals::on_free(entry.weight), &entry);
 }
 
-/// Enters a sampled allocation of `size` bytes recorded in `bucket` in the live table and the heap totals.
-fn record_live(
-    guard: &Guard,
-    ptr: *mut u8,
-    bucket: buckets::BucketId,
-    weight: Weight,
-    size: usize,
-) {
+/// Enters `sample`, a sampled allocation at `ptr` recorded in `bucket`, in the live table and the heap totals.
+#[inline(always)]
+fn record_live(guard: &Guard, ptr: *mut u8, bucket: buckets::BucketId, sample: &Sample) {
     live::insert(
         guard,
         ptr,
         live::LiveEntry {
             bucket,
-            weight,
-            size,
+            weight: sample.weight,
+            size: sample.size,
         },
     );
-    peak::after_alloc(totals::on_alloc(weight));
+    peak::after_alloc(totals::on_alloc(sample.weight));
 }
 
 // SAFETY: an allocation that is not sampled is the inner allocator's, with the caller's arguments and result
@@ -404,7 +397,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         }
         // One call: its return address is on the allocation path (see `crate::stack::path`).
         if recorded && !ptr.is_null() {
-            Self::track(ptr, layout.size(), rate);
+            track(ptr, layout.size(), rate);
         }
         ptr
     }
@@ -504,7 +497,7 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         if let Some(rate) = rate
             && (rate == 0 || marked.is_some())
         {
-            Self::track(new_ptr, new_size, rate);
+            track(new_ptr, new_size, rate);
         }
         new_ptr
     }

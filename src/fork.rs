@@ -11,6 +11,7 @@ static FORK_HANDLERS: Once = Once::new();
 /// order (see [`crate::lock::Rank`]), as glibc does for malloc's arenas, so that the child never inherits a lock held by a thread it does not have, and
 /// a half-updated table. Both sides release them after the fork. Called by the process constructor (see
 /// [`crate::config`]), before `main`, and by every sampled allocation in case constructors did not run.
+#[inline]
 pub(crate) fn register_fork_handlers() {
     // Registered before any thread can see it done, so no fork can slip between the two.
     FORK_HANDLERS.call_once(|| {

@@ -270,6 +270,7 @@ pub(crate) fn set_current(set: LabelSet) {
 
 /// The label set to charge a sampled allocation to: the current thread's, or the empty set (counted as
 /// dropped) when its set was not kept. One thread-local load; called on the allocator's slow path.
+#[inline]
 pub(crate) fn for_sample() -> LabelSet {
     match CURRENT.try_with(Cell::get).unwrap_or(0) {
         DROPPED => {

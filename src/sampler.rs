@@ -453,6 +453,7 @@ impl Drop for Guard {
 impl Guard {
     /// Enters the profiler, or proves that the thread already is inside it (or has lost its thread-local
     /// state, so that nothing it allocates is sampled either).
+    #[inline]
     pub(crate) fn inside() -> Guard {
         Guard::enter().unwrap_or(Guard::new(false))
     }

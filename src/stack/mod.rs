@@ -99,6 +99,7 @@ pub fn set_unwinder(unwinder: Unwinder) {
 }
 
 /// The unwinder in use (see [`set_unwinder`]).
+#[inline]
 pub fn unwinder() -> Unwinder {
     match UNWINDER.load(Relaxed) {
         1 if FRAME_POINTERS_SUPPORTED => Unwinder::FramePointer,
@@ -259,12 +260,14 @@ impl Room {
         Room((low..high).contains(&sp).then(|| sp - low))
     }
 
+    #[inline]
     fn fits(self, need: usize) -> bool {
         self.0.is_none_or(|room| room >= need)
     }
 
     /// Whether the unwinder in use can walk the stack and the sample be recorded, when the walk needs
     /// nothing more than its table or the frame pointers.
+    #[inline]
     pub(crate) fn fits_walk(self) -> bool {
         self.fits(match unwinder() {
             Unwinder::FramePointer => NEEDS.frame_pointers,

@@ -12,7 +12,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::collections::HashMap;
 
 use super::live::{self, LiveEntry};
-use super::{Lock, Rank, STRIPES, Variance, Weight, WordHasher, bump};
+use super::{Lock, Rank, STRIPES, Sample, Variance, Weight, WordHasher, bump};
 use crate::labels::LabelSet;
 use crate::lock::AnyLock;
 use crate::sampler::Guard;
@@ -209,10 +209,10 @@ impl Sums {
         size: 0,
     };
 
-    /// Adds a sampled allocation of `size` bytes with weight `w`.
-    pub(crate) fn add(&mut self, w: Weight, size: usize) {
-        self.allocated.add(w, w.variance(size));
-        self.size = merged_size(self.size, size as u64);
+    /// Adds a sampled allocation.
+    pub(crate) fn add(&mut self, sample: &Sample) {
+        self.allocated.add(sample.weight, sample.variance);
+        self.size = merged_size(self.size, sample.size as u64);
     }
 
     /// The counts: what was allocated, and of it, `inuse`, the sums over the sampled allocations still live.
@@ -379,7 +379,7 @@ thread_local! {
         const { Cell::new((0, LabelSet::EMPTY, BucketId::OVERFLOW)) };
 }
 
-/// Adds a sampled allocation of `size` bytes to the bucket of its stack (`frames`, innermost first, and
+/// Adds `sample`, a sampled allocation, to the bucket of its stack (`frames`, innermost first, and
 /// whether they were cut at the maximum depth; no frames for a stack not captured) and `labels`, creating the
 /// bucket if needed. A stack that `repeat` says is the same as the thread's last one, under the same labels,
 /// goes to the last one's bucket without being hashed or compared (see [`record_repeat`]).
@@ -390,18 +390,17 @@ pub(crate) fn record_alloc(
     truncated: bool,
     repeat: Repeat,
     labels: LabelSet,
-    weight: Weight,
-    size: usize,
+    sample: &Sample,
 ) -> BucketId {
-    if let Some(id) = record_repeat(guard, frames, truncated, repeat, labels, weight, size) {
+    if let Some(id) = record_repeat(guard, frames, truncated, repeat, labels, sample) {
         return id;
     }
-    let id = find_or_add(frames, truncated, labels, weight, size);
+    let id = find_or_add(frames, truncated, labels, sample);
     remember_bucket(repeat, labels, id);
     id
 }
 
-/// Adds a sampled allocation of `size` bytes to the bucket of the thread's last sample if `repeat` says its
+/// Adds `sample`, a sampled allocation, to the bucket of the thread's last sample if `repeat` says its
 /// stack is the same as that sample's and `labels` are the same; else returns `None`, having done nothing.
 /// The stack's `frames` and `truncated` need not be written, as the bucket's are the same; in builds with
 /// debug assertions they are, and are compared with the bucket's.
@@ -412,8 +411,7 @@ pub(crate) fn record_repeat(
     truncated: bool,
     repeat: Repeat,
     labels: LabelSet,
-    weight: Weight,
-    size: usize,
+    sample: &Sample,
 ) -> Option<BucketId> {
     let last = LAST_BUCKET
         .try_with(Cell::get)
@@ -429,7 +427,7 @@ pub(crate) fn record_repeat(
         *bucket.frames == *frames && bucket.truncated == truncated,
         "a repeated stack is not its last bucket's"
     );
-    bucket.sums.add(weight, size);
+    bucket.sums.add(sample);
     bump(&line.samples, 1);
     remember_bucket(repeat, labels, id);
     Some(id)
@@ -446,13 +444,7 @@ fn remember_bucket(repeat: Repeat, labels: LabelSet, id: BucketId) {
 }
 
 /// [`record_alloc`] by hashing and comparing the stack.
-fn find_or_add(
-    frames: &[usize],
-    truncated: bool,
-    labels: LabelSet,
-    weight: Weight,
-    size: usize,
-) -> BucketId {
+fn find_or_add(frames: &[usize], truncated: bool, labels: LabelSet, sample: &Sample) -> BucketId {
     let hash =
         hash_frames(frames, truncated) ^ u64::from(labels.id()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let stripe_no =
@@ -463,7 +455,7 @@ fn find_or_add(
     let mut slot = stripe.index.get(&hash).copied().unwrap_or(u32::MAX);
     while let Some(bucket) = stripe.buckets.get_mut(slot as usize) {
         if bucket.labels == labels && bucket.truncated == truncated && *bucket.frames == *frames {
-            bucket.sums.add(weight, size);
+            bucket.sums.add(sample);
             return BucketId::new(stripe_no, slot as usize);
         }
         slot = bucket.next;
@@ -474,7 +466,7 @@ fn find_or_add(
     {
         drop(stripe);
         OVERFLOW_SAMPLES.fetch_add(1, Relaxed);
-        OVERFLOW.lock().add(weight, size);
+        OVERFLOW.lock().add(sample);
         return BucketId::OVERFLOW;
     }
     BUCKETS.fetch_add(1, Relaxed);
@@ -484,7 +476,7 @@ fn find_or_add(
     let before = allocated(&stripe);
     let next = stripe.index.insert(hash, index as u32).unwrap_or(u32::MAX);
     let mut sums = Sums::ZERO;
-    sums.add(weight, size);
+    sums.add(sample);
     stripe.buckets.push(Bucket {
         frames: frames.into(),
         truncated,
@@ -821,12 +813,12 @@ mod tests {
     fn fractional_weights_sum_without_rounding_bias() {
         // A 1-byte allocation at rate 2 weighs 1/p = 2.541 objects and bytes: a million of them sum to
         // 2,541,494, where rounding each weight would give 3,000,000.
-        let w = Weight::of(1, 2);
+        let sample = Sample::computed(1, 2);
         let mut sums = Sums::ZERO;
         let mut live = Moments::ZERO;
         (0..1_000_000).for_each(|_| {
-            sums.add(w, 1);
-            live.add(w, w.variance(1));
+            sums.add(&sample);
+            live.add(sample.weight, sample.variance);
         });
         let expected = 1_000_000.0 / -(-0.5f64).exp_m1();
         let counts = sums.counts(&live);
@@ -841,33 +833,33 @@ mod tests {
 
     #[test]
     fn a_bucket_has_a_block_size_while_its_samples_have_one_size() {
-        let w = Weight::of(7200, 1 << 19);
+        let w = Sample::computed(7200, 1 << 19);
         let mut sums = Sums::ZERO;
         assert_eq!(sums.counts(&Moments::ZERO).block_size(), None);
-        sums.add(w, 7200);
-        sums.add(w, 7200);
+        sums.add(&w);
+        sums.add(&w);
         let mut counts = sums.counts(&Moments::ZERO);
         assert_eq!(counts.block_size(), Some(7200));
         let mut other = Sums::ZERO;
-        other.add(w, 7200);
+        other.add(&w);
         counts.merge(&other.counts(&Moments::ZERO));
         assert_eq!(
             counts.block_size(),
             Some(7200),
             "one size merged with itself"
         );
-        other.add(Weight::of(640, 1 << 19), 640);
+        other.add(&Sample::computed(640, 1 << 19));
         counts.merge(&other.counts(&Moments::ZERO));
         assert_eq!(counts.block_size(), None, "two sizes merged");
         let mut grown = Sums::ZERO;
-        grown.add(w, 7200);
-        grown.add(w, 7201);
+        grown.add(&w);
+        grown.add(&Sample { size: 7201, ..w });
         assert_eq!(
             grown.counts(&Moments::ZERO).block_size(),
             None,
             "a second size"
         );
-        grown.add(w, 7200);
+        grown.add(&w);
         assert_eq!(
             grown.counts(&Moments::ZERO).block_size(),
             None,

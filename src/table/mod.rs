@@ -82,25 +82,6 @@ pub(crate) struct Weight {
 
 impl Weight {
     /// The weight of a sampled allocation of `size` bytes taken at `rate` (see [`crate::sampler`]).
-    /// The last weight of each thread is kept with its size and rate: a thread that samples one size again
-    /// (a buffer allocated in a loop) reuses it, where computing it takes an `expm1` and two divisions.
-    pub(crate) fn of(size: usize, rate: usize) -> Weight {
-        // Rate 0 samples nothing (the probe of the allocation path is not recorded), and marks the empty
-        // memo.
-        debug_assert!(rate != 0);
-        LAST_WEIGHT
-            .try_with(|last| {
-                let (last_size, last_rate, weight) = last.get();
-                if last_size == size && last_rate == rate {
-                    return weight;
-                }
-                let weight = Weight::computed(size, rate);
-                last.set((size, rate, weight));
-                weight
-            })
-            .unwrap_or_else(|_| Weight::computed(size, rate))
-    }
-
     fn computed(size: usize, rate: usize) -> Weight {
         let (objects, bytes) = crate::sampler::weights(size, rate);
         Weight {
@@ -130,11 +111,66 @@ impl Weight {
     }
 }
 
+/// A sampled allocation as its bucket counts it: its size in bytes, its weight, and the variance it adds
+/// (see [`Weight::variance`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Sample {
+    pub(crate) size: usize,
+    pub(crate) weight: Weight,
+    pub(crate) variance: Variance,
+}
+
+impl Sample {
+    /// A sampled allocation of `size` bytes taken at `rate` (see [`crate::sampler`]). The last sample of
+    /// each thread is kept with its rate: a thread that samples one size again (a buffer allocated in a loop)
+    /// reuses it, where computing it takes an `expm1`, two divisions and two products.
+    #[inline]
+    pub(crate) fn of(size: usize, rate: usize) -> Sample {
+        // Rate 0 samples nothing (the probe of the allocation path is not recorded), and marks the empty
+        // memo.
+        debug_assert!(rate != 0);
+        LAST_SAMPLE
+            .try_with(|last| {
+                let (last_rate, sample) = last.get();
+                if last_rate == rate && sample.size == size {
+                    return sample;
+                }
+                let sample = Sample::computed(size, rate);
+                last.set((rate, sample));
+                sample
+            })
+            .unwrap_or_else(|_| Sample::computed(size, rate))
+    }
+
+    fn computed(size: usize, rate: usize) -> Sample {
+        let weight = Weight::computed(size, rate);
+        Sample {
+            size,
+            weight,
+            variance: weight.variance(size),
+        }
+    }
+}
+
 thread_local! {
-    /// This thread's last [`Weight::of`]: size, rate (0 for none) and weight. `const`, without destructor:
-    /// usable inside the allocator and during thread exit.
-    static LAST_WEIGHT: core::cell::Cell<(usize, usize, Weight)> =
-        const { core::cell::Cell::new((0, 0, Weight { objects: 0, bytes: 0 })) };
+    /// This thread's last [`Sample::of`], and its rate (0 for none). `const`, without destructor: usable
+    /// inside the allocator and during thread exit.
+    static LAST_SAMPLE: core::cell::Cell<(usize, Sample)> = const {
+        core::cell::Cell::new((
+            0,
+            Sample {
+                size: 0,
+                weight: Weight {
+                    objects: 0,
+                    bytes: 0,
+                },
+                variance: Variance {
+                    objects: 0,
+                    bytes: 0,
+                },
+            },
+        ))
+    };
 }
 
 /// `a · b` of two figures in [`UNITS`], in [`UNITS`], rounded to nearest: one multiplication when both are
@@ -186,7 +222,7 @@ mod tests {
     }
 
     #[test]
-    fn a_threads_remembered_weight_is_the_weight_of_its_size_and_rate() {
+    fn a_threads_remembered_sample_is_the_sample_of_its_size_and_rate() {
         // Alternating sizes and rates, each twice in a row: the memo answers the second of each pair, and
         // must answer what a computation would.
         for (size, rate) in [
@@ -196,21 +232,24 @@ mod tests {
             (1, 1),
             (4096, 1),
         ] {
-            assert_eq!(Weight::of(size, rate), Weight::computed(size, rate));
-            assert_eq!(Weight::of(size, rate), Weight::computed(size, rate));
+            assert_eq!(Sample::of(size, rate), Sample::computed(size, rate));
+            assert_eq!(Sample::of(size, rate), Sample::computed(size, rate));
         }
     }
 
     #[test]
     fn a_samples_variance_is_one_minus_p_over_p_squared() {
         // Exact mode, and an allocation far above the rate: p = 1, no variance.
-        assert_eq!(Weight::of(4096, 1).variance(4096), Variance::default());
         assert_eq!(
-            Weight::of(64 << 20, 64 << 10).variance(64 << 20),
+            Weight::computed(4096, 1).variance(4096),
+            Variance::default()
+        );
+        assert_eq!(
+            Weight::computed(64 << 20, 64 << 10).variance(64 << 20),
             Variance::default()
         );
         // size = rate: p = 1 − 1/e.
-        let w = Weight::of(1 << 19, 1 << 19);
+        let w = Weight::computed(1 << 19, 1 << 19);
         let v = w.variance(1 << 19);
         let p = 1.0 - (-1.0f64).exp();
         let close = |units: u128, expected: f64| {
@@ -226,7 +265,7 @@ mod tests {
             (1u64 << 19) as f64 * (1u64 << 19) as f64 * (1.0 - p) / (p * p),
         );
         // The same weight gives the same variance: a free subtracts exactly what its allocation added.
-        assert_eq!(Weight::of(1 << 19, 1 << 19).variance(1 << 19), v);
+        assert_eq!(Weight::computed(1 << 19, 1 << 19).variance(1 << 19), v);
     }
 
     #[test]

@@ -104,6 +104,7 @@ static PEAK: Lock<Peak> = Lock::new(
 );
 
 /// After a sampled allocation: `inuse` is the estimated in-use bytes with it.
+#[inline]
 pub(crate) fn after_alloc(inuse: u64) {
     LEVELS.raise(inuse);
 }
