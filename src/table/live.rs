@@ -154,10 +154,11 @@ pub(crate) fn insert(_: &Guard, ptr: *mut u8, entry: LiveEntry) {
     let hash = table_hash(slot);
     let stripe = stripe(slot);
     let mut table = stripe.table.lock();
-    // Growing the table frees its old memory while the lock is held: that free must not look itself up.
-    let _own = OwnFrees::begin();
-    let capacity = table.capacity();
-    // One probe finds the pointer if it is recorded already, or the place for it (the table may grow first).
+    if table.len() == table.capacity() {
+        grow(&mut table);
+    }
+    // One probe finds the pointer if it is recorded already, or the place for it (with room: it does not
+    // grow the table).
     let recorded = match table.entry(
         hash,
         |live| live.ptr == ptr,
@@ -173,15 +174,6 @@ pub(crate) fn insert(_: &Guard, ptr: *mut u8, entry: LiveEntry) {
             false
         }
     };
-    debug_assert!(table.capacity() >= capacity);
-    if table.capacity() != capacity {
-        // Tables only grow: what they allocated stays theirs after their entries are freed.
-        TABLE_BYTES.fetch_add(
-            super::table_bytes(table.capacity(), size_of::<Live>())
-                - super::table_bytes(capacity, size_of::<Live>()),
-            Relaxed,
-        );
-    }
     if recorded {
         return;
     }
@@ -191,6 +183,23 @@ pub(crate) fn insert(_: &Guard, ptr: *mut u8, entry: LiveEntry) {
         set_filter_bit(slot, true);
     }
     bump(&stripe.live, 1);
+}
+
+/// Makes room for one more entry in a stripe's full table, whose lock the caller holds.
+#[cold]
+#[inline(never)]
+fn grow(table: &mut HashTable<Live>) {
+    // Growing the table frees its old memory while the lock is held: that free must not look itself up.
+    let _own = OwnFrees::begin();
+    let capacity = table.capacity();
+    table.reserve(1, |live| table_hash(slot_of(live.ptr)));
+    // Tables only grow: what they allocated stays theirs after their entries are freed.
+    debug_assert!(table.capacity() >= capacity);
+    TABLE_BYTES.fetch_add(
+        super::table_bytes(table.capacity(), size_of::<Live>())
+            - super::table_bytes(capacity, size_of::<Live>()),
+        Relaxed,
+    );
 }
 
 thread_local! {
