@@ -504,6 +504,9 @@ impl Memo {
 
     /// Moves the steps `from..to` to `to_index..`, as `copy_within` does.
     fn move_steps(&mut self, from: usize, to: usize, to_index: usize) {
+        if from == to_index {
+            return;
+        }
         self.cfa.copy_within(from..to, to_index);
         self.ret.copy_within(from..to, to_index);
         self.fp.copy_within(from..to, to_index);
@@ -690,24 +693,24 @@ impl Recorder {
             return;
         }
         if i == self.old && i < self.old_len {
-            self.make_room(memo, cursor.sp);
+            if memo.cfa[i] <= cursor.sp {
+                // The last walk's step at this index is at or below this one: the walk goes on above it, so
+                // no later step rejoins it, and this one takes its place.
+                self.old = i + 1;
+            } else {
+                self.make_room(memo);
+            }
         }
         memo.set_step(i, cursor, return_address);
         self.len = i + 1;
     }
 
-    /// The current walk reached the index of the last walk's next step: passes the steps below stack
-    /// pointer `sp` (they can no longer match), and moves the others to the top of the array, or forgets
-    /// them if they do not fit there.
+    /// The current walk reached the index of the last walk's next step, which lies above the current
+    /// step: moves the last walk's steps from there to the top of the array, or forgets them if they do not
+    /// fit there.
     #[cold]
     #[inline(never)]
-    fn make_room(&mut self, memo: &mut Memo, sp: usize) {
-        while self.old < self.old_len && memo.cfa[self.old] < sp {
-            self.old += 1;
-        }
-        if self.old > self.len || self.old == self.old_len {
-            return;
-        }
+    fn make_room(&mut self, memo: &mut Memo) {
         let to = REMEMBERED_STEPS - (self.old_len - self.old);
         if to > self.len {
             memo.move_steps(self.old, self.old_len, to);
