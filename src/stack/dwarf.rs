@@ -463,11 +463,12 @@ struct Memo {
     /// The frame pointer after each step: read at CFA − 8·slot when its rule has a save slot, else the one
     /// before the step.
     fp: [usize; REMEMBERED_STEPS],
-    /// The frame pointer's save slot of each step's rule, 0 if the rule left the frame pointer as it was.
-    rbp_slot: [u8; REMEMBERED_STEPS],
+    /// Where each step read the frame pointer it saved: CFA − 8·slot, for a step whose rule has a save slot
+    /// (else 0).
+    rbp_at: [usize; REMEMBERED_STEPS],
     /// The steps whose CFA came from the frame pointer.
     from_rbp: u64,
-    /// The steps whose rule has a save slot for the frame pointer (`rbp_slot` is not 0).
+    /// The steps whose rule has a save slot for the frame pointer.
     saves_rbp: u64,
 }
 
@@ -483,19 +484,21 @@ impl Memo {
         cfa: [0; REMEMBERED_STEPS],
         ret: [0; REMEMBERED_STEPS],
         fp: [0; REMEMBERED_STEPS],
-        rbp_slot: [0; REMEMBERED_STEPS],
+        rbp_at: [0; REMEMBERED_STEPS],
         from_rbp: 0,
         saves_rbp: 0,
     };
 
-    /// Remembers, as step `i`, the step the cursor just took, which read `return_address`. The cursor's
-    /// save slot fits a byte (see [`Recorder::record`]).
+    /// Remembers, as step `i`, the step the cursor just took, which read `return_address`.
     #[inline(always)]
     fn set_step(&mut self, i: usize, cursor: &Cursor, return_address: usize) {
         self.cfa[i] = cursor.sp;
         self.ret[i] = return_address;
         self.fp[i] = cursor.fp;
-        self.rbp_slot[i] = cursor.rbp_slot as u8;
+        self.rbp_at[i] = match cursor.rbp_slot {
+            0 => 0,
+            slot => cursor.sp - 8 * slot,
+        };
         let bit = step_bits(i, i + 1);
         let set = |mask: u64, on: bool| if on { mask | bit } else { mask & !bit };
         self.from_rbp = set(self.from_rbp, cursor.from_rbp);
@@ -510,7 +513,7 @@ impl Memo {
         self.cfa.copy_within(from..to, to_index);
         self.ret.copy_within(from..to, to_index);
         self.fp.copy_within(from..to, to_index);
-        self.rbp_slot.copy_within(from..to, to_index);
+        self.rbp_at.copy_within(from..to, to_index);
         self.from_rbp = move_bits(self.from_rbp, from, to, to_index);
         self.saves_rbp = move_bits(self.saves_rbp, from, to, to_index);
     }
@@ -526,34 +529,66 @@ impl Memo {
     ///
     /// The steps must start at or above the current stack pointer: at the start of the remembered walk, when
     /// the current walk starts there too, or at the CFA of step `from − 1`, when the current walk has just
-    /// stepped there. Every word they read then lies in the live part of the thread's stack (see
-    /// [`Memo::returns_differ`]), and all are read, without a branch per step.
+    /// stepped there. The words they read then lie in the live part of the thread's stack: the remembered
+    /// walk checked that each lies in [sp, stack_top) of this thread's stack, with `sp` the stack pointer
+    /// before its step, and is 8-aligned, and the steps' CFAs rise from one step to the next (each above the
+    /// stack pointer before it), so all lie between the stack pointer before step `from` and the stack's top.
+    /// Each can then be read whatever the others hold, and they are read in runs, without a branch per step.
     #[inline(always)]
     fn verify(&self, from: usize, to: usize, fp: usize, remembered_fp: usize) -> Option<usize> {
+        // SAFETY: each step's return address is at its CFA − 8, in the live part of the stack (see above).
+        if unsafe { words_differ::<8>(&self.cfa[from..to], &self.ret[from..to]) } {
+            return None;
+        }
         let steps = step_bits(from, to);
         let saves_rbp = self.saves_rbp & steps;
-        let mut differ = self.returns_differ(from, to);
-        // The steps whose CFA came from the frame pointer (none in code built without frame pointers): the
-        // frame pointer they find is the one the last step before them that saves it reads now, or `fp`.
-        let mut from_rbp = self.from_rbp & steps;
-        while from_rbp != 0 {
-            let i = from_rbp.trailing_zeros() as usize;
-            from_rbp &= from_rbp - 1;
+        let from_rbp = self.from_rbp & steps;
+        // A step whose CFA comes from the frame pointer right after one that saved it (every step, in code
+        // built with frame pointers) finds the frame pointer that one reads now, which must be the one it read.
+        let saved_then_used = (from_rbp >> 1) & saves_rbp;
+        if saved_then_used != 0 && self.saved_differ(saved_then_used) {
+            return None;
+        }
+        // The others find the one that the last step before them that saves it reads now, or `fp`.
+        let mut others = from_rbp & !(saved_then_used << 1);
+        while others != 0 {
+            let i = others.trailing_zeros() as usize;
+            others &= others - 1;
             let expected = if i == from {
                 remembered_fp
             } else {
                 self.fp[i - 1]
             };
-            differ |= self.fp_before(i, saves_rbp, fp) ^ expected;
-        }
-        if differ != 0 {
-            return None;
+            if self.fp_before(i, saves_rbp, fp) != expected {
+                return None;
+            }
         }
         Some(self.fp_before(to, saves_rbp, fp))
     }
 
+    /// Whether the frame pointer that one of the steps `saves` saved differs from the one it read, for steps
+    /// being checked by [`Memo::verify`].
+    fn saved_differ(&self, saves: u64) -> bool {
+        let first = saves.trailing_zeros() as usize;
+        let end = (u64::BITS - saves.leading_zeros()) as usize;
+        if saves == step_bits(first, end) {
+            // SAFETY: each saved frame pointer lies in the live part of the stack (see `verify`).
+            return unsafe { words_differ::<0>(&self.rbp_at[first..end], &self.fp[first..end]) };
+        }
+        let mut saves = saves;
+        let mut differ = 0;
+        while saves != 0 {
+            let i = saves.trailing_zeros() as usize;
+            saves &= saves - 1;
+            // SAFETY: as above.
+            differ |= unsafe { *(self.rbp_at[i] as *const usize) } ^ self.fp[i];
+        }
+        differ != 0
+    }
+
     /// The frame pointer before step `i`, given `fp` before the first step of `saves_rbp`, the steps being
-    /// checked that save it: as the last of them before `i` reads it now, or `fp` if none does.
+    /// checked by [`Memo::verify`] that save it: as the last of them before `i` reads it now, or `fp` if none
+    /// does.
     #[inline(always)]
     fn fp_before(&self, i: usize, saves_rbp: u64, fp: usize) -> usize {
         let before = saves_rbp & step_bits(0, i);
@@ -561,47 +596,50 @@ impl Memo {
             return fp;
         }
         let last = (u64::BITS - 1 - before.leading_zeros()) as usize;
-        // SAFETY: `last` is one of the steps being checked, whose saved frame pointer lies in the live part of
-        // this thread's stack (see `returns_differ`).
-        unsafe { *((self.cfa[last] - 8 * usize::from(self.rbp_slot[last])) as *const usize) }
+        // SAFETY: the saved frame pointer lies in the live part of the stack (see `verify`).
+        unsafe { *(self.rbp_at[last] as *const usize) }
     }
+}
 
-    /// 0 if the return addresses of the steps `from..to` are still at their CFA − 8; else not 0. Compares
-    /// them four at a time, with one branch for the four.
-    #[inline(always)]
-    fn returns_differ(&self, from: usize, to: usize) -> usize {
-        let (cfa, ret) = (&self.cfa[from..to], &self.ret[from..to]);
-        // SAFETY: the remembered walk checked that each word it read lies in [sp, stack_top) of this
-        // thread's stack, with `sp` the stack pointer before the step, and is 8-aligned. The steps' CFAs rise
-        // from one step to the next (each above the stack pointer before it), so the words of steps
-        // `from..to` lie between the stack pointer before step `from` and the stack's top; the current walk
-        // is at or below that stack pointer (see `verify`), so they are in the live, mapped part of this
-        // thread's stack, whatever their values, and each can be read even if an earlier one changed.
-        let differs = |cfa: usize, ret: usize| unsafe { *((cfa - 8) as *const usize) } ^ ret;
-        let four = |cfa: &[usize; 4], ret: &[usize; 4]| {
-            differs(cfa[0], ret[0])
-                | differs(cfa[1], ret[1])
-                | differs(cfa[2], ret[2])
-                | differs(cfa[3], ret[3])
-        };
-        for (cfa, ret) in cfa.as_chunks::<4>().0.iter().zip(ret.as_chunks::<4>().0) {
-            let differ = four(cfa, ret);
-            if differ != 0 {
-                return differ;
-            }
-        }
-        if cfa.len() % 4 == 0 {
-            return 0;
-        }
-        match (cfa.last_chunk::<4>(), ret.last_chunk::<4>()) {
-            // The last four steps again, which takes in the one to three past the last whole four.
-            (Some(cfa), Some(ret)) => four(cfa, ret),
-            _ => cfa
-                .iter()
-                .zip(ret)
-                .fold(0, |differ, (&cfa, &ret)| differ | differs(cfa, ret)),
+/// Whether one of the words at `addresses[i] − BELOW` is no longer `expected[i]`. Compares them four at a
+/// time, with one branch for the four.
+///
+/// # Safety
+///
+/// Every `addresses[i] − BELOW` must be an aligned word of mapped memory.
+#[inline(always)]
+unsafe fn words_differ<const BELOW: usize>(addresses: &[usize], expected: &[usize]) -> bool {
+    // SAFETY: the caller's promise.
+    let differs =
+        |at: usize, expected: usize| unsafe { *((at - BELOW) as *const usize) } ^ expected;
+    let four = |at: &[usize; 4], expected: &[usize; 4]| {
+        differs(at[0], expected[0])
+            | differs(at[1], expected[1])
+            | differs(at[2], expected[2])
+            | differs(at[3], expected[3])
+    };
+    for (at, expected) in addresses
+        .as_chunks::<4>()
+        .0
+        .iter()
+        .zip(expected.as_chunks::<4>().0)
+    {
+        if four(at, expected) != 0 {
+            return true;
         }
     }
+    if addresses.len().is_multiple_of(4) {
+        return false;
+    }
+    let differ = match (addresses.last_chunk::<4>(), expected.last_chunk::<4>()) {
+        // The last four again, which takes in the one to three past the last whole four.
+        (Some(at), Some(expected)) => four(at, expected),
+        _ => addresses
+            .iter()
+            .zip(expected)
+            .fold(0, |differ, (&at, &expected)| differ | differs(at, expected)),
+    };
+    differ != 0
 }
 
 thread_local! {
@@ -671,7 +709,7 @@ pub(super) fn walk(
 struct Recorder {
     /// Steps of the current walk recorded.
     len: usize,
-    /// Whether recording stopped (the array is full, or a save slot does not fit a byte).
+    /// Whether recording stopped (the array is full).
     cut: bool,
     old: usize,
     old_len: usize,
@@ -688,7 +726,7 @@ impl Recorder {
             return;
         }
         let i = self.len;
-        if i >= REMEMBERED_STEPS || cursor.rbp_slot > usize::from(u8::MAX) {
+        if i >= REMEMBERED_STEPS {
             self.cut = true;
             return;
         }
@@ -1118,10 +1156,9 @@ mod tests {
             if read != memo.ret[i] || (memo.from_rbp >> i & 1 == 1 && fp != expected_fp) {
                 return None;
             }
-            let slot = usize::from(memo.rbp_slot[i]);
-            if slot != 0 {
+            if memo.saves_rbp >> i & 1 == 1 {
                 // SAFETY: as above.
-                fp = unsafe { *((memo.cfa[i] - 8 * slot) as *const usize) };
+                fp = unsafe { *(memo.rbp_at[i] as *const usize) };
             }
             expected_fp = memo.fp[i];
         }
@@ -1233,31 +1270,50 @@ mod tests {
             (state % below as u64) as usize
         };
         let (mut accepted, mut refused) = (0, 0);
-        for _ in 0..2000 {
+        for _ in 0..3000 {
             let len = 1 + random(REMEMBERED_STEPS);
             let start_fp = 1000 + random(4);
+            // A third of the walks are as in code built with frame pointers: most steps save the frame
+            // pointer at CFA − 16 and take their CFA from it.
+            let frame_pointers = random(3) == 0;
             let mut memo = Memo::EMPTY;
+            // The index in `stack` of each step's return address, and of its saved frame pointer.
+            let mut read = [(0, None); REMEMBERED_STEPS];
             let (mut sp, mut fp) = (0, start_fp);
-            for step in 0..len {
-                let size = 1 + random(7);
+            for (step, read) in read.iter_mut().enumerate().take(len) {
+                let size = 2 + random(6);
                 let cfa = sp + size;
-                let slot = if random(3) == 0 { 1 + random(size) } else { 0 };
+                let (from_rbp, slot) = match frame_pointers && random(8) != 0 {
+                    true => (true, 2),
+                    false => (
+                        random(3) == 0,
+                        if random(3) == 0 { 1 + random(size) } else { 0 },
+                    ),
+                };
                 set(cfa - 1, 0x5555_0000_0000 + random(1 << 20));
                 if slot != 0 {
                     // Frame pointers from a few values, so that a changed one may be the same again.
                     fp = 1000 + random(4);
                     set(cfa - slot, fp);
                 }
-                let cursor = after_step(base + 8 * cfa, fp, random(3) == 0, slot);
+                let cursor = after_step(base + 8 * cfa, fp, from_rbp, slot);
                 memo.set_step(step, &cursor, get(cfa - 1));
+                *read = (cfa - 1, (slot != 0).then(|| cfa - slot));
                 sp = cfa;
             }
-            // Half the time, a word of the walk's part of the stack changes, perhaps to its own value.
-            if random(2) == 0 {
-                let i = random(sp);
+            // Most of the time, a word of the walk's part of the stack changes, perhaps to its own value: a
+            // return address, a saved frame pointer, or any word.
+            let (return_at, saved_at) = read[random(len)];
+            let changed = match random(4) {
+                0 => None,
+                1 => Some(return_at),
+                2 => saved_at,
+                _ => Some(random(sp)),
+            };
+            if let Some(i) = changed {
                 set(
                     i,
-                    if random(2) == 0 {
+                    if random(4) == 0 {
                         get(i)
                     } else {
                         1000 + random(4)
@@ -1288,7 +1344,7 @@ mod tests {
             }
         }
         // Both answers are common enough to have been tested.
-        assert!(accepted > 500 && refused > 500, "{accepted} {refused}");
+        assert!(accepted > 750 && refused > 750, "{accepted} {refused}");
     }
 
     #[test]
