@@ -337,8 +337,10 @@ struct Cursor {
     stack_top: usize,
     /// Whether the stack has room to compute a rule missing from the table.
     rules_fit: bool,
-    /// The shape of the rule the last step applied, as [`Remembered::word`] keeps it.
-    shape: u64,
+    /// Whether the last step took its CFA from the frame pointer, and the save slot of its rule (see
+    /// [`Rule::Step`]).
+    from_rbp: bool,
+    rbp_slot: usize,
 }
 
 impl Cursor {
@@ -398,7 +400,8 @@ impl Cursor {
             self.fp = unsafe { *((cfa - 8 * rbp_slot) as *const usize) };
         }
         self.sp = cfa;
-        self.shape = (from_rbp as u64) << ADDRESS_BITS | (rbp_slot as u64) << (ADDRESS_BITS + 1);
+        self.from_rbp = from_rbp;
+        self.rbp_slot = rbp_slot;
         if return_address == 0 {
             return Step::ZeroReturn;
         }
@@ -407,42 +410,25 @@ impl Cursor {
     }
 }
 
-/// Steps a thread remembers of its last walk: enough for most stacks of the default depth.
+/// Steps a thread remembers of its last walk: enough for most stacks of the default depth. A step is one bit
+/// of a `u64` in [`Memo`]'s masks.
 const REMEMBERED_STEPS: usize = 64;
+const _: () = assert!(REMEMBERED_STEPS <= u64::BITS as usize);
 
-/// One step of a remembered walk, and what it read. Given the registers before the step, the step depends
-/// only on the rule of their address, which does not change, and on the stack words it reads, which are
-/// kept: if those words are still there, the step goes the same way.
-#[derive(Clone, Copy)]
-struct Remembered {
-    /// The return address read at `cfa − 8` (0 for a step that ended the walk there), with the shape of the
-    /// rule in the bits above it: whether the CFA came from the frame pointer (bit 47), and the frame
-    /// pointer's save slot (bits 48–51, 0 if the frame pointer was left as it was).
-    word: u64,
-    /// The CFA: the caller's stack pointer.
-    cfa: usize,
-    /// The frame pointer after the step: read at `cfa − 8·slot` when the rule has a save slot.
-    fp: usize,
+/// The bits of steps `from..to` of a step mask (`from <= to <= 64`).
+#[inline(always)]
+fn step_bits(from: usize, to: usize) -> u64 {
+    let from_on = |i: usize| u64::MAX.checked_shl(i as u32).unwrap_or(0);
+    from_on(from) & !from_on(to)
 }
 
-impl Remembered {
-    const EMPTY: Remembered = Remembered {
-        word: 0,
-        cfa: 0,
-        fp: 0,
-    };
-
-    fn return_address(self) -> usize {
-        (self.word & ADDRESS_MASK) as usize
-    }
-
-    fn cfa_from_rbp(self) -> bool {
-        self.word >> ADDRESS_BITS & 1 == 1
-    }
-
-    fn rbp_slot(self) -> usize {
-        (self.word >> (ADDRESS_BITS + 1)) as usize
-    }
+/// `mask` with its bits `from..to` moved to `to_index..`, as [`Memo::move_steps`] moves steps.
+fn move_bits(mask: u64, from: usize, to: usize, to_index: usize) -> u64 {
+    let moved = (mask & step_bits(from, to))
+        .checked_shr(from as u32)
+        .unwrap_or(0);
+    (mask & !step_bits(to_index, to_index + (to - from)))
+        | moved.checked_shl(to_index as u32).unwrap_or(0)
 }
 
 /// The last walk of a thread: its steps from the walk's own frame outwards. A walk that reaches a frame at
@@ -450,6 +436,11 @@ impl Remembered {
 /// remembered walk started) checks that the stack words the remembered steps read after it are unchanged,
 /// and copies their return addresses instead of stepping: the stacks of a thread's sampled allocations
 /// mostly share their outer frames, which are then not unwound again.
+///
+/// Given the registers before a step, the step depends only on the rule of their address, which does not
+/// change, and on the stack words it reads, which are kept: if those words are still there, the step goes
+/// the same way. Step `i` is index `i` of each array and bit `i` of each mask, so that the check of the
+/// return addresses runs through two arrays, and the copy of the frames is the copy of one.
 struct Memo {
     /// Steps remembered; 0 for none (the last walk fell back, or did not recognise the entry point).
     len: usize,
@@ -465,58 +456,195 @@ struct Memo {
     /// How many frames the last walk had room for, if it replayed a remembered walk that reached the
     /// outermost frame; else 0.
     pure_room: usize,
-    steps: [Remembered; REMEMBERED_STEPS],
+    /// The CFA of each step: the caller's stack pointer.
+    cfa: [usize; REMEMBERED_STEPS],
+    /// The return address each step read at its CFA − 8 (0 for a step that ended the walk there).
+    ret: [usize; REMEMBERED_STEPS],
+    /// The frame pointer after each step: read at CFA − 8·slot when its rule has a save slot, else the one
+    /// before the step.
+    fp: [usize; REMEMBERED_STEPS],
+    /// Where each step read the frame pointer it saved: CFA − 8·slot, for a step whose rule has a save slot
+    /// (else 0).
+    rbp_at: [usize; REMEMBERED_STEPS],
+    /// The steps whose CFA came from the frame pointer.
+    from_rbp: u64,
+    /// The steps whose rule has a save slot for the frame pointer.
+    saves_rbp: u64,
 }
 
 impl Memo {
+    const EMPTY: Memo = Memo {
+        len: 0,
+        first: 0,
+        ended: false,
+        start_sp: 0,
+        start_fp: 0,
+        serial: 0,
+        pure_room: 0,
+        cfa: [0; REMEMBERED_STEPS],
+        ret: [0; REMEMBERED_STEPS],
+        fp: [0; REMEMBERED_STEPS],
+        rbp_at: [0; REMEMBERED_STEPS],
+        from_rbp: 0,
+        saves_rbp: 0,
+    };
+
+    /// Remembers, as step `i`, the step the cursor just took, which read `return_address`.
+    #[inline(always)]
+    fn set_step(&mut self, i: usize, cursor: &Cursor, return_address: usize) {
+        self.cfa[i] = cursor.sp;
+        self.ret[i] = return_address;
+        self.fp[i] = cursor.fp;
+        self.rbp_at[i] = match cursor.rbp_slot {
+            0 => 0,
+            slot => cursor.sp - 8 * slot,
+        };
+        let bit = step_bits(i, i + 1);
+        let set = |mask: u64, on: bool| if on { mask | bit } else { mask & !bit };
+        self.from_rbp = set(self.from_rbp, cursor.from_rbp);
+        self.saves_rbp = set(self.saves_rbp, cursor.rbp_slot != 0);
+    }
+
+    /// Moves the steps `from..to` to `to_index..`, as `copy_within` does.
+    fn move_steps(&mut self, from: usize, to: usize, to_index: usize) {
+        if from == to_index {
+            return;
+        }
+        self.cfa.copy_within(from..to, to_index);
+        self.ret.copy_within(from..to, to_index);
+        self.fp.copy_within(from..to, to_index);
+        self.rbp_at.copy_within(from..to, to_index);
+        self.from_rbp = move_bits(self.from_rbp, from, to, to_index);
+        self.saves_rbp = move_bits(self.saves_rbp, from, to, to_index);
+    }
+
     /// Whether the steps `from..to` would go the same way again from the registers they were taken from, but
-    /// for the frame pointer, which is `fp` now and was `remembered_fp` before step `from`: every stack word
-    /// they read is unchanged, and every step that takes its CFA from the frame pointer finds the one it
-    /// found then. Returns the frame pointer after the steps.
+    /// for the frame pointer, which is `fp` now and was `remembered_fp` before step `from`: every return
+    /// address they read is unchanged, and every step that takes its CFA from the frame pointer finds the one
+    /// it found then. Returns the frame pointer after the steps.
     ///
     /// A saved frame pointer that differs does not stop the steps: in code built without frame pointers the
     /// register holds anything (a loop counter, a pointer), saved by the callee like any other register, and
     /// only a later step whose CFA is based on it depends on its value.
-    fn verify(&self, from: usize, to: usize, mut fp: usize, remembered_fp: usize) -> Option<usize> {
-        let mut expected_fp = remembered_fp;
-        for step in &self.steps[from..to] {
-            // SAFETY: the remembered walk checked that each word it read lies in [sp, stack_top) of this
-            // thread's stack, with `sp` at or above the stack pointer the steps start from (which is at or
-            // above this walk's), and is 8-aligned; that part of the stack is live and mapped.
-            let read = unsafe { *((step.cfa - 8) as *const usize) } as u64;
-            // Most rules take the CFA from the stack pointer and leave the frame pointer: their word is the
-            // return address alone, and the frame pointer after them is the one before.
-            if read == step.word && step.word <= ADDRESS_MASK {
-                continue;
-            }
-            if read != step.word & ADDRESS_MASK || (step.cfa_from_rbp() && fp != expected_fp) {
+    ///
+    /// The steps must start at or above the current stack pointer: at the start of the remembered walk, when
+    /// the current walk starts there too, or at the CFA of step `from − 1`, when the current walk has just
+    /// stepped there. The words they read then lie in the live part of the thread's stack: the remembered
+    /// walk checked that each lies in [sp, stack_top) of this thread's stack, with `sp` the stack pointer
+    /// before its step, and is 8-aligned, and the steps' CFAs rise from one step to the next (each above the
+    /// stack pointer before it), so all lie between the stack pointer before step `from` and the stack's top.
+    /// Each can then be read whatever the others hold, and they are read in runs, without a branch per step.
+    #[inline(always)]
+    fn verify(&self, from: usize, to: usize, fp: usize, remembered_fp: usize) -> Option<usize> {
+        // SAFETY: each step's return address is at its CFA − 8, in the live part of the stack (see above).
+        if unsafe { words_differ::<8>(&self.cfa[from..to], &self.ret[from..to]) } {
+            return None;
+        }
+        let steps = step_bits(from, to);
+        let saves_rbp = self.saves_rbp & steps;
+        let from_rbp = self.from_rbp & steps;
+        // A step whose CFA comes from the frame pointer right after one that saved it (every step, in code
+        // built with frame pointers) finds the frame pointer that one reads now, which must be the one it read.
+        let saved_then_used = (from_rbp >> 1) & saves_rbp;
+        if saved_then_used != 0 && self.saved_differ(saved_then_used) {
+            return None;
+        }
+        // The others find the one that the last step before them that saves it reads now, or `fp`.
+        let mut others = from_rbp & !(saved_then_used << 1);
+        while others != 0 {
+            let i = others.trailing_zeros() as usize;
+            others &= others - 1;
+            let expected = if i == from {
+                remembered_fp
+            } else {
+                self.fp[i - 1]
+            };
+            if self.fp_before(i, saves_rbp, fp) != expected {
                 return None;
             }
-            let slot = step.rbp_slot();
-            if slot != 0 {
-                // SAFETY: as above.
-                fp = unsafe { *((step.cfa - 8 * slot) as *const usize) };
-            }
-            expected_fp = step.fp;
         }
-        Some(fp)
+        Some(self.fp_before(to, saves_rbp, fp))
     }
+
+    /// Whether the frame pointer that one of the steps `saves` saved differs from the one it read, for steps
+    /// being checked by [`Memo::verify`].
+    fn saved_differ(&self, saves: u64) -> bool {
+        let first = saves.trailing_zeros() as usize;
+        let end = (u64::BITS - saves.leading_zeros()) as usize;
+        if saves == step_bits(first, end) {
+            // SAFETY: each saved frame pointer lies in the live part of the stack (see `verify`).
+            return unsafe { words_differ::<0>(&self.rbp_at[first..end], &self.fp[first..end]) };
+        }
+        let mut saves = saves;
+        let mut differ = 0;
+        while saves != 0 {
+            let i = saves.trailing_zeros() as usize;
+            saves &= saves - 1;
+            // SAFETY: as above.
+            differ |= unsafe { *(self.rbp_at[i] as *const usize) } ^ self.fp[i];
+        }
+        differ != 0
+    }
+
+    /// The frame pointer before step `i`, given `fp` before the first step of `saves_rbp`, the steps being
+    /// checked by [`Memo::verify`] that save it: as the last of them before `i` reads it now, or `fp` if none
+    /// does.
+    #[inline(always)]
+    fn fp_before(&self, i: usize, saves_rbp: u64, fp: usize) -> usize {
+        let before = saves_rbp & step_bits(0, i);
+        if before == 0 {
+            return fp;
+        }
+        let last = (u64::BITS - 1 - before.leading_zeros()) as usize;
+        // SAFETY: the saved frame pointer lies in the live part of the stack (see `verify`).
+        unsafe { *(self.rbp_at[last] as *const usize) }
+    }
+}
+
+/// Whether one of the words at `addresses[i] − BELOW` is no longer `expected[i]`. Compares them four at a
+/// time, with one branch for the four.
+///
+/// # Safety
+///
+/// Every `addresses[i] − BELOW` must be an aligned word of mapped memory.
+#[inline(always)]
+unsafe fn words_differ<const BELOW: usize>(addresses: &[usize], expected: &[usize]) -> bool {
+    // SAFETY: the caller's promise.
+    let differs =
+        |at: usize, expected: usize| unsafe { *((at - BELOW) as *const usize) } ^ expected;
+    let four = |at: &[usize; 4], expected: &[usize; 4]| {
+        differs(at[0], expected[0])
+            | differs(at[1], expected[1])
+            | differs(at[2], expected[2])
+            | differs(at[3], expected[3])
+    };
+    for (at, expected) in addresses
+        .as_chunks::<4>()
+        .0
+        .iter()
+        .zip(expected.as_chunks::<4>().0)
+    {
+        if four(at, expected) != 0 {
+            return true;
+        }
+    }
+    if addresses.len().is_multiple_of(4) {
+        return false;
+    }
+    let differ = match (addresses.last_chunk::<4>(), expected.last_chunk::<4>()) {
+        // The last four again, which takes in the one to three past the last whole four.
+        (Some(at), Some(expected)) => four(at, expected),
+        _ => addresses
+            .iter()
+            .zip(expected)
+            .fold(0, |differ, (&at, &expected)| differ | differs(at, expected)),
+    };
+    differ != 0
 }
 
 thread_local! {
     /// This thread's last walk. `const`-initialised, without destructor: reachable during thread exit.
-    static MEMO: core::cell::UnsafeCell<Memo> = const {
-        core::cell::UnsafeCell::new(Memo {
-            len: 0,
-            first: 0,
-            ended: false,
-            start_sp: 0,
-            start_fp: 0,
-            serial: 0,
-            pure_room: 0,
-            steps: [Remembered::EMPTY; REMEMBERED_STEPS],
-        })
-    };
+    static MEMO: core::cell::UnsafeCell<Memo> = const { core::cell::UnsafeCell::new(Memo::EMPTY) };
 }
 
 /// What a walk produced.
@@ -563,7 +691,8 @@ pub(super) fn walk(
         fp,
         stack_top,
         rules_fit,
-        shape: 0,
+        from_rbp: false,
+        rbp_slot: 0,
     };
     MEMO.try_with(|memo| {
         // SAFETY: only this thread's walks touch its memo, and they never overlap: a walk runs inside the
@@ -580,7 +709,7 @@ pub(super) fn walk(
 struct Recorder {
     /// Steps of the current walk recorded.
     len: usize,
-    /// Whether recording stopped (the array is full, or a return address does not fit a word's 47 bits).
+    /// Whether recording stopped (the array is full).
     cut: bool,
     old: usize,
     old_len: usize,
@@ -597,36 +726,32 @@ impl Recorder {
             return;
         }
         let i = self.len;
-        if i >= REMEMBERED_STEPS || return_address as u64 > ADDRESS_MASK {
+        if i >= REMEMBERED_STEPS {
             self.cut = true;
             return;
         }
         if i == self.old && i < self.old_len {
-            self.make_room(memo, cursor.sp);
+            if memo.cfa[i] <= cursor.sp {
+                // The last walk's step at this index is at or below this one: the walk goes on above it, so
+                // no later step rejoins it, and this one takes its place.
+                self.old = i + 1;
+            } else {
+                self.make_room(memo);
+            }
         }
-        memo.steps[i] = Remembered {
-            word: return_address as u64 | cursor.shape,
-            cfa: cursor.sp,
-            fp: cursor.fp,
-        };
+        memo.set_step(i, cursor, return_address);
         self.len = i + 1;
     }
 
-    /// The current walk reached the index of the last walk's next step: passes the steps below stack
-    /// pointer `sp` (they can no longer match), and moves the others to the top of the array, or forgets
-    /// them if they do not fit there.
+    /// The current walk reached the index of the last walk's next step, which lies above the current
+    /// step: moves the last walk's steps from there to the top of the array, or forgets them if they do not
+    /// fit there.
     #[cold]
     #[inline(never)]
-    fn make_room(&mut self, memo: &mut Memo, sp: usize) {
-        while self.old < self.old_len && memo.steps[self.old].cfa < sp {
-            self.old += 1;
-        }
-        if self.old > self.len || self.old == self.old_len {
-            return;
-        }
+    fn make_room(&mut self, memo: &mut Memo) {
         let to = REMEMBERED_STEPS - (self.old_len - self.old);
         if to > self.len {
-            memo.steps.copy_within(self.old..self.old_len, to);
+            memo.move_steps(self.old, self.old_len, to);
             self.old_first = (self.old_first + to).saturating_sub(self.old);
             self.old = to;
             self.old_len = REMEMBERED_STEPS;
@@ -646,14 +771,13 @@ impl Recorder {
         cursor: &Cursor,
         return_address: usize,
     ) -> Option<(usize, usize)> {
-        while self.old < self.old_len && memo.steps[self.old].cfa < cursor.sp {
+        while self.old < self.old_len && memo.cfa[self.old] < cursor.sp {
             self.old += 1;
         }
         if self.cut || self.old == self.old_len || self.old + 1 < self.old_first {
             return None;
         }
-        let step = memo.steps[self.old];
-        if step.cfa != cursor.sp || step.return_address() != return_address {
+        if memo.cfa[self.old] != cursor.sp || memo.ret[self.old] != return_address {
             return None;
         }
         self.rejoin_at(memo, cursor, return_address)
@@ -667,16 +791,12 @@ impl Recorder {
         return_address: usize,
     ) -> Option<(usize, usize)> {
         let (old, old_len) = (self.old, self.old_len);
-        let fp = memo.verify(old + 1, old_len, cursor.fp, memo.steps[old].fp)?;
+        let fp = memo.verify(old + 1, old_len, cursor.fp, memo.fp[old])?;
         // The current walk's steps stay below the last walk's (see `record`): `len <= old`.
         debug_assert!(self.len <= old);
         let i = self.len;
-        memo.steps[i] = Remembered {
-            word: return_address as u64 | cursor.shape,
-            cfa: cursor.sp,
-            fp: cursor.fp,
-        };
-        memo.steps.copy_within(old + 1..old_len, i + 1);
+        memo.set_step(i, cursor, return_address);
+        memo.move_steps(old + 1, old_len, i + 1);
         self.len = i + 1 + (old_len - old - 1);
         self.old = 0;
         self.old_len = 0;
@@ -754,10 +874,10 @@ fn replay(
     mut len: usize,
 ) -> Walk {
     let end = recorder.len;
-    let steps = frame_steps(&memo.steps[from..end]);
-    let copied = write_steps(steps, &mut frames[len..]);
+    let returns = frame_returns(&memo.ret[from..end]);
+    let copied = write_returns(returns, &mut frames[len..]);
     len += copied;
-    if copied < steps.len() {
+    if copied < returns.len() {
         memo.len = end;
         return Walk::Done {
             len,
@@ -772,9 +892,9 @@ fn replay(
         };
     }
     // The remembered walk was cut: go on from its last step.
-    if let Some(last) = end.checked_sub(1).map(|i| memo.steps[i]) {
-        cursor.lookup = last.return_address().wrapping_sub(1);
-        cursor.sp = last.cfa;
+    if let Some(last) = end.checked_sub(1) {
+        cursor.lookup = memo.ret[last].wrapping_sub(1);
+        cursor.sp = memo.cfa[last];
         cursor.fp = fp;
     }
     let walk = program_frames(memo, recorder, cursor, frames, len);
@@ -784,19 +904,19 @@ fn replay(
     walk
 }
 
-/// `steps` without the step that read a zero return address, which is not a frame.
-fn frame_steps(steps: &[Remembered]) -> &[Remembered] {
-    match steps {
-        [frames_of @ .., last] if last.return_address() == 0 => frames_of,
-        _ => steps,
+/// The return addresses of some remembered steps without the zero one that ended the walk, not a frame.
+fn frame_returns(returns: &[usize]) -> &[usize] {
+    match returns {
+        [frames_of @ .., 0] => frames_of,
+        _ => returns,
     }
 }
 
-/// Writes the return addresses of `steps` into `frames`, as many as fit; returns how many.
-fn write_steps(steps: &[Remembered], frames: &mut [MaybeUninit<usize>]) -> usize {
-    let copied = steps.len().min(frames.len());
-    for (frame, step) in frames[..copied].iter_mut().zip(&steps[..copied]) {
-        frame.write(step.return_address());
+/// Writes `returns` into `frames`, as many as fit; returns how many.
+fn write_returns(returns: &[usize], frames: &mut [MaybeUninit<usize>]) -> usize {
+    let copied = returns.len().min(frames.len());
+    for (frame, &return_address) in frames[..copied].iter_mut().zip(&returns[..copied]) {
+        frame.write(return_address);
     }
     copied
 }
@@ -809,9 +929,9 @@ pub(super) fn write_last(frames: &mut [MaybeUninit<usize>]) -> (usize, bool) {
         // SAFETY: as in `walk`: only this thread's walks touch its memo, and none runs meanwhile.
         let memo = unsafe { &*memo.get() };
         debug_assert!(memo.ended && memo.pure_room == frames.len());
-        let steps = frame_steps(&memo.steps[memo.first..memo.len]);
-        let len = write_steps(steps, frames);
-        (len, len < steps.len())
+        let returns = frame_returns(&memo.ret[memo.first..memo.len]);
+        let len = write_returns(returns, frames);
+        (len, len < returns.len())
     })
     .unwrap_or((0, false))
 }
@@ -969,7 +1089,8 @@ mod tests {
             fp,
             stack_top: high,
             rules_fit: true,
-            shape: 0,
+            from_rbp: false,
+            rbp_slot: 0,
         };
         let falls_back = |sp, fp, from_rbp, cfa_offset, rbp_slot| {
             matches!(
@@ -1006,6 +1127,44 @@ mod tests {
         unsafe { libc::munmap(base as *mut libc::c_void, 3 * 4096) };
     }
 
+    /// The cursor after a step of a made-up walk to `cfa`, as [`Memo::set_step`] takes it.
+    fn after_step(cfa: usize, fp: usize, from_rbp: bool, rbp_slot: usize) -> Cursor {
+        Cursor {
+            lookup: 0,
+            sp: cfa,
+            fp,
+            stack_top: 0,
+            rules_fit: false,
+            from_rbp,
+            rbp_slot,
+        }
+    }
+
+    /// What [`Memo::verify`] answers, found step by step as the walk goes: the reference its checks are
+    /// compared with.
+    fn verify_step_by_step(
+        memo: &Memo,
+        from: usize,
+        to: usize,
+        mut fp: usize,
+        remembered_fp: usize,
+    ) -> Option<usize> {
+        let mut expected_fp = remembered_fp;
+        for i in from..to {
+            // SAFETY: the tests' steps read words of their own made-up stacks, as `verify` does.
+            let read = unsafe { *((memo.cfa[i] - 8) as *const usize) };
+            if read != memo.ret[i] || (memo.from_rbp >> i & 1 == 1 && fp != expected_fp) {
+                return None;
+            }
+            if memo.saves_rbp >> i & 1 == 1 {
+                // SAFETY: as above.
+                fp = unsafe { *(memo.rbp_at[i] as *const usize) };
+            }
+            expected_fp = memo.fp[i];
+        }
+        Some(fp)
+    }
+
     #[test]
     fn a_remembered_walk_goes_on_past_a_saved_frame_pointer_that_changed_unless_a_cfa_needs_it() {
         // A made-up stack of 8 words: step 0 (CFA from the stack pointer) saves the caller's frame pointer
@@ -1020,28 +1179,9 @@ mod tests {
         set(2, ret0);
         set(1, cfa1 - 32);
         set(5, ret1);
-        let mut memo = Memo {
-            len: 2,
-            first: 0,
-            ended: true,
-            start_sp: base,
-            start_fp: 7,
-            serial: 0,
-            pure_room: 0,
-            steps: [Remembered::EMPTY; REMEMBERED_STEPS],
-        };
-        let shape =
-            |from_rbp: u64, slot: u64| from_rbp << ADDRESS_BITS | slot << (ADDRESS_BITS + 1);
-        memo.steps[0] = Remembered {
-            word: ret0 as u64 | shape(0, 2),
-            cfa: cfa0,
-            fp: cfa1 - 32,
-        };
-        memo.steps[1] = Remembered {
-            word: ret1 as u64 | shape(1, 0),
-            cfa: cfa1,
-            fp: cfa1 - 32,
-        };
+        let mut memo = Memo::EMPTY;
+        memo.set_step(0, &after_step(cfa0, cfa1 - 32, false, 2), ret0);
+        memo.set_step(1, &after_step(cfa1, cfa1 - 32, true, 0), ret1);
         // Unchanged, from any frame pointer before step 0 (only step 1's CFA depends on one, step 0's).
         assert_eq!(memo.verify(0, 2, 7, 7), Some(cfa1 - 32));
         assert_eq!(memo.verify(0, 2, 99, 7), Some(cfa1 - 32));
@@ -1057,6 +1197,154 @@ mod tests {
         set(1, cfa1 - 32);
         set(5, ret0);
         assert_eq!(memo.verify(0, 2, 7, 7), None);
+    }
+
+    #[test]
+    fn a_remembered_walk_stops_at_any_return_address_that_changed() {
+        // 11 steps of 3 words each, without frame pointers: the return address at CFA − 8, and every third
+        // step saving the frame pointer (a register like any other here) at CFA − 16.
+        const STEPS: usize = 11;
+        let mut stack = [0usize; 3 * STEPS];
+        let words = stack.as_mut_ptr();
+        let base = words as usize;
+        // SAFETY: `i` < 3·STEPS, within `stack`, which is only reached through `words` from here on.
+        let set = |i: usize, value: usize| unsafe { words.add(i).write(value) };
+        let return_address = |step: usize| 0x5555_0000_1000 + 16 * step;
+        let saves = |step: usize| step % 3 == 1;
+        let mut memo = Memo::EMPTY;
+        let mut fp = 5;
+        for step in 0..STEPS {
+            set(3 * step + 2, return_address(step));
+            if saves(step) {
+                fp = 100 + step;
+                set(3 * step + 1, fp);
+            }
+            let cfa = base + 8 * (3 * step + 3);
+            let cursor = after_step(cfa, fp, false, if saves(step) { 2 } else { 0 });
+            memo.set_step(step, &cursor, return_address(step));
+        }
+        let last_saved = 100 + (0..STEPS).rfind(|&step| saves(step)).unwrap();
+        for from in 0..STEPS {
+            for to in from..=STEPS {
+                let expected = verify_step_by_step(&memo, from, to, 5, 5);
+                assert!(expected.is_some());
+                assert_eq!(memo.verify(from, to, 5, 5), expected);
+            }
+        }
+        assert_eq!(memo.verify(0, STEPS, 5, 5), Some(last_saved));
+        // Each return address changed in turn, in and past the whole fours that are checked together.
+        for step in 0..STEPS {
+            set(3 * step + 2, return_address(step) + 1);
+            for from in 0..=step {
+                for to in step + 1..=STEPS {
+                    assert_eq!(memo.verify(from, to, 5, 5), None, "{step} in {from}..{to}");
+                }
+            }
+            set(3 * step + 2, return_address(step));
+        }
+        // A saved frame pointer changed: no CFA depends on it, and the walk goes on with the value read now.
+        set(3 * 4 + 1, 77);
+        assert_eq!(memo.verify(0, 5, 5, 5), Some(77));
+        assert_eq!(memo.verify(0, STEPS, 5, 5), Some(last_saved));
+        set(3 * (STEPS - 1) + 1, 78);
+        assert_eq!(memo.verify(0, STEPS, 5, 5), Some(78));
+    }
+
+    #[test]
+    fn the_checks_of_a_remembered_walk_answer_as_its_steps_would() {
+        // Made-up walks through a made-up stack, in which one word may change, checked from and to every
+        // step, from the frame pointer remembered or another, before and after the steps are moved up the
+        // array: the answers are those of the steps taken one by one.
+        let mut stack = [0usize; 8 * REMEMBERED_STEPS];
+        let words = stack.as_mut_ptr();
+        let base = words as usize;
+        // SAFETY: `i` < the stack's length, and `stack` is only reached through `words` from here on.
+        let set = |i: usize, value: usize| unsafe { words.add(i).write(value) };
+        // SAFETY: as above.
+        let get = |i: usize| unsafe { words.add(i).read() };
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut random = |below: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % below as u64) as usize
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..3000 {
+            let len = 1 + random(REMEMBERED_STEPS);
+            let start_fp = 1000 + random(4);
+            // A third of the walks are as in code built with frame pointers: most steps save the frame
+            // pointer at CFA − 16 and take their CFA from it.
+            let frame_pointers = random(3) == 0;
+            let mut memo = Memo::EMPTY;
+            // The index in `stack` of each step's return address, and of its saved frame pointer.
+            let mut read = [(0, None); REMEMBERED_STEPS];
+            let (mut sp, mut fp) = (0, start_fp);
+            for (step, read) in read.iter_mut().enumerate().take(len) {
+                let size = 2 + random(6);
+                let cfa = sp + size;
+                let (from_rbp, slot) = match frame_pointers && random(8) != 0 {
+                    true => (true, 2),
+                    false => (
+                        random(3) == 0,
+                        if random(3) == 0 { 1 + random(size) } else { 0 },
+                    ),
+                };
+                set(cfa - 1, 0x5555_0000_0000 + random(1 << 20));
+                if slot != 0 {
+                    // Frame pointers from a few values, so that a changed one may be the same again.
+                    fp = 1000 + random(4);
+                    set(cfa - slot, fp);
+                }
+                let cursor = after_step(base + 8 * cfa, fp, from_rbp, slot);
+                memo.set_step(step, &cursor, get(cfa - 1));
+                *read = (cfa - 1, (slot != 0).then(|| cfa - slot));
+                sp = cfa;
+            }
+            // Most of the time, a word of the walk's part of the stack changes, perhaps to its own value: a
+            // return address, a saved frame pointer, or any word.
+            let (return_at, saved_at) = read[random(len)];
+            let changed = match random(4) {
+                0 => None,
+                1 => Some(return_at),
+                2 => saved_at,
+                _ => Some(random(sp)),
+            };
+            if let Some(i) = changed {
+                set(
+                    i,
+                    if random(4) == 0 {
+                        get(i)
+                    } else {
+                        1000 + random(4)
+                    },
+                );
+            }
+            let from = random(len + 1);
+            let to = from + random(len - from + 1);
+            let entry_fp = 1000 + random(4);
+            let remembered_fp = match from {
+                0 => start_fp,
+                _ => memo.fp[from - 1],
+            };
+            let expected = verify_step_by_step(&memo, from, to, entry_fp, remembered_fp);
+            assert_eq!(memo.verify(from, to, entry_fp, remembered_fp), expected);
+            // The same steps moved to the top of the array.
+            let up = REMEMBERED_STEPS - len;
+            memo.move_steps(0, len, up);
+            let moved = memo.verify(up + from, up + to, entry_fp, remembered_fp);
+            assert_eq!(moved, expected);
+            let moved_reference =
+                verify_step_by_step(&memo, up + from, up + to, entry_fp, remembered_fp);
+            assert_eq!(moved_reference, expected);
+            if expected.is_some() {
+                accepted += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        // Both answers are common enough to have been tested.
+        assert!(accepted > 750 && refused > 750, "{accepted} {refused}");
     }
 
     #[test]
