@@ -247,7 +247,12 @@ pub(crate) fn free_fits(guard: &Guard) -> bool {
 /// bounds cannot be read or the code runs on another stack than the thread's own (a coroutine, a signal
 /// stack).
 #[derive(Clone, Copy)]
-pub(crate) struct Room(Option<usize>);
+pub(crate) struct Room {
+    /// Bytes below the stack pointer, if it lies within the thread's stack bounds.
+    room: Option<usize>,
+    /// The top of the thread's stack (its upper bound), which the walks stay below.
+    top: usize,
+}
 
 impl Room {
     /// The room below the caller's stack pointer, inside the profiler guard: the first call on a
@@ -257,12 +262,21 @@ impl Room {
     pub(crate) fn here(guard: &Guard) -> Room {
         let (low, high) = stack_bounds(guard);
         let sp = stack_pointer();
-        Room((low..high).contains(&sp).then(|| sp - low))
+        Room {
+            room: (low..high).contains(&sp).then(|| sp - low),
+            top: high,
+        }
     }
 
     #[inline]
     fn fits(self, need: usize) -> bool {
-        self.0.is_none_or(|room| room >= need)
+        self.room.is_none_or(|room| room >= need)
+    }
+
+    /// The top of the thread's stack if the stack pointer, where the room was measured, lay on it: the
+    /// frames below (the walk's, which runs deeper on the same stack) lie on it too.
+    fn on_own_stack(self) -> Option<usize> {
+        self.room.map(|_| self.top)
     }
 
     /// Whether the unwinder in use can walk the stack and the sample be recorded, when the walk needs
@@ -392,7 +406,7 @@ impl Stack {
     #[inline(never)]
     pub(crate) fn capture(
         &mut self,
-        guard: &Guard,
+        _: &Guard,
         entry: usize,
         entry_frame: usize,
         room: Room,
@@ -402,8 +416,8 @@ impl Stack {
         let path_len = path::len();
         let walked = (depth + path_len).min(MAX_STACK_DEPTH);
         let walk = match unwinder() {
-            Unwinder::FramePointer => self.walk_frame_pointers(guard, walked, entry_frame),
-            Unwinder::Dwarf => self.walk_cached_dwarf(guard, walked, entry, room.fits_dwarf_rule()),
+            Unwinder::FramePointer => self.walk_frame_pointers(room, walked, entry_frame),
+            Unwinder::Dwarf => self.walk_cached_dwarf(room, walked, entry),
         };
         match walk {
             Walked::Done => {}
@@ -549,18 +563,11 @@ impl Stack {
     /// from its table only if `rules_fit`. Falls back, with nothing captured, when the code runs on another
     /// stack or a frame needs the system unwinder.
     #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
-    fn walk_cached_dwarf(
-        &mut self,
-        guard: &Guard,
-        depth: usize,
-        skip_through: usize,
-        rules_fit: bool,
-    ) -> Walked {
-        let (low, high) = stack_bounds(guard);
-        let sp = stack_pointer();
-        if sp < low || sp >= high {
+    fn walk_cached_dwarf(&mut self, room: Room, depth: usize, skip_through: usize) -> Walked {
+        let Some(high) = room.on_own_stack() else {
             return Walked::Fallback;
-        }
+        };
+        let rules_fit = room.fits_dwarf_rule();
         let (walk, serial) = dwarf::walk(&mut self.frames[..depth], skip_through, high, rules_fit);
         match walk {
             dwarf::Walk::Done { len, truncated } => {
@@ -594,13 +601,7 @@ impl Stack {
 
     /// Without the cached unwinder, every stack goes to the system unwinder.
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")))]
-    fn walk_cached_dwarf(
-        &mut self,
-        _: &Guard,
-        _depth: usize,
-        _skip_through: usize,
-        _rules_fit: bool,
-    ) -> Walked {
+    fn walk_cached_dwarf(&mut self, _room: Room, _depth: usize, _skip_through: usize) -> Walked {
         Walked::Fallback
     }
 
@@ -611,12 +612,11 @@ impl Stack {
     /// Memory in that range is mapped, so no read can fault. Falls back, capturing nothing, when the code runs
     /// on another stack (a coroutine, a signal stack): the caller then uses the system unwinder.
     #[inline(never)]
-    fn walk_frame_pointers(&mut self, guard: &Guard, depth: usize, mut fp: usize) -> Walked {
-        let (low_bound, high) = stack_bounds(guard);
-        let sp = stack_pointer();
-        if sp < low_bound || sp >= high {
+    fn walk_frame_pointers(&mut self, room: Room, depth: usize, mut fp: usize) -> Walked {
+        let Some(high) = room.on_own_stack() else {
             return Walked::Fallback;
-        }
+        };
+        let sp = stack_pointer();
         while fp >= sp && fp.is_multiple_of(8) && fp.saturating_add(16) <= high {
             // SAFETY: `fp..fp + 16` lies between the stack pointer and the top of this thread's own stack,
             // which is mapped and readable; the values read are plain words.
@@ -734,7 +734,7 @@ mod tests {
         let guard = Guard::inside();
         assert!(
             matches!(
-                cached.walk_cached_dwarf(&guard, depth, entry, true),
+                cached.walk_cached_dwarf(Room::here(&guard), depth, entry),
                 Walked::Done
             ),
             "the cached walk fell back to the system unwinder"
