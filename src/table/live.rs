@@ -147,7 +147,7 @@ fn marked(word: &impl Atomic<u64>, bit: usize) -> bool {
 
 /// Records `ptr` as a live sampled allocation, inside the profiler guard (the table may grow), before `ptr`
 /// is returned to the program.
-#[inline]
+#[inline(always)]
 pub(crate) fn insert(_: &Guard, ptr: *mut u8, entry: LiveEntry) {
     let ptr = ptr as usize;
     let slot = slot_of(ptr);
