@@ -212,7 +212,10 @@ impl Sums {
     /// Adds a sampled allocation.
     pub(crate) fn add(&mut self, sample: &Sample) {
         self.allocated.add(sample.weight, sample.variance);
-        self.size = merged_size(self.size, sample.size as u64);
+        // Most samples of a bucket have its size: then nothing changes.
+        if self.size != sample.size as u64 {
+            self.size = merged_size(self.size, sample.size as u64);
+        }
     }
 
     /// The counts: what was allocated, and of it, `inuse`, the sums over the sampled allocations still live.
