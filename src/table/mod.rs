@@ -129,17 +129,21 @@ impl Sample {
         // Rate 0 samples nothing (the probe of the allocation path is not recorded), and marks the empty
         // memo.
         debug_assert!(rate != 0);
-        LAST_SAMPLE
-            .try_with(|last| {
-                let (last_rate, sample) = last.get();
-                if last_rate == rate && sample.size == size {
-                    return sample;
-                }
-                let sample = Sample::computed(size, rate);
-                last.set((rate, sample));
-                sample
-            })
-            .unwrap_or_else(|_| Sample::computed(size, rate))
+        match LAST_SAMPLE.try_with(|last| (last.rate.get() == rate).then(|| last.sample.get())) {
+            Ok(Some(sample)) if sample.size == size => sample,
+            _ => Sample::remember(size, rate),
+        }
+    }
+
+    /// [`Sample::of`] computed, and kept as the thread's last.
+    #[inline(never)]
+    fn remember(size: usize, rate: usize) -> Sample {
+        let sample = Sample::computed(size, rate);
+        let _ = LAST_SAMPLE.try_with(|last| {
+            last.rate.set(rate);
+            last.sample.set(sample);
+        });
+        sample
     }
 
     fn computed(size: usize, rate: usize) -> Sample {
@@ -152,13 +156,20 @@ impl Sample {
     }
 }
 
+/// A thread's last [`Sample::of`] and its rate (0 for none), in two cells, so that the rate is compared before
+/// the sample is read.
+struct LastSample {
+    rate: core::cell::Cell<usize>,
+    sample: core::cell::Cell<Sample>,
+}
+
 thread_local! {
-    /// This thread's last [`Sample::of`], and its rate (0 for none). `const`, without destructor: usable
-    /// inside the allocator and during thread exit.
-    static LAST_SAMPLE: core::cell::Cell<(usize, Sample)> = const {
-        core::cell::Cell::new((
-            0,
-            Sample {
+    /// This thread's last [`Sample::of`]. `const`, without destructor: usable inside the allocator and
+    /// during thread exit.
+    static LAST_SAMPLE: LastSample = const {
+        LastSample {
+            rate: core::cell::Cell::new(0),
+            sample: core::cell::Cell::new(Sample {
                 size: 0,
                 weight: Weight {
                     objects: 0,
@@ -168,8 +179,8 @@ thread_local! {
                     objects: 0,
                     bytes: 0,
                 },
-            },
-        ))
+            }),
+        }
     };
 }
 
