@@ -111,7 +111,7 @@ static INUSE_UNITS: AtomicU64 = AtomicU64::new(0);
 #[inline]
 pub(crate) fn on_alloc(weight: Weight) -> u64 {
     let add = rounded(weight);
-    SUMS[shard::index()]
+    SUMS[shard::index() % SHARDS]
         .0
         .alloc_objects
         .fetch_add(add.objects, Relaxed);
@@ -123,7 +123,7 @@ pub(crate) fn on_alloc(weight: Weight) -> u64 {
 #[inline]
 pub(crate) fn on_free(weight: Weight) -> u64 {
     let sub = rounded(weight);
-    let sums = &SUMS[shard::index()].0;
+    let sums = &SUMS[shard::index() % SHARDS].0;
     sums.freed_objects.fetch_add(sub.objects, Relaxed);
     sums.freed_bytes.add(sub.byte_units);
     inuse_bytes_of(INUSE_UNITS.fetch_sub(sub.byte_units, Relaxed))

@@ -403,7 +403,7 @@ impl Stack {
     ///
     /// Called on an [`Stack::empty`] stack of the caller's, which it fills in place: returning a stack would
     /// copy the whole kilobyte.
-    #[inline(never)]
+    #[inline(always)]
     pub(crate) fn capture(
         &mut self,
         _: &Guard,
