@@ -128,6 +128,14 @@ fn dumps_under_load_are_valid_and_consistent() {
             let p = common::decode(&bytes);
             common::check_contract(&p);
             let stacks = ring_stacks(&p);
+            // In-use counts are summed over the live sampled allocations before the buckets' allocated sums
+            // are copied, so what a stack holds is always some of what it allocated.
+            for (objects, space, in_use) in stacks.values() {
+                assert!(
+                    *objects > 0 && in_use <= space,
+                    "a stack holds {in_use} B of the {space} B it allocated"
+                );
+            }
             if let Some(previous) = &previous {
                 for (stack, (objects, space, _)) in previous {
                     let (now_objects, now_space, _) =
@@ -162,4 +170,88 @@ fn dumps_under_load_are_valid_and_consistent() {
     );
     assert!(error.abs() <= 0.05, "in use {in_use} vs live {truth}");
     drop(rings);
+}
+
+/// Blocks each worker allocates and keeps.
+const KEPT: usize = 100_000;
+
+/// In exact mode (rate 1), four threads allocate blocks under one label and keep every one while dumps are
+/// taken: those allocations are all still live, so their in-use counts equal their allocated ones at every
+/// moment, and a dump that counted a live allocation its copy of the allocated sums had not yet seen would
+/// show a stack holding more than it allocated. In-use counts are summed over the live table before the
+/// buckets are copied, and a sample enters its bucket before the live table, so no dump can. Dumps are not
+/// symbolized, so that many are taken while the blocks are allocated.
+#[test]
+fn a_stack_never_holds_more_than_it_allocated_while_it_allocates() {
+    if !common::is_child() {
+        let (_, stderr) = common::run_child(
+            "a_stack_never_holds_more_than_it_allocated_while_it_allocates",
+            Duration::from_secs(120),
+        );
+        eprint!(
+            "{}",
+            stderr
+                .lines()
+                .filter(|l| l.contains("dumps while"))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>()
+        );
+        return;
+    }
+    heap_sampler::set_symbolize(false);
+    heap_sampler::set_sample_rate(1);
+    let running = AtomicU64::new(4);
+    let kept = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let running = &running;
+                s.spawn(move || {
+                    let mut kept = Vec::with_capacity(KEPT);
+                    heap_sampler::with_labels(&[("kept", "block")], || {
+                        kept.extend((0..KEPT).map(|_| Box::new([0u8; 64])));
+                    });
+                    running.fetch_sub(1, Ordering::Relaxed);
+                    kept
+                })
+            })
+            .collect();
+        let (mut dumps, mut seen) = (0, 0);
+        while running.load(Ordering::Relaxed) > 0 {
+            let p = common::decode(&heap_sampler::dump_profile().unwrap());
+            dumps += 1;
+            for (objects, space, in_use) in kept_samples(&p) {
+                seen += 1;
+                assert!(
+                    in_use <= space,
+                    "dump {dumps}: a stack holds {in_use} B of the {space} B ({objects} blocks) it allocated"
+                );
+            }
+        }
+        eprintln!("{dumps} dumps while the blocks were allocated, {seen} samples of them");
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let after = kept_samples(&common::decode(&heap_sampler::dump_profile().unwrap()))
+        .into_iter()
+        .fold((0, 0, 0), |sum, (o, s, u)| {
+            (sum.0 + o, sum.1 + s, sum.2 + u)
+        });
+    let bytes = (4 * KEPT * 64) as i64;
+    assert_eq!(
+        after,
+        ((4 * KEPT) as i64, bytes, bytes),
+        "every block counted once, and live"
+    );
+    drop(kept);
+}
+
+/// alloc_objects, alloc_space and inuse_space of each sample labelled `kept`.
+fn kept_samples(p: &Profile) -> Vec<(i64, i64, i64)> {
+    p.sample
+        .iter()
+        .filter(|s| common::labels_of(p, s).contains(&("kept", "block")))
+        .map(|s| (s.value[0], s.value[1], s.value[3]))
+        .collect()
 }
