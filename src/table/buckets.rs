@@ -239,70 +239,60 @@ impl Sums {
     }
 }
 
-/// The in-use sums of every bucket, over the sampled allocations in the live table: a free then changes
-/// nothing but the live table and the heap totals. Taken before the buckets are copied, so that every live
-/// allocation it counts was added to its bucket already (a sample is added to its bucket before it enters
-/// the live table): a bucket's in-use counts are always some of its allocated ones.
+/// The in-use sums of the buckets that have live sampled allocations, summed over the live table: a free
+/// then changes nothing but the live table and the heap totals. Taken before the buckets are copied, so that
+/// every live allocation it counts was added to its bucket already (a sample is added to its bucket before it
+/// enters the live table): a bucket's in-use counts are always some of its allocated ones. Its memory is in
+/// proportion to the live sampled allocations, not to the buckets, and is dropped with it.
 pub(crate) struct LiveSums {
-    /// The buckets of stripe 0, then of stripe 1, …: stripe `i`'s are `sums[starts[i]..starts[i + 1]]`, the
-    /// buckets it had when the sums were taken.
-    sums: Vec<Moments>,
-    starts: [u32; STRIPES + 1],
+    /// By bucket, in the order of [`LiveSums::key`].
+    sums: Vec<(u64, Moments)>,
     overflow: Moments,
 }
 
 impl LiveSums {
-    pub(crate) const fn new() -> LiveSums {
-        LiveSums {
+    /// Sums the live table now, and `plus`, a sampled allocation being freed that left it already, inside
+    /// the profiler guard.
+    pub(crate) fn take(guard: &Guard, plus: Option<&LiveEntry>) -> LiveSums {
+        let mut entries = Vec::new();
+        live::collect(guard, &mut entries);
+        entries.extend(plus.copied());
+        entries.sort_unstable_by_key(|entry| LiveSums::key(entry.bucket));
+        let mut out = LiveSums {
             sums: Vec::new(),
-            starts: [0; STRIPES + 1],
             overflow: Moments::ZERO,
+        };
+        for entry in &entries {
+            let variance = entry.weight.variance(entry.size);
+            if entry.bucket == BucketId::OVERFLOW {
+                out.overflow.add(entry.weight, variance);
+                continue;
+            }
+            let key = LiveSums::key(entry.bucket);
+            match out.sums.last_mut() {
+                Some((last, sums)) if *last == key => sums.add(entry.weight, variance),
+                _ => {
+                    let mut sums = Moments::ZERO;
+                    sums.add(entry.weight, variance);
+                    out.sums.push((key, sums));
+                }
+            }
         }
+        out
     }
 
-    /// Sums the live table now, and `plus`, a sampled allocation being freed that left it already, inside
-    /// the profiler guard. Allocates (reusing this copy's memory) before it takes the live table's locks.
-    pub(crate) fn take(&mut self, guard: &Guard, plus: Option<&LiveEntry>) {
-        for (i, stripe) in stripes().enumerate() {
-            let len = stripe.lock().buckets.len() as u32;
-            self.starts[i + 1] = self.starts[i] + len;
-        }
-        self.sums.clear();
-        self.sums
-            .resize(self.starts[STRIPES] as usize, Moments::ZERO);
-        self.overflow = Moments::ZERO;
-        let mut add = |entry: &LiveEntry| {
-            let sums = if entry.bucket == BucketId::OVERFLOW {
-                Some(&mut self.overflow)
-            } else {
-                let (stripe, index) = (entry.bucket.stripe(), entry.bucket.index());
-                let at = self.starts[stripe] as usize + index;
-                // A bucket added after the lengths were read: its allocation is newer than this copy.
-                (at < self.starts[stripe + 1] as usize).then(|| &mut self.sums[at])
-            };
-            if let Some(sums) = sums {
-                sums.add(entry.weight, entry.weight.variance(entry.size));
-            }
-        };
-        live::for_each(guard, &mut add);
-        if let Some(entry) = plus {
-            add(entry);
-        }
+    /// The order of buckets in a copy: by stripe, then by index in the stripe.
+    fn key(id: BucketId) -> u64 {
+        (id.stripe() as u64) << 32 | id.index() as u64
     }
 
     /// The in-use sums of bucket `index` of stripe `stripe`.
     fn of(&self, stripe: usize, index: usize) -> &Moments {
-        let at = self.starts[stripe] as usize + index;
-        if at < self.starts[stripe + 1] as usize {
-            &self.sums[at]
-        } else {
-            &Moments::ZERO
+        let key = (stripe as u64) << 32 | index as u64;
+        match self.sums.binary_search_by_key(&key, |&(key, _)| key) {
+            Ok(at) => &self.sums[at].1,
+            Err(_) => &Moments::ZERO,
         }
-    }
-
-    /// Bytes of memory held.
-    pub(crate) fn bytes(&self) -> usize {
-        self.sums.capacity() * size_of::<Moments>()
     }
 }
 
@@ -650,8 +640,7 @@ impl Snapshot {
 /// Copies every bucket, one stripe at a time (each stripe is locked only while it is copied), merging the
 /// buckets of one stack and label set, inside the profiler guard.
 pub(crate) fn snapshot(guard: &Guard) -> Snapshot {
-    let mut live = LiveSums::new();
-    live.take(guard, None);
+    let live = LiveSums::take(guard, None);
     let mut out = Snapshot {
         frames: Vec::with_capacity(frame_count(|_| usize::MAX)),
         buckets: Vec::with_capacity(BUCKETS.load(Relaxed) + 1),
@@ -686,8 +675,7 @@ fn frame_count(limit: impl Fn(usize) -> usize) -> usize {
 /// threads of different shards keep for one stack come one by one, in no particular order. Runs inside the
 /// profiler guard.
 pub(crate) fn for_each_stripe(guard: &Guard, f: &mut dyn FnMut(&Snapshot)) {
-    let mut live = LiveSums::new();
-    live.take(guard, None);
+    let live = LiveSums::take(guard, None);
     let mut part = Snapshot::default();
     for (number, stripe) in stripes().enumerate() {
         part.clear();
@@ -728,11 +716,10 @@ impl CountsCopy {
     }
 
     /// Copies the counts of every bucket now, one stripe at a time (each stripe is locked only while it is
-    /// copied), inside the profiler guard, their in-use sums taken into `live` first, with `plus`, an
-    /// allocation being freed (see [`LiveSums::take`]). It allocates when the table has grown since the last
-    /// copy.
-    pub(crate) fn take(&mut self, guard: &Guard, live: &mut LiveSums, plus: Option<&LiveEntry>) {
-        live.take(guard, plus);
+    /// copied), inside the profiler guard, their in-use sums taken first, with `plus`, an allocation being
+    /// freed (see [`LiveSums::take`]). It allocates when the table has grown since the last copy.
+    pub(crate) fn take(&mut self, guard: &Guard, plus: Option<&LiveEntry>) {
+        let live = LiveSums::take(guard, plus);
         self.counts.clear();
         self.counts.reserve(BUCKETS.load(Relaxed));
         for (number, (stripe, len)) in stripes().zip(self.lens.iter_mut()).enumerate() {

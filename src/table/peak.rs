@@ -26,7 +26,7 @@
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use super::UNITS;
-use super::buckets::{CountsCopy, LiveSums, Snapshot};
+use super::buckets::{CountsCopy, Snapshot};
 use super::live::LiveEntry;
 use crate::lock::{self, AnyLock, Lock, Rank};
 use crate::sampler::Guard;
@@ -86,8 +86,6 @@ static COPY_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// The kept copy.
 struct Peak {
     copy: CountsCopy,
-    /// The in-use sums a copy is made with, kept so that the next copy reuses their memory.
-    live: LiveSums,
     /// When it was taken, in nanoseconds since the Unix epoch; 0 before the first.
     time_nanos: i64,
 }
@@ -98,7 +96,6 @@ static PEAK: Lock<Peak> = Lock::new(
     Rank::Peak,
     Peak {
         copy: CountsCopy::new(),
-        live: LiveSums::new(),
         time_nanos: 0,
     },
 );
@@ -146,12 +143,12 @@ fn take(guard: &Guard, inuse: u64, bar: fn(u64) -> u64, freed: Option<&LiveEntry
     let mut peak = PEAK.lock();
     let peak = &mut *peak;
     let copied = LEVELS.replace(inuse, bar, || {
-        peak.copy.take(guard, &mut peak.live, freed);
+        peak.copy.take(guard, freed);
         peak.time_nanos = clock::now_nanos();
     });
     if copied {
         COPIES.fetch_add(1, Relaxed);
-        COPY_BYTES.store(peak.copy.bytes() + peak.live.bytes(), Relaxed);
+        COPY_BYTES.store(peak.copy.bytes(), Relaxed);
     }
 }
 
