@@ -9,7 +9,7 @@ use crate::mark;
 use crate::sampler::{self, DEFAULT_SAMPLE_RATE, Guard};
 use crate::stack::{self, Room, Stack, path, spare};
 use crate::table::peak;
-use crate::table::{Sample, buckets, live};
+use crate::table::{BucketId, Sample, buckets, live};
 use crate::totals;
 
 /// A global allocator that samples the allocations of an inner allocator into a heap profile.
@@ -162,12 +162,7 @@ fn record_with_stack(
 
 /// Adds `sample`, with its captured `stack`, to its bucket.
 #[inline(always)]
-fn bucket_of(
-    guard: &Guard,
-    stack: &mut Stack,
-    labels: LabelSet,
-    sample: &Sample,
-) -> buckets::BucketId {
+fn bucket_of(guard: &Guard, stack: &mut Stack, labels: LabelSet, sample: &Sample) -> BucketId {
     if !stack.written() {
         // The thread's last stack again, its frames not written: most often its bucket is the last one's.
         if let Some(id) = buckets::record_repeat(guard, &[], false, stack.repeat(), labels, sample)
@@ -288,7 +283,7 @@ fn subtract(guard: &Guard, entry: live::LiveEntry) {
 
 /// Enters `sample`, a sampled allocation at `ptr` recorded in `bucket`, in the live table and the heap totals.
 #[inline(always)]
-fn record_live(guard: &Guard, ptr: *mut u8, bucket: buckets::BucketId, sample: &Sample) {
+fn record_live(guard: &Guard, ptr: *mut u8, bucket: BucketId, sample: &Sample) {
     live::insert(
         guard,
         ptr,

@@ -12,7 +12,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::collections::HashMap;
 
 use super::live::{self, LiveEntry};
-use super::{Lock, Rank, STRIPES, Sample, Variance, Weight, WordHasher, bump};
+use super::{BucketId, Lock, Rank, STRIPES, Sample, Variance, Weight, WordHasher, bump};
 use crate::labels::LabelSet;
 use crate::lock::AnyLock;
 use crate::sampler::Guard;
@@ -300,28 +300,6 @@ impl LiveSums {
 fn whole(units: u128) -> i64 {
     let rounded = units.saturating_add(1 << 31) >> 32;
     i64::try_from(rounded).unwrap_or(i64::MAX)
-}
-
-/// Where a sampled allocation's weight went, so that its free subtracts it from the same place.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct BucketId(u32);
-
-impl BucketId {
-    pub(crate) const OVERFLOW: BucketId = BucketId(u32::MAX);
-    const STRIPE_BITS: u32 = STRIPES.trailing_zeros();
-
-    fn new(stripe: usize, index: usize) -> BucketId {
-        debug_assert!(stripe < STRIPES && index < (u32::MAX >> Self::STRIPE_BITS) as usize);
-        BucketId(((index as u32) << Self::STRIPE_BITS) | stripe as u32)
-    }
-
-    fn stripe(self) -> usize {
-        (self.0 & (STRIPES as u32 - 1)) as usize
-    }
-
-    fn index(self) -> usize {
-        (self.0 >> Self::STRIPE_BITS) as usize
-    }
 }
 
 struct Bucket {

@@ -24,8 +24,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
-use super::buckets::BucketId;
-use super::{Lock, Rank, STRIPES, Weight, bump};
+use super::{BucketId, Lock, Rank, STRIPES, Weight, bump};
 use crate::lock::AnyLock;
 use crate::sampler::Guard;
 use crate::shard::Padded;
@@ -345,7 +344,6 @@ fn sum(count: fn(&Stripe) -> &AtomicU64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::buckets::BucketId;
 
     fn entry() -> LiveEntry {
         LiveEntry {

@@ -62,6 +62,28 @@ fn bump(count: &core::sync::atomic::AtomicU64, delta: u64) {
     count.store(count.load(Relaxed).wrapping_add(delta), Relaxed);
 }
 
+/// The bucket a sampled allocation was added to (see [`buckets`]), as its live entry keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BucketId(u32);
+
+impl BucketId {
+    pub(crate) const OVERFLOW: BucketId = BucketId(u32::MAX);
+    pub(super) const STRIPE_BITS: u32 = STRIPES.trailing_zeros();
+
+    pub(super) fn new(stripe: usize, index: usize) -> BucketId {
+        debug_assert!(stripe < STRIPES && index < (u32::MAX >> Self::STRIPE_BITS) as usize);
+        BucketId(((index as u32) << Self::STRIPE_BITS) | stripe as u32)
+    }
+
+    pub(super) fn stripe(self) -> usize {
+        (self.0 & (STRIPES as u32 - 1)) as usize
+    }
+
+    pub(super) fn index(self) -> usize {
+        (self.0 >> Self::STRIPE_BITS) as usize
+    }
+}
+
 /// Number of lock stripes of each table.
 const STRIPES: usize = 64;
 
