@@ -239,61 +239,113 @@ impl Sums {
     }
 }
 
-/// The in-use sums of the buckets that have live sampled allocations, summed over the live table: a free
-/// then changes nothing but the live table and the heap totals. Taken before the buckets are copied, so that
-/// every live allocation it counts was added to its bucket already (a sample is added to its bucket before it
-/// enters the live table): a bucket's in-use counts are always some of its allocated ones. Its memory is in
-/// proportion to the live sampled allocations, not to the buckets, and is dropped with it.
+/// The in-use sums of the buckets of some stripes, summed over the live table: a free then changes nothing but
+/// the live table and the heap totals. Taken before those stripes' buckets are copied, so that every live
+/// allocation it counts was added to its bucket already (a sample is added to its bucket before it enters the
+/// live table): a bucket's in-use counts are always some of its allocated ones. A copy of the table takes
+/// them for a few stripes at a time (see [`copy_stripes`]), so that they hold at most [`LIVE_SUMS_BYTES`].
 pub(crate) struct LiveSums {
-    /// By bucket, in the order of [`LiveSums::key`].
-    sums: Vec<(u64, Moments)>,
+    /// The first stripe summed.
+    from: usize,
+    /// How many buckets each stripe had when the sums were taken: those summed.
+    lens: [u32; STRIPES],
+    /// The buckets of stripe `from`, then of stripe `from + 1`, …: stripe `from + i`'s are
+    /// `sums[starts[i]..starts[i + 1]]`.
+    sums: Vec<Moments>,
+    starts: [u32; STRIPES + 1],
     overflow: Moments,
 }
 
+/// The most memory in-use sums take at once in a copy of the table (unless one stripe needs more): a few
+/// stripes' buckets at a time, the live table read once for each few.
+const LIVE_SUMS_BYTES: usize = 1 << 20;
+
 impl LiveSums {
-    /// Sums the live table now, and `plus`, a sampled allocation being freed that left it already, inside
-    /// the profiler guard.
-    pub(crate) fn take(guard: &Guard, plus: Option<&LiveEntry>) -> LiveSums {
-        let mut entries = Vec::new();
-        live::collect(guard, &mut entries);
-        entries.extend(plus.copied());
-        entries.sort_unstable_by_key(|entry| LiveSums::key(entry.bucket));
-        let mut out = LiveSums {
-            sums: Vec::new(),
-            overflow: Moments::ZERO,
+    /// Sums the live table's allocations in the buckets of `stripes`, and `plus`, a sampled allocation being
+    /// freed that left it already; with `overflow`, those of the overflow bucket too. Inside the profiler
+    /// guard; allocates before it takes the live table's locks.
+    fn take(
+        &mut self,
+        guard: &Guard,
+        stripes: core::ops::Range<usize>,
+        plus: Option<&LiveEntry>,
+        overflow: bool,
+    ) {
+        self.from = stripes.start;
+        for (i, stripe) in stripes.clone().enumerate() {
+            self.starts[i + 1] = self.starts[i] + self.lens[stripe];
+        }
+        self.sums.clear();
+        self.sums
+            .resize(self.starts[stripes.len()] as usize, Moments::ZERO);
+        self.overflow = Moments::ZERO;
+        let mut add = |entry: &LiveEntry| {
+            let sums = if entry.bucket == BucketId::OVERFLOW {
+                overflow.then_some(&mut self.overflow)
+            } else if stripes.contains(&entry.bucket.stripe()) {
+                let (stripe, index) = (entry.bucket.stripe(), entry.bucket.index());
+                // A bucket added after the lengths were read: its allocation is newer than this copy.
+                (index < self.lens[stripe] as usize)
+                    .then(|| &mut self.sums[self.starts[stripe - self.from] as usize + index])
+            } else {
+                None
+            };
+            if let Some(sums) = sums {
+                sums.add(entry.weight, entry.weight.variance(entry.size));
+            }
         };
-        for entry in &entries {
-            let variance = entry.weight.variance(entry.size);
-            if entry.bucket == BucketId::OVERFLOW {
-                out.overflow.add(entry.weight, variance);
-                continue;
-            }
-            let key = LiveSums::key(entry.bucket);
-            match out.sums.last_mut() {
-                Some((last, sums)) if *last == key => sums.add(entry.weight, variance),
-                _ => {
-                    let mut sums = Moments::ZERO;
-                    sums.add(entry.weight, variance);
-                    out.sums.push((key, sums));
-                }
-            }
+        live::for_each(guard, &mut add);
+        if let Some(entry) = plus {
+            add(entry);
         }
-        out
     }
 
-    /// The order of buckets in a copy: by stripe, then by index in the stripe.
-    fn key(id: BucketId) -> u64 {
-        (id.stripe() as u64) << 32 | id.index() as u64
-    }
-
-    /// The in-use sums of bucket `index` of stripe `stripe`.
+    /// The in-use sums of bucket `index` of stripe `stripe`, one of those summed.
     fn of(&self, stripe: usize, index: usize) -> &Moments {
-        let key = (stripe as u64) << 32 | index as u64;
-        match self.sums.binary_search_by_key(&key, |&(key, _)| key) {
-            Ok(at) => &self.sums[at].1,
-            Err(_) => &Moments::ZERO,
+        if index < self.lens[stripe] as usize {
+            &self.sums[self.starts[stripe - self.from] as usize + index]
+        } else {
+            &Moments::ZERO
         }
     }
+}
+
+/// Shows `each` every stripe of the table, in order, locked, with the in-use sums of its buckets (taken from
+/// the live table, with `plus`, an allocation being freed that left it already), inside the profiler guard.
+/// Returns the in-use sums of the overflow bucket.
+fn copy_stripes(
+    guard: &Guard,
+    plus: Option<&LiveEntry>,
+    each: &mut dyn FnMut(usize, &Stripe, &LiveSums),
+) -> Moments {
+    let mut live = LiveSums {
+        from: 0,
+        lens: [0; STRIPES],
+        sums: Vec::new(),
+        starts: [0; STRIPES + 1],
+        overflow: Moments::ZERO,
+    };
+    for (len, stripe) in live.lens.iter_mut().zip(stripes()) {
+        *len = stripe.lock().buckets.len() as u32;
+    }
+    let per_pass = LIVE_SUMS_BYTES / size_of::<Moments>();
+    let mut overflow = None;
+    let mut from = 0;
+    while from < STRIPES {
+        let mut to = from + 1;
+        let mut buckets = live.lens[from] as usize;
+        while to < STRIPES && buckets + live.lens[to] as usize <= per_pass {
+            buckets += live.lens[to] as usize;
+            to += 1;
+        }
+        live.take(guard, from..to, plus, overflow.is_none());
+        overflow.get_or_insert(live.overflow);
+        for (number, stripe) in stripes().enumerate().take(to).skip(from) {
+            each(number, &stripe.lock(), &live);
+        }
+        from = to;
+    }
+    overflow.unwrap_or(Moments::ZERO)
 }
 
 /// Fixed-point units to a whole number, rounded (saturating).
@@ -618,16 +670,15 @@ impl Snapshot {
 /// Copies every bucket, one stripe at a time (each stripe is locked only while it is copied), merging the
 /// buckets of one stack and label set, inside the profiler guard.
 pub(crate) fn snapshot(guard: &Guard) -> Snapshot {
-    let live = LiveSums::take(guard, None);
     let mut out = Snapshot {
         frames: Vec::with_capacity(frame_count(|_| usize::MAX)),
         buckets: Vec::with_capacity(BUCKETS.load(Relaxed) + 1),
     };
-    for (number, stripe) in stripes().enumerate() {
-        out.copy_stripe_now(&stripe.lock(), number, &live);
-    }
+    let overflow = copy_stripes(guard, None, &mut |number, stripe, live| {
+        out.copy_stripe_now(stripe, number, live);
+    });
     out.merge_threads();
-    out.push_overflow(OVERFLOW.lock().counts(&live.overflow));
+    out.push_overflow(OVERFLOW.lock().counts(&overflow));
     out
 }
 
@@ -653,15 +704,14 @@ fn frame_count(limit: impl Fn(usize) -> usize) -> usize {
 /// threads of different shards keep for one stack come one by one, in no particular order. Runs inside the
 /// profiler guard.
 pub(crate) fn for_each_stripe(guard: &Guard, f: &mut dyn FnMut(&Snapshot)) {
-    let live = LiveSums::take(guard, None);
     let mut part = Snapshot::default();
-    for (number, stripe) in stripes().enumerate() {
+    let overflow = copy_stripes(guard, None, &mut |number, stripe, live| {
         part.clear();
-        part.copy_stripe_now(&stripe.lock(), number, &live);
+        part.copy_stripe_now(stripe, number, live);
         f(&part);
-    }
+    });
     part.clear();
-    part.push_overflow(OVERFLOW.lock().counts(&live.overflow));
+    part.push_overflow(OVERFLOW.lock().counts(&overflow));
     if !part.is_empty() {
         f(&part);
     }
@@ -697,21 +747,20 @@ impl CountsCopy {
     /// copied), inside the profiler guard, their in-use sums taken first, with `plus`, an allocation being
     /// freed (see [`LiveSums::take`]). It allocates when the table has grown since the last copy.
     pub(crate) fn take(&mut self, guard: &Guard, plus: Option<&LiveEntry>) {
-        let live = LiveSums::take(guard, plus);
         self.counts.clear();
         self.counts.reserve(BUCKETS.load(Relaxed));
-        for (number, (stripe, len)) in stripes().zip(self.lens.iter_mut()).enumerate() {
-            let stripe = stripe.lock();
-            self.counts.extend(
+        let (counts, lens) = (&mut self.counts, &mut self.lens);
+        let overflow = copy_stripes(guard, plus, &mut |number, stripe, live| {
+            counts.extend(
                 stripe
                     .buckets
                     .iter()
                     .enumerate()
                     .map(|(i, b)| b.sums.counts(live.of(number, i))),
             );
-            *len = stripe.buckets.len() as u32;
-        }
-        self.overflow = OVERFLOW.lock().counts(&live.overflow);
+            lens[number] = stripe.buckets.len() as u32;
+        });
+        self.overflow = OVERFLOW.lock().counts(&overflow);
     }
 
     /// The in-use bytes of the copy, in [`super::UNITS`].

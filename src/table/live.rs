@@ -279,25 +279,12 @@ pub(crate) fn remove_candidate(_: &Guard, Slot(slot): Slot, ptr: *mut u8) -> Opt
     Some(live.entry)
 }
 
-/// Appends every live sampled allocation to `into`, one stripe at a time, each locked while it is read, inside
-/// the profiler guard. `into` grows only while no stripe is locked: a free from under a stripe's lock is taken
-/// for the table's own (see [`frees_are_own`]).
-pub(crate) fn collect(_: &Guard, into: &mut Vec<LiveEntry>) {
+/// Shows every live sampled allocation to `f`, one stripe at a time, each locked while `f` reads it, inside
+/// the profiler guard. `f` must not allocate or free: a free from under a stripe's lock is taken for the
+/// table's own (see [`frees_are_own`]).
+pub(crate) fn for_each(_: &Guard, f: &mut dyn FnMut(&LiveEntry)) {
     for stripe in &LIVE {
-        loop {
-            let table = stripe.0.table.lock();
-            let len = table.len();
-            if into.capacity() - into.len() >= len {
-                // Within the capacity: no push reallocates.
-                for live in table.iter() {
-                    into.push(live.entry);
-                }
-                break;
-            }
-            drop(table);
-            // Room for the stripe and some more, as it may grow meanwhile.
-            into.reserve(len + len / 4 + 16);
-        }
+        stripe.0.table.lock().iter().for_each(|live| f(&live.entry));
     }
 }
 
