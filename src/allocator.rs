@@ -241,9 +241,13 @@ fn free_if_sampled(ptr: *mut u8) -> bool {
 /// The bookkeeping of [`free_if_sampled`], once its guard is entered and its stack's room checked.
 #[inline(always)]
 fn free_candidate(guard: &Guard, slot: live::Slot, ptr: *mut u8) -> bool {
-    match live::remove_candidate(guard, slot, ptr) {
-        Some(entry) => {
-            subtract(guard, entry);
+    // The heap totals change under the live stripe's lock, with the entry: a copy at a peak, which sums the
+    // live table, never misses an allocation whose free the totals do not show yet. (One whose free comes
+    // after the copy's own free and before the copy reads its stripe is missed, as it was when buckets were
+    // subtracted from.)
+    match live::remove_candidate(guard, slot, ptr, |entry| totals::on_free(entry.weight)) {
+        Some((entry, inuse)) => {
+            peak::before_free(guard, inuse, &entry);
             true
         }
         None => false,

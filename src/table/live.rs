@@ -249,12 +249,19 @@ fn mark(word: &impl Atomic<u64>, bit: usize, set: bool) {
 /// Removes `ptr` if it is a live sampled allocation and returns what it recorded, inside the profiler guard,
 /// before the memory is given back to the inner allocator.
 pub(crate) fn remove(guard: &Guard, ptr: *mut u8) -> Option<LiveEntry> {
-    remove_candidate(guard, Slot(slot_of(ptr as usize)), ptr)
+    remove_candidate(guard, Slot(slot_of(ptr as usize)), ptr, |_| ()).map(|(entry, ())| entry)
 }
 
-/// [`remove`] of `ptr`, whose slot [`candidate`] gave.
+/// [`remove`] of `ptr`, whose slot [`candidate`] gave, calling `before` with its entry under the stripe's lock
+/// before the entry leaves the table, and returning what it returned: what must change with the table, as a
+/// copy of the buckets that reads this stripe sees it (the heap totals that a peak is measured by).
 #[inline(always)]
-pub(crate) fn remove_candidate(_: &Guard, Slot(slot): Slot, ptr: *mut u8) -> Option<LiveEntry> {
+pub(crate) fn remove_candidate<R>(
+    _: &Guard,
+    Slot(slot): Slot,
+    ptr: *mut u8,
+    before: impl FnOnce(&LiveEntry) -> R,
+) -> Option<(LiveEntry, R)> {
     debug_assert_eq!(slot, slot_of(ptr as usize));
     let ptr = ptr as usize;
     let hash = table_hash(slot);
@@ -264,6 +271,7 @@ pub(crate) fn remove_candidate(_: &Guard, Slot(slot): Slot, ptr: *mut u8) -> Opt
         bump(&stripe.false_positives, 1);
         return None;
     };
+    let with = before(&found.get().entry);
     let (live, _) = found.remove();
     // Under the stripe lock, as in `insert`: the slot's last pointer clears its bit. An empty table (a
     // stripe's usual state when few sampled allocations are live) holds no other.
@@ -276,7 +284,7 @@ pub(crate) fn remove_candidate(_: &Guard, Slot(slot): Slot, ptr: *mut u8) -> Opt
     }
     bump(&stripe.live, 1u64.wrapping_neg());
     bump(&stripe.sampled_frees, 1);
-    Some(live.entry)
+    Some((live.entry, with))
 }
 
 /// Shows every live sampled allocation to `f`, one stripe at a time, each locked while `f` reads it, inside
