@@ -194,9 +194,7 @@ fn untrack(ptr: *mut u8) -> Option<live::LiveEntry> {
     let Some(guard) = Guard::enter() else {
         return untrack_inside(ptr);
     };
-    let mut entry = None;
-    stack::with_room_for_free(&guard, || entry = live::remove(&guard, ptr));
-    entry
+    stack::with_room_for_free(&guard, || live::remove(&guard, ptr))
 }
 
 /// [`untrack`] inside the profiler: mostly its own memory, never sampled, but also the program's, which the
@@ -212,13 +210,17 @@ fn untrack_inside(ptr: *mut u8) -> Option<live::LiveEntry> {
     live::remove(&Guard::inside(), ptr)
 }
 
-/// Subtracts a freed sampled allocation from the heap totals (see [`subtract`]).
+/// Subtracts a freed sampled allocation, out of the live table, from the heap totals, inside the profiler
+/// guard; a free that ends a peak of the in-use estimate first copies the buckets as they are at the peak.
+/// Its bucket is not touched: its in-use counts are summed over the live table (see [`buckets::LiveSums`]).
 #[cold]
 #[inline(never)]
 fn record_free(entry: live::LiveEntry) {
     // Also inside the profiler, which may free a sampled allocation of the program (see `untrack`).
     let guard = Guard::inside();
-    stack::with_room_for_free(&guard, || subtract(&guard, entry));
+    stack::with_room_for_free(&guard, || {
+        peak::before_free(&guard, totals::on_free(entry.weight), &entry);
+    });
 }
 
 /// The free of `ptr`, a candidate by its address: forgets it and subtracts it if it was sampled, in one
@@ -232,13 +234,15 @@ fn free_if_sampled(ptr: *mut u8) -> bool {
     let Some(guard) = Guard::enter() else {
         return free_inside(ptr);
     };
+    // As `with_room_for_free`, spelled out so that the usual path inlines the bookkeeping: a closure shared
+    // with the spare stack's path would be a call of its own.
     if !stack::free_fits(&guard) {
-        return free_on_spare_stack(&guard, slot, ptr);
+        return stack::on_spare_stack(|| free_candidate(&guard, slot, ptr));
     }
     free_candidate(&guard, slot, ptr)
 }
 
-/// The bookkeeping of [`free_if_sampled`], once its guard is entered and its stack's room checked.
+/// The bookkeeping of [`free_if_sampled`], once its guard is entered.
 #[inline(always)]
 fn free_candidate(guard: &Guard, slot: live::Slot, ptr: *mut u8) -> bool {
     // The heap totals change under the live stripe's lock, with the entry: a copy at a peak, which sums the
@@ -254,15 +258,6 @@ fn free_candidate(guard: &Guard, slot: live::Slot, ptr: *mut u8) -> bool {
     }
 }
 
-/// [`free_candidate`] on the spare stack, for a thread whose stack has not the room for it.
-#[cold]
-#[inline(never)]
-fn free_on_spare_stack(guard: &Guard, slot: live::Slot, ptr: *mut u8) -> bool {
-    let mut sampled = false;
-    spare::run(&mut || sampled = free_candidate(guard, slot, ptr));
-    sampled
-}
-
 /// [`free_if_sampled`] inside the profiler, as [`untrack_inside`].
 #[cold]
 #[inline(never)]
@@ -274,15 +269,6 @@ fn free_inside(ptr: *mut u8) -> bool {
         }
         None => false,
     }
-}
-
-/// Subtracts a freed sampled allocation, out of the live table, from the heap totals, inside the profiler
-/// guard; a free that ends a peak of the in-use estimate first copies the buckets as they are at the peak.
-/// Its bucket is not touched: its in-use counts are summed over the live table (see
-/// [`buckets::LiveSums`]).
-#[inline(always)]
-fn subtract(guard: &Guard, entry: live::LiveEntry) {
-    peak::before_free(guard, totals::on_free(entry.weight), &entry);
 }
 
 /// Enters `sample`, a sampled allocation at `ptr` recorded in `bucket`, in the live table and the heap totals.

@@ -217,15 +217,27 @@ pub(crate) fn stackless_samples() -> u64 {
 }
 
 /// Runs `f`, the bookkeeping of the free of a sampled allocation, on this thread's stack when it has the room
-/// for it, else on the spare stack: unlike a sample's stack, it cannot be skipped. Runs inside the profiler
-/// guard.
+/// for it, else on the spare stack (out of line: the usual path builds no closure for it), and returns what
+/// `f` returned: unlike a sample's stack, it cannot be skipped. Runs inside the profiler guard.
 #[inline(always)]
-pub(crate) fn with_room_for_free(guard: &Guard, mut f: impl FnMut()) {
+pub(crate) fn with_room_for_free<R: Default>(guard: &Guard, f: impl FnOnce() -> R) -> R {
     if free_fits(guard) {
-        f();
-    } else {
-        spare::run(&mut f);
+        return f();
     }
+    on_spare_stack(f)
+}
+
+/// `f` on the spare stack, returning what it returned.
+#[cold]
+#[inline(never)]
+pub(crate) fn on_spare_stack<R: Default>(f: impl FnOnce() -> R) -> R {
+    let (mut f, mut out) = (Some(f), R::default());
+    spare::run(&mut || {
+        if let Some(f) = f.take() {
+            out = f();
+        }
+    });
+    out
 }
 
 /// Whether the bookkeeping of the free of a sampled allocation fits on this thread's stack here (see
