@@ -75,6 +75,20 @@ fn ring_stacks(p: &Profile) -> HashMap<Vec<u64>, (i64, i64, i64)> {
     out
 }
 
+/// Runs `test` in a child process under a watchdog, so that a hang prints every thread's stack instead of
+/// stalling CI, and passes on the lines of its standard error that contain one of `keep`.
+fn in_child(test: &str, keep: &[&str]) {
+    let (_, stderr) = common::run_child(test, Duration::from_secs(120));
+    eprint!(
+        "{}",
+        stderr
+            .lines()
+            .filter(|l| keep.iter().any(|k| l.contains(k)))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    );
+}
+
 /// Sets the flag when dropped, unwinding included.
 struct StopOnDrop<'a>(&'a AtomicBool);
 
@@ -89,18 +103,9 @@ impl Drop for StopOnDrop<'_> {
 #[test]
 fn dumps_under_load_are_valid_and_consistent() {
     if !common::is_child() {
-        // In a child process under a watchdog: a hang prints every thread's stack instead of stalling CI.
-        let (_, stderr) = common::run_child(
+        in_child(
             "dumps_under_load_are_valid_and_consistent",
-            Duration::from_secs(120),
-        );
-        eprint!(
-            "{}",
-            stderr
-                .lines()
-                .filter(|l| l.contains("dump") || l.contains("in use"))
-                .map(|l| format!("{l}\n"))
-                .collect::<String>()
+            &["dump", "in use"],
         );
         return;
     }
@@ -184,17 +189,9 @@ const KEPT: usize = 100_000;
 #[test]
 fn a_stack_never_holds_more_than_it_allocated_while_it_allocates() {
     if !common::is_child() {
-        let (_, stderr) = common::run_child(
+        in_child(
             "a_stack_never_holds_more_than_it_allocated_while_it_allocates",
-            Duration::from_secs(120),
-        );
-        eprint!(
-            "{}",
-            stderr
-                .lines()
-                .filter(|l| l.contains("dumps while"))
-                .map(|l| format!("{l}\n"))
-                .collect::<String>()
+            &["dumps while"],
         );
         return;
     }

@@ -111,23 +111,8 @@ fn by_label_at(
     function: &str,
     key: &str,
 ) -> HashMap<String, Vec<i64>> {
-    let names: HashMap<u64, &str> = p
-        .function
-        .iter()
-        .map(|f| (f.id, common::string(p, f.name)))
-        .collect();
-    let locations: HashMap<u64, _> = p.location.iter().map(|l| (l.id, l)).collect();
     let mut out: HashMap<String, Vec<i64>> = HashMap::new();
-    for sample in &p.sample {
-        let through = sample.location_id.iter().any(|id| {
-            locations[id]
-                .line
-                .iter()
-                .any(|line| names[&line.function_id].ends_with(&format!("::{function}")))
-        });
-        if !through {
-            continue;
-        }
+    for (_, sample) in common::samples_through(p, function) {
         let label = common::labels_of(p, sample)
             .into_iter()
             .find(|(k, _)| *k == key)

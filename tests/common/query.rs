@@ -57,28 +57,39 @@ fn function_matches(name: &str, function: &str) -> bool {
 }
 
 /// For each sample whose stack passes through `function` (a path suffix such as `foo` or `tests::foo`), the
-/// line of its innermost frame in that function, and the sample's values.
-pub fn samples_at(p: &Profile, function: &str) -> Vec<(i64, Vec<i64>)> {
+/// line of its innermost frame in that function, and the sample.
+pub fn samples_through<'a>(
+    p: &'a Profile,
+    function: &str,
+) -> Vec<(i64, &'a heap_sampler::proto::Sample)> {
     let functions: HashMap<u64, &str> = p
         .function
         .iter()
         .map(|f| (f.id, string(p, f.name)))
         .collect();
     let locations: HashMap<u64, _> = p.location.iter().map(|l| (l.id, l)).collect();
-    let mut out = Vec::new();
-    for sample in &p.sample {
-        let line = sample
-            .location_id
-            .iter()
-            .flat_map(|id| locations[id].line.iter())
-            .find_map(|line| {
-                function_matches(functions[&line.function_id], function).then_some(line.line)
-            });
-        if let Some(line) = line {
-            out.push((line, sample.value.clone()));
-        }
-    }
-    out
+    p.sample
+        .iter()
+        .filter_map(|sample| {
+            let line = sample
+                .location_id
+                .iter()
+                .flat_map(|id| locations[id].line.iter())
+                .find_map(|line| {
+                    function_matches(functions[&line.function_id], function).then_some(line.line)
+                })?;
+            Some((line, sample))
+        })
+        .collect()
+}
+
+/// For each sample whose stack passes through `function` (see [`samples_through`]), the line of its
+/// innermost frame in that function, and the sample's values.
+pub fn samples_at(p: &Profile, function: &str) -> Vec<(i64, Vec<i64>)> {
+    samples_through(p, function)
+        .into_iter()
+        .map(|(line, sample)| (line, sample.value.clone()))
+        .collect()
 }
 
 /// Values summed by the line of `function` that the stacks pass through.
