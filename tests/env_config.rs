@@ -228,7 +228,8 @@ fn periodic_child() {
     while sequences(&dir).last().copied().unwrap_or(0) < first_after + KEEP as u64 {
         std::thread::sleep(Duration::from_millis(20));
     }
-    drop(kept);
+    // Held until the process exits: a profile the dump thread writes from here on must still show them.
+    std::mem::forget(kept);
 }
 
 #[test]

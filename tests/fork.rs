@@ -4,8 +4,9 @@
 mod common;
 
 use std::alloc::System;
+use std::cell::Cell;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use heap_sampler::SamplingAllocator;
@@ -37,6 +38,7 @@ fn forked_children_allocate_and_dump_while_threads_hold_profiler_locks() {
     }
     heap_sampler::set_sample_rate(1);
     let stop = AtomicBool::new(false);
+    let running = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..3 {
             s.spawn(|| {
@@ -44,19 +46,32 @@ fn forked_children_allocate_and_dump_while_threads_hold_profiler_locks() {
                     drop(black_box(
                         (0..100).map(|i| vec![0u8; i + 1]).collect::<Vec<_>>(),
                     ));
+                    once(&running);
                 }
             });
         }
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
                 heap_sampler::dump_profile().unwrap();
+                once(&running);
             }
         });
-        std::thread::sleep(Duration::from_millis(200));
+        common::wait_for("every thread's first round", || {
+            running.load(Ordering::Relaxed) == 4
+        });
         let outcome = fork_children(children(), in_child);
         stop.store(true, Ordering::Relaxed);
         assert_eq!(outcome, (0, 0), "forked children that hung, that failed");
     });
+}
+
+/// Counts, once per thread, a thread's first round in `running`, so that children are forked only once
+/// every thread is at work.
+fn once(running: &AtomicUsize) {
+    thread_local!(static COUNTED: Cell<bool> = const { Cell::new(false) });
+    if !COUNTED.replace(true) {
+        running.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// How many children each test forks, one after the other. Under AddressSanitizer, which copies its
@@ -120,19 +135,23 @@ fn forked_children_enter_labels_with_sampling_off() {
     }
     heap_sampler::set_sample_rate(0);
     let stop = AtomicBool::new(false);
+    let running = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for t in 0..2 {
-            let stop = &stop;
+            let (stop, running) = (&stop, &running);
             s.spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     // A new value each time (past the cap of label sets, still through the registry).
                     heap_sampler::with_labels(&[("request", &format!("{t}-{n}"))], || ());
                     n += 1;
+                    once(running);
                 }
             });
         }
-        std::thread::sleep(Duration::from_millis(100));
+        common::wait_for("every thread's first label set", || {
+            running.load(Ordering::Relaxed) == 2
+        });
         let outcome = fork_children(children(), || {
             heap_sampler::with_labels(&[("child", "yes")], || black_box(vec![0u8; 64]));
             0

@@ -8,7 +8,6 @@ mod common;
 use std::alloc::System;
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::time::Duration;
 
 use heap_sampler::SamplingAllocator;
 
@@ -61,12 +60,9 @@ fn threads_sampling_one_stack_show_as_one() {
     );
 
     // A delta over a window in which four more threads run the same stack: exactly their allocations.
-    let during = std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_millis(200));
-        hold_on_threads()
-    });
-    let delta = heap_sampler::dump_delta_profile(Duration::from_secs(1)).unwrap();
-    let second = during.join().unwrap();
+    let window = heap_sampler::DeltaWindow::start().unwrap();
+    let second = hold_on_threads();
+    let delta = window.finish().unwrap().to_pprof().unwrap();
     assert_eq!(
         at_hold(&common::decode(&delta)),
         [vec![400, 400_000, 800, 800_000]],
