@@ -79,13 +79,15 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
         &self.inner
     }
 
-    /// Enters `ptr` in the live table again after its reallocation failed: its block still has the mark.
+    /// Enters `ptr` in the live table and the heap totals again after its reallocation failed: its block
+    /// still has the mark, and the totals take back its free.
     #[cold]
     #[inline(never)]
     fn retrack(ptr: *mut u8, entry: live::LiveEntry) {
         let guard = Guard::inside();
         // On the spare stack: the entry may have to grow the table, and a failed reallocation is rare.
         spare::run(&mut || live::insert(&guard, ptr, entry));
+        peak::after_alloc(totals::undo_free(entry.weight));
     }
 }
 
@@ -186,7 +188,7 @@ fn bucket_of(guard: &Guard, stack: &mut Stack, labels: LabelSet, sample: &Sample
 /// allocator as the program asked for it.
 #[cold]
 #[inline(never)]
-fn untrack(ptr: *mut u8) -> Option<live::LiveEntry> {
+fn untrack(ptr: *mut u8) -> Option<Freed> {
     // Most candidates that were not sampled stop at the filter, without a lock.
     if !live::maybe_sampled(ptr) {
         return None;
@@ -194,7 +196,19 @@ fn untrack(ptr: *mut u8) -> Option<live::LiveEntry> {
     let Some(guard) = Guard::enter() else {
         return untrack_inside(ptr);
     };
-    stack::with_room_for_free(&guard, || live::remove(&guard, ptr))
+    stack::with_room_for_free(&guard, || live::remove(&guard, ptr, subtract))
+}
+
+/// A sampled allocation out of the live table, and the estimated in-use bytes before its free.
+type Freed = (live::LiveEntry, u64);
+
+/// Subtracts `entry`, leaving the live table, from the heap totals; returns the estimated in-use bytes before.
+/// Called under the live stripe's lock, before the entry leaves: a copy at a peak, which sums the live table,
+/// never misses an allocation whose free the totals do not show yet. (One whose free comes after the copy's
+/// own free and before the copy reads its stripe is missed, as it was when buckets were subtracted from.)
+#[inline(always)]
+fn subtract(entry: &live::LiveEntry) -> u64 {
+    totals::on_free(entry.weight)
 }
 
 /// [`untrack`] inside the profiler: mostly its own memory, never sampled, but also the program's, which the
@@ -203,24 +217,22 @@ fn untrack(ptr: *mut u8) -> Option<live::LiveEntry> {
 /// else the thread holds, it may take one; not the spare stack, which ranks below the tables' locks.
 #[cold]
 #[inline(never)]
-fn untrack_inside(ptr: *mut u8) -> Option<live::LiveEntry> {
+fn untrack_inside(ptr: *mut u8) -> Option<Freed> {
     if live::frees_are_own() {
         return None;
     }
-    live::remove(&Guard::inside(), ptr)
+    live::remove(&Guard::inside(), ptr, subtract)
 }
 
-/// Subtracts a freed sampled allocation, out of the live table, from the heap totals, inside the profiler
-/// guard; a free that ends a peak of the in-use estimate first copies the buckets as they are at the peak.
+/// Ends the free of a sampled allocation, already out of the live table and the heap totals, inside the
+/// profiler guard: a free that ends a peak of the in-use estimate copies the buckets as they are at the peak.
 /// Its bucket is not touched: its in-use counts are summed over the live table (see [`buckets::LiveSums`]).
 #[cold]
 #[inline(never)]
-fn record_free(entry: live::LiveEntry) {
+fn record_free((entry, inuse): Freed) {
     // Also inside the profiler, which may free a sampled allocation of the program (see `untrack`).
     let guard = Guard::inside();
-    stack::with_room_for_free(&guard, || {
-        peak::before_free(&guard, totals::on_free(entry.weight), &entry);
-    });
+    stack::with_room_for_free(&guard, || peak::before_free(&guard, inuse, &entry));
 }
 
 /// The free of `ptr`, a candidate by its address: forgets it and subtracts it if it was sampled, in one
@@ -245,11 +257,7 @@ fn free_if_sampled(ptr: *mut u8) -> bool {
 /// The bookkeeping of [`free_if_sampled`], once its guard is entered.
 #[inline(always)]
 fn free_candidate(guard: &Guard, slot: live::Slot, ptr: *mut u8) -> bool {
-    // The heap totals change under the live stripe's lock, with the entry: a copy at a peak, which sums the
-    // live table, never misses an allocation whose free the totals do not show yet. (One whose free comes
-    // after the copy's own free and before the copy reads its stripe is missed, as it was when buckets were
-    // subtracted from.)
-    match live::remove_candidate(guard, slot, ptr, |entry| totals::on_free(entry.weight)) {
+    match live::remove_candidate(guard, slot, ptr, subtract) {
         Some((entry, inuse)) => {
             peak::before_free(guard, inuse, &entry);
             true
@@ -263,8 +271,8 @@ fn free_candidate(guard: &Guard, slot: live::Slot, ptr: *mut u8) -> bool {
 #[inline(never)]
 fn free_inside(ptr: *mut u8) -> bool {
     match untrack_inside(ptr) {
-        Some(entry) => {
-            record_free(entry);
+        Some(freed) => {
+            record_free(freed);
             true
         }
         None => false,
@@ -470,13 +478,13 @@ impl<A: GlobalAlloc> SamplingAllocator<A> {
             }
         };
         if new_ptr.is_null() {
-            if let Some(entry) = old {
+            if let Some((entry, _)) = old {
                 Self::retrack(ptr, entry);
             }
             return new_ptr;
         }
-        if let Some(entry) = old {
-            record_free(entry);
+        if let Some(freed) = old {
+            record_free(freed);
         }
         // One call: its return address is on the allocation path (see `crate::stack::path`).
         if let Some(rate) = rate

@@ -46,9 +46,10 @@ fn round_weight(units: u128, bits: u32) -> u64 {
     (units.wrapping_add(1 << (bits - 1)) >> bits) as u64
 }
 
-/// A sum of byte units that only grows (the freed bytes), wider than a word: `low` takes every addition and
-/// `high` counts its wraps, so an update is one atomic addition but once in 2^64 units (2^48 bytes). For an
-/// instant around such a wrap a read may pair the words of before and after it, and be 2^48 bytes off.
+/// A sum of byte units that grows (the freed bytes, but for the rare free taken back), wider than a word:
+/// `low` takes every update and `high` counts its wraps, so an update is one atomic addition but once in 2^64
+/// units (2^48 bytes). For an instant around such a wrap a read may pair the words of before and after it,
+/// and be 2^48 bytes off.
 struct Wide {
     low: AtomicU64,
     high: AtomicU64,
@@ -71,6 +72,13 @@ impl Wide {
             .is_none()
         {
             self.high.fetch_add(1, Relaxed);
+        }
+    }
+
+    #[inline]
+    fn sub(&self, units: u64) {
+        if self.low.fetch_sub(units, Relaxed) < units {
+            self.high.fetch_sub(1, Relaxed);
         }
     }
 
@@ -127,6 +135,17 @@ pub(crate) fn on_free(weight: Weight) -> u64 {
     sums.freed_objects.fetch_add(sub.objects, Relaxed);
     sums.freed_bytes.add(sub.byte_units);
     inuse_bytes_of(INUSE_UNITS.fetch_sub(sub.byte_units, Relaxed))
+}
+
+/// Takes back [`on_free`] of `weight`: a reallocation that failed after its block left the live table leaves
+/// the sums as they were before it. Returns the estimated in-use bytes after.
+pub(crate) fn undo_free(weight: Weight) -> u64 {
+    let add = rounded(weight);
+    let sums = &SUMS[shard::index() % SHARDS].0;
+    sums.freed_objects.fetch_sub(add.objects, Relaxed);
+    sums.freed_bytes.sub(add.byte_units);
+    let units = INUSE_UNITS.fetch_add(add.byte_units, Relaxed);
+    inuse_bytes_of(units.wrapping_add(add.byte_units))
 }
 
 /// The estimated in-use bytes.
@@ -213,6 +232,18 @@ mod tests {
         assert_eq!(sum.get(), u128::from(u64::MAX) + 5);
         sum.add(u64::MAX);
         assert_eq!(sum.get(), 2 * u128::from(u64::MAX) + 5);
+    }
+
+    #[test]
+    fn a_sum_taken_back_borrows_from_the_high_word() {
+        let sum = Wide::new();
+        sum.add(u64::MAX - 5);
+        sum.add(10);
+        sum.sub(10);
+        assert_eq!(sum.get(), u128::from(u64::MAX) - 5);
+        sum.add(7);
+        sum.sub(3);
+        assert_eq!(sum.get(), u128::from(u64::MAX) - 1);
     }
 
     #[test]

@@ -77,8 +77,12 @@ fn failed_realloc_leaves_accounting_unchanged() {
     let ptr = first_alloc(layout);
     let before = common::at_function(&common::profile(), "first_alloc");
     // Too large for any allocator: fails and returns null, leaving `ptr` valid.
+    let totals = heap_totals();
     let failed = then_realloc(ptr, layout, isize::MAX as usize - 4096);
     assert!(failed.is_null());
+    // The heap totals took the block's free back: nothing else allocates meanwhile (the tests of this binary
+    // run one at a time, and the harness waits for them).
+    assert_eq!(heap_totals(), totals, "a failed realloc frees nothing");
     assert_eq!(
         common::at_function(&common::profile(), "first_alloc"),
         before
@@ -91,6 +95,12 @@ fn failed_realloc_leaves_accounting_unchanged() {
         before.inuse_space - 1024,
         "the untouched block is still freed exactly"
     );
+}
+
+/// The heap totals of [`heap_sampler::stats`]: in-use and allocated, bytes and objects.
+fn heap_totals() -> [u64; 4] {
+    let s = heap_sampler::stats();
+    [s.inuse_bytes, s.inuse_objects, s.alloc_bytes, s.alloc_objects]
 }
 
 #[inline(never)]

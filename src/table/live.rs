@@ -247,9 +247,13 @@ fn mark(word: &impl Atomic<u64>, bit: usize, set: bool) {
 }
 
 /// Removes `ptr` if it is a live sampled allocation and returns what it recorded, inside the profiler guard,
-/// before the memory is given back to the inner allocator.
-pub(crate) fn remove(guard: &Guard, ptr: *mut u8) -> Option<LiveEntry> {
-    remove_candidate(guard, Slot(slot_of(ptr as usize)), ptr, |_| ()).map(|(entry, ())| entry)
+/// before the memory is given back to the inner allocator; `before` as in [`remove_candidate`].
+pub(crate) fn remove<R>(
+    guard: &Guard,
+    ptr: *mut u8,
+    before: impl FnOnce(&LiveEntry) -> R,
+) -> Option<(LiveEntry, R)> {
+    remove_candidate(guard, Slot(slot_of(ptr as usize)), ptr, before)
 }
 
 /// [`remove`] of `ptr`, whose slot [`candidate`] gave, calling `before` with its entry under the stripe's lock
@@ -371,8 +375,11 @@ mod tests {
         }
         for (i, &ptr) in ptrs.iter().enumerate() {
             assert!(maybe_sampled(ptr as *mut u8));
-            assert!(remove(&guard, ptr as *mut u8).is_some());
-            assert!(remove(&guard, ptr as *mut u8).is_none(), "removed twice");
+            assert!(remove(&guard, ptr as *mut u8, |_| ()).is_some());
+            assert!(
+                remove(&guard, ptr as *mut u8, |_| ()).is_none(),
+                "removed twice"
+            );
             let others_live = i + 1 < ptrs.len();
             assert_eq!(maybe_sampled(ptr as *mut u8), others_live);
         }
@@ -387,13 +394,19 @@ mod tests {
         insert(&guard, ptrs[0] as *mut u8, entry());
         insert(&guard, ptrs[0] as *mut u8, second);
         insert(&guard, ptrs[1] as *mut u8, entry());
-        assert_eq!(remove(&guard, ptrs[0] as *mut u8).map(|e| e.size), Some(2));
-        assert!(remove(&guard, ptrs[0] as *mut u8).is_none(), "one entry");
+        assert_eq!(
+            remove(&guard, ptrs[0] as *mut u8, |_| ()).map(|(e, ())| e.size),
+            Some(2)
+        );
+        assert!(
+            remove(&guard, ptrs[0] as *mut u8, |_| ()).is_none(),
+            "one entry"
+        );
         assert!(
             maybe_sampled(ptrs[0] as *mut u8),
             "the slot's other pointer is live"
         );
-        assert!(remove(&guard, ptrs[1] as *mut u8).is_some());
+        assert!(remove(&guard, ptrs[1] as *mut u8, |_| ()).is_some());
         assert!(!maybe_sampled(ptrs[1] as *mut u8));
     }
 
@@ -482,7 +495,7 @@ mod tests {
                             maybe_sampled(ptr as *mut u8),
                             "a live pointer looks unsampled"
                         );
-                        assert!(remove(&guard, ptr as *mut u8).is_some());
+                        assert!(remove(&guard, ptr as *mut u8, |_| ()).is_some());
                     }
                 });
             }
