@@ -100,7 +100,12 @@ fn failed_realloc_leaves_accounting_unchanged() {
 /// The heap totals of [`heap_sampler::stats`]: in-use and allocated, bytes and objects.
 fn heap_totals() -> [u64; 4] {
     let s = heap_sampler::stats();
-    [s.inuse_bytes, s.inuse_objects, s.alloc_bytes, s.alloc_objects]
+    [
+        s.inuse_bytes,
+        s.inuse_objects,
+        s.alloc_bytes,
+        s.alloc_objects,
+    ]
 }
 
 #[inline(never)]
