@@ -183,20 +183,20 @@ fn bucket_of(guard: &Guard, stack: &mut Stack, labels: LabelSet, sample: &Sample
     )
 }
 
-/// Forgets `ptr`, a candidate by its address (see [`mark::may_be_sampled`]), if it was sampled, returning
-/// what it recorded (the heap totals are not yet changed). `None` means that `ptr` is a block of the inner
-/// allocator as the program asked for it.
+/// Forgets `ptr`, a candidate by its address (see [`mark::may_be_sampled`]), if it was sampled, and subtracts
+/// it from the heap totals, returning what it recorded; the peak check is left to [`record_free`]. `None`
+/// means that `ptr` is a block of the inner allocator as the program asked for it.
 #[cold]
 #[inline(never)]
 fn untrack(ptr: *mut u8) -> Option<Freed> {
     // Most candidates that were not sampled stop at the filter, without a lock.
-    if !live::maybe_sampled(ptr) {
-        return None;
-    }
+    let slot = live::candidate(ptr)?;
     let Some(guard) = Guard::enter() else {
-        return untrack_inside(ptr);
+        return untrack_inside(slot, ptr);
     };
-    stack::with_room_for_free(&guard, || live::remove(&guard, ptr, subtract))
+    stack::with_room_for_free(&guard, || {
+        live::remove_candidate(&guard, slot, ptr, subtract)
+    })
 }
 
 /// A sampled allocation out of the live table, and the estimated in-use bytes before its free.
@@ -217,11 +217,11 @@ fn subtract(entry: &live::LiveEntry) -> u64 {
 /// else the thread holds, it may take one; not the spare stack, which ranks below the tables' locks.
 #[cold]
 #[inline(never)]
-fn untrack_inside(ptr: *mut u8) -> Option<Freed> {
+fn untrack_inside(slot: live::Slot, ptr: *mut u8) -> Option<Freed> {
     if live::frees_are_own() {
         return None;
     }
-    live::remove(&Guard::inside(), ptr, subtract)
+    live::remove_candidate(&Guard::inside(), slot, ptr, subtract)
 }
 
 /// Ends the free of a sampled allocation, already out of the live table and the heap totals, inside the
@@ -244,7 +244,7 @@ fn free_if_sampled(ptr: *mut u8) -> bool {
         return false;
     };
     let Some(guard) = Guard::enter() else {
-        return free_inside(ptr);
+        return free_inside(slot, ptr);
     };
     // As `with_room_for_free`, spelled out so that the usual path inlines the bookkeeping: a closure shared
     // with the spare stack's path would be a call of its own.
@@ -269,8 +269,8 @@ fn free_candidate(guard: &Guard, slot: live::Slot, ptr: *mut u8) -> bool {
 /// [`free_if_sampled`] inside the profiler, as [`untrack_inside`].
 #[cold]
 #[inline(never)]
-fn free_inside(ptr: *mut u8) -> bool {
-    match untrack_inside(ptr) {
+fn free_inside(slot: live::Slot, ptr: *mut u8) -> bool {
+    match untrack_inside(slot, ptr) {
         Some(freed) => {
             record_free(freed);
             true

@@ -119,19 +119,27 @@ static INUSE_UNITS: AtomicU64 = AtomicU64::new(0);
 #[inline]
 pub(crate) fn on_alloc(weight: Weight) -> u64 {
     let add = rounded(weight);
-    SUMS[shard::index() % SHARDS]
-        .0
-        .alloc_objects
-        .fetch_add(add.objects, Relaxed);
-    let units = INUSE_UNITS.fetch_add(add.byte_units, Relaxed);
-    inuse_bytes_of(units.wrapping_add(add.byte_units))
+    own_sums().alloc_objects.fetch_add(add.objects, Relaxed);
+    add_inuse(add.byte_units)
+}
+
+/// The sums of this thread's shard.
+#[inline]
+fn own_sums() -> &'static Sums {
+    &SUMS[shard::index() % SHARDS].0
+}
+
+/// Adds `units` to the in-use bytes; returns the estimated in-use bytes after.
+#[inline]
+fn add_inuse(units: u64) -> u64 {
+    inuse_bytes_of(INUSE_UNITS.fetch_add(units, Relaxed).wrapping_add(units))
 }
 
 /// Subtracts a freed sampled allocation; returns the estimated in-use bytes before it.
 #[inline]
 pub(crate) fn on_free(weight: Weight) -> u64 {
     let sub = rounded(weight);
-    let sums = &SUMS[shard::index() % SHARDS].0;
+    let sums = own_sums();
     sums.freed_objects.fetch_add(sub.objects, Relaxed);
     sums.freed_bytes.add(sub.byte_units);
     inuse_bytes_of(INUSE_UNITS.fetch_sub(sub.byte_units, Relaxed))
@@ -141,11 +149,10 @@ pub(crate) fn on_free(weight: Weight) -> u64 {
 /// the sums as they were before it. Returns the estimated in-use bytes after.
 pub(crate) fn undo_free(weight: Weight) -> u64 {
     let add = rounded(weight);
-    let sums = &SUMS[shard::index() % SHARDS].0;
+    let sums = own_sums();
     sums.freed_objects.fetch_sub(add.objects, Relaxed);
     sums.freed_bytes.sub(add.byte_units);
-    let units = INUSE_UNITS.fetch_add(add.byte_units, Relaxed);
-    inuse_bytes_of(units.wrapping_add(add.byte_units))
+    add_inuse(add.byte_units)
 }
 
 /// The estimated in-use bytes.

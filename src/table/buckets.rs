@@ -348,6 +348,20 @@ fn copy_stripes(
     overflow.unwrap_or(Moments::ZERO)
 }
 
+/// The counts now of the buckets of `stripe`, number `number`, in order: their allocated sums, and their in-use
+/// sums from `live`.
+fn counts_now<'a>(
+    stripe: &'a Stripe,
+    number: usize,
+    live: &'a LiveSums,
+) -> impl Iterator<Item = Counts> + 'a {
+    stripe
+        .buckets
+        .iter()
+        .enumerate()
+        .map(move |(i, b)| b.sums.counts(live.of(number, i)))
+}
+
 /// Fixed-point units to a whole number, rounded (saturating).
 fn whole(units: u128) -> i64 {
     let rounded = units.saturating_add(1 << 31) >> 32;
@@ -623,14 +637,9 @@ impl Snapshot {
         }
     }
 
-    /// Appends the buckets of `stripe`, number `number`, with their counts now, their in-use sums from `live`.
+    /// Appends the buckets of `stripe`, number `number`, with their counts now (see [`counts_now`]).
     fn copy_stripe_now(&mut self, stripe: &Stripe, number: usize, live: &LiveSums) {
-        let mut counts = stripe
-            .buckets
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b.sums.counts(live.of(number, i)));
-        self.copy_stripe(stripe, &mut counts);
+        self.copy_stripe(stripe, &mut counts_now(stripe, number, live));
     }
 
     /// Merges the buckets that threads of different shards keep for one stack and label set into one, in a
@@ -751,13 +760,7 @@ impl CountsCopy {
         self.counts.reserve(BUCKETS.load(Relaxed));
         let (counts, lens) = (&mut self.counts, &mut self.lens);
         let overflow = copy_stripes(guard, plus, &mut |number, stripe, live| {
-            counts.extend(
-                stripe
-                    .buckets
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| b.sums.counts(live.of(number, i))),
-            );
+            counts.extend(counts_now(stripe, number, live));
             lens[number] = stripe.buckets.len() as u32;
         });
         self.overflow = OVERFLOW.lock().counts(&overflow);

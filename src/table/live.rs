@@ -118,12 +118,6 @@ fn stripe(slot: usize) -> &'static Stripe {
     &LIVE[slot >> SLOT_BITS & (STRIPES - 1)].0
 }
 
-/// Whether `ptr` may be a live sampled allocation. `false` is certain; `true` needs [`remove`] to tell.
-#[inline(always)]
-pub(crate) fn maybe_sampled(ptr: *mut u8) -> bool {
-    candidate(ptr).is_some()
-}
-
 /// The filter slot of a pointer that may be a live sampled allocation (see [`candidate`]).
 #[derive(Clone, Copy)]
 pub(crate) struct Slot(usize);
@@ -246,19 +240,11 @@ fn mark(word: &impl Atomic<u64>, bit: usize, set: bool) {
     word.store(if set { old | bit } else { old & !bit }, Relaxed);
 }
 
-/// Removes `ptr` if it is a live sampled allocation and returns what it recorded, inside the profiler guard,
-/// before the memory is given back to the inner allocator; `before` as in [`remove_candidate`].
-pub(crate) fn remove<R>(
-    guard: &Guard,
-    ptr: *mut u8,
-    before: impl FnOnce(&LiveEntry) -> R,
-) -> Option<(LiveEntry, R)> {
-    remove_candidate(guard, Slot(slot_of(ptr as usize)), ptr, before)
-}
-
-/// [`remove`] of `ptr`, whose slot [`candidate`] gave, calling `before` with its entry under the stripe's lock
-/// before the entry leaves the table, and returning what it returned: what must change with the table, as a
-/// copy of the buckets that reads this stripe sees it (the heap totals that a peak is measured by).
+/// Removes `ptr`, whose slot [`candidate`] gave, if it is a live sampled allocation, inside the profiler
+/// guard, before the memory is given back to the inner allocator. Calls `before` with its entry under the
+/// stripe's lock before the entry leaves the table: what must change with the table, as a copy of the buckets
+/// that reads this stripe sees it (the heap totals that a peak is measured by). Returns the entry and what
+/// `before` returned.
 #[inline(always)]
 pub(crate) fn remove_candidate<R>(
     _: &Guard,
@@ -344,6 +330,16 @@ fn sum(count: fn(&Stripe) -> &AtomicU64) -> u64 {
 mod tests {
     use super::*;
 
+    /// Whether `ptr` may be a live sampled allocation, by the filter.
+    fn maybe_sampled(ptr: *mut u8) -> bool {
+        candidate(ptr).is_some()
+    }
+
+    /// Removes `ptr` as the free of a candidate does, whatever the filter says.
+    fn remove(guard: &Guard, ptr: *mut u8) -> Option<LiveEntry> {
+        remove_candidate(guard, Slot(slot_of(ptr as usize)), ptr, |_| ()).map(|(entry, ())| entry)
+    }
+
     fn entry() -> LiveEntry {
         LiveEntry {
             bucket: BucketId::OVERFLOW,
@@ -375,11 +371,8 @@ mod tests {
         }
         for (i, &ptr) in ptrs.iter().enumerate() {
             assert!(maybe_sampled(ptr as *mut u8));
-            assert!(remove(&guard, ptr as *mut u8, |_| ()).is_some());
-            assert!(
-                remove(&guard, ptr as *mut u8, |_| ()).is_none(),
-                "removed twice"
-            );
+            assert!(remove(&guard, ptr as *mut u8).is_some());
+            assert!(remove(&guard, ptr as *mut u8).is_none(), "removed twice");
             let others_live = i + 1 < ptrs.len();
             assert_eq!(maybe_sampled(ptr as *mut u8), others_live);
         }
@@ -394,19 +387,13 @@ mod tests {
         insert(&guard, ptrs[0] as *mut u8, entry());
         insert(&guard, ptrs[0] as *mut u8, second);
         insert(&guard, ptrs[1] as *mut u8, entry());
-        assert_eq!(
-            remove(&guard, ptrs[0] as *mut u8, |_| ()).map(|(e, ())| e.size),
-            Some(2)
-        );
-        assert!(
-            remove(&guard, ptrs[0] as *mut u8, |_| ()).is_none(),
-            "one entry"
-        );
+        assert_eq!(remove(&guard, ptrs[0] as *mut u8).map(|e| e.size), Some(2));
+        assert!(remove(&guard, ptrs[0] as *mut u8).is_none(), "one entry");
         assert!(
             maybe_sampled(ptrs[0] as *mut u8),
             "the slot's other pointer is live"
         );
-        assert!(remove(&guard, ptrs[1] as *mut u8, |_| ()).is_some());
+        assert!(remove(&guard, ptrs[1] as *mut u8).is_some());
         assert!(!maybe_sampled(ptrs[1] as *mut u8));
     }
 
@@ -495,7 +482,7 @@ mod tests {
                             maybe_sampled(ptr as *mut u8),
                             "a live pointer looks unsampled"
                         );
-                        assert!(remove(&guard, ptr as *mut u8, |_| ()).is_some());
+                        assert!(remove(&guard, ptr as *mut u8).is_some());
                     }
                 });
             }
